@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs whatever is missing, then builds ebmlab (release). Safe to run again: each step
+# checks first. Used by quickstart.sh and test.sh.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$ROOT"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup) first" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "python3 not found: it is needed for the project's .venv" >&2; exit 1; }
+
+# System libraries: fontconfig/freetype for plot text, and a font to draw it with.
+missing=()
+for pkg in pkg-config libfontconfig1-dev libfreetype-dev fonts-dejavu-core; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing system packages: ${missing[*]}"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+# The project-local Python environment with libtorch.
+have_torch() {
+  [ -x "$VIRTUAL_ENV/bin/python" ] &&
+    "$VIRTUAL_ENV/bin/python" -c "import torch, numpy, safetensors, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION_REQUIRED')" 2>/dev/null
+}
+if ! have_torch; then
+  step "creating .venv with torch==$TORCH_VERSION_REQUIRED (a large download, once)"
+  [ -x "$VIRTUAL_ENV/bin/python" ] || python3 -m venv "$VIRTUAL_ENV"
+  "$VIRTUAL_ENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VIRTUAL_ENV/bin/python" -m pip install --quiet -r scripts/requirements.txt
+  have_torch || { echo "torch $TORCH_VERSION_REQUIRED did not install into .venv" >&2; exit 1; }
+fi
+
+step "building ebmlab (release; the first build compiles libtorch bindings and takes minutes)"
+cargo build --release --locked

@@ -1,0 +1,64 @@
+//! The command line: parse, call the library, print. One file per verb.
+
+mod data;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Exit status of a command that ran but found the work wanting (validation failed).
+pub const EXIT_FAILED_CHECK: u8 = 1;
+/// Exit status of a command that could not run (bad input, I/O error).
+pub const EXIT_ERROR: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ebmlab",
+    version,
+    about = "Implicit behavioral cloning experiments on the N-D particle task"
+)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace); `EBMLAB_LOG` takes a full filter.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Demonstration data: generate it with the oracle, validate files.
+    #[command(subcommand)]
+    Data(data::DataCommand),
+}
+
+/// Parses the arguments, runs the verb and maps the outcome to an exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Data(command) => data::run(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("EBMLAB_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,9 @@
+//! ebmlab: implicit behavioral cloning (energy-based policies) on IBC's N-D particle task.
+//!
+//! The binary's verbs live in [`cli`]; everything they do is a library call, so tests and
+//! the orchestrator use the same code.
+
+pub mod cli;
+pub mod data;
+pub mod plot;
+pub mod task;
