@@ -7,4 +7,8 @@ bash scripts/setup.sh
 printf '\n==> cargo fmt --check\n'
 cargo fmt --all -- --check
 printf '\n==> cargo test (release profile, shares the build with the binary)\n'
-cargo test --release --locked "$@"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --release --locked --tests "$@" 2>&1 | tee "$log"
+# One closing line for the whole suite, summed over every test binary.
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "\nsummary: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"

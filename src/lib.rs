@@ -6,4 +6,6 @@
 pub mod cli;
 pub mod data;
 pub mod plot;
+pub mod policy;
 pub mod task;
+pub mod train;

@@ -1,0 +1,155 @@
+//! The implicit (energy-based) policy: SequenceEBM trained with InfoNCE over counter-examples
+//! plus a gradient penalty, acting by DFO or Langevin minimisation of the energy.
+
+mod dfo;
+mod langevin;
+mod loss;
+mod model;
+
+pub use dfo::{dfo_minimize, DfoConfig};
+pub use langevin::{langevin, Bounds, LangevinConfig};
+pub use loss::{gradient_penalty, info_nce, GradNorm, GradPenaltyConfig};
+pub use model::{EbmNetConfig, SequenceEbm};
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// How counter-examples are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NegativeKind {
+    /// Uniform in the sampling bounds (IBC's DFO-trained variant).
+    Uniform,
+    /// Uniform, then refined by Langevin on the current energy (IBC's Langevin variant).
+    Langevin,
+}
+
+/// Counter-examples per positive and how they are made (spec table `train.negatives`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NegativesConfig {
+    pub kind: NegativeKind,
+    pub count: i64,
+    pub steps: usize,
+    pub step_size_init: f64,
+    pub step_size_final: f64,
+    pub step_size_power: f64,
+    pub grad_scale: f64,
+    pub noise_scale: f64,
+    pub delta_clip: f64,
+}
+
+impl Default for NegativesConfig {
+    fn default() -> Self {
+        let l = LangevinConfig::default();
+        Self {
+            kind: NegativeKind::Langevin,
+            count: 8,
+            steps: l.steps,
+            step_size_init: l.step_size_init,
+            step_size_final: l.step_size_final,
+            step_size_power: l.step_size_power,
+            grad_scale: l.grad_scale,
+            noise_scale: l.noise_scale,
+            delta_clip: l.delta_clip,
+        }
+    }
+}
+
+impl NegativesConfig {
+    pub fn langevin(&self) -> LangevinConfig {
+        LangevinConfig {
+            steps: self.steps,
+            step_size_init: self.step_size_init,
+            step_size_final: self.step_size_final,
+            step_size_power: self.step_size_power,
+            grad_scale: self.grad_scale,
+            noise_scale: self.noise_scale,
+            delta_clip: self.delta_clip,
+        }
+    }
+}
+
+/// The EBM objective's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EbmLossConfig {
+    pub temperature: f64,
+    pub negatives: NegativesConfig,
+    pub grad_penalty: GradPenaltyConfig,
+}
+
+impl Default for EbmLossConfig {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            negatives: NegativesConfig::default(),
+            grad_penalty: GradPenaltyConfig::default(),
+        }
+    }
+}
+
+/// The loss of one batch and its parts (scalars, still attached to the graph).
+#[derive(Debug)]
+pub struct EbmLoss {
+    pub total: Tensor,
+    pub info_nce: Tensor,
+    pub grad_penalty: Tensor,
+    /// Mean energy of the demonstrated actions.
+    pub energy_positive: Tensor,
+    /// Mean energy of the counter-examples.
+    pub energy_negative: Tensor,
+}
+
+/// Counter-examples `(B, count, A)` for observation windows `obs` `(B, S, D)`.
+pub fn counter_examples(
+    model: &SequenceEbm,
+    context: &Tensor,
+    bounds: &Bounds,
+    cfg: &NegativesConfig,
+) -> Tensor {
+    let batch = context.size()[0];
+    let init = bounds.uniform(&[batch, cfg.count, model.config().action_dim]);
+    match cfg.kind {
+        NegativeKind::Uniform => init,
+        NegativeKind::Langevin => {
+            let context = context.detach();
+            langevin(init, bounds, &cfg.langevin(), |a| {
+                model.action_gradient(&context, a)
+            })
+        }
+    }
+}
+
+/// InfoNCE over `[counter-examples..., demonstration]` plus the gradient penalty at all of
+/// them, from one forward pass. `obs` `(B, S, D)`, `actions` `(B, A)`, both normalized.
+pub fn ebm_loss(
+    model: &SequenceEbm,
+    obs: &Tensor,
+    actions: &Tensor,
+    bounds: &Bounds,
+    cfg: &EbmLossConfig,
+) -> EbmLoss {
+    let context = model.observation_context(obs);
+    let negatives = counter_examples(model, &context, bounds, &cfg.negatives);
+    let penalise = cfg.grad_penalty.enabled;
+    let candidates = Tensor::cat(&[negatives, actions.unsqueeze(1)], 1)
+        .detach()
+        .set_requires_grad(penalise);
+    let energies = model.energies_with_context(&context, &candidates, true);
+    let nce = info_nce(&energies, cfg.temperature);
+    let penalty = if penalise {
+        let grad = Tensor::run_backward(&[energies.sum(None)], &[&candidates], true, true);
+        gradient_penalty(&grad[0], &cfg.grad_penalty)
+    } else {
+        Tensor::zeros([], (Kind::Float, obs.device()))
+    };
+    let count = cfg.negatives.count;
+    EbmLoss {
+        total: &nce + &penalty,
+        energy_positive: energies.select(1, count).mean(Kind::Float).detach(),
+        energy_negative: energies.narrow(1, 0, count).mean(Kind::Float).detach(),
+        info_nce: nce,
+        grad_penalty: penalty,
+    }
+}

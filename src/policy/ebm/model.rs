@@ -1,0 +1,164 @@
+//! SequenceEBM: energy `E(obs window, action)` from a residual MLP over the flattened window
+//! concatenated with the action, as in the seed (and IBC's `MLPEBM`).
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+use crate::policy::resnet::{linear, residual_blocks, ResidualBlock};
+
+/// Shape of the network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EbmNetConfig {
+    pub obs_seq_len: i64,
+    pub obs_dim: i64,
+    pub action_dim: i64,
+    pub hidden: i64,
+    pub blocks: usize,
+    pub dropout: f64,
+    /// LayerNorm before each activation (the seed's class default; IBC uses none).
+    pub layer_norm: bool,
+}
+
+impl Default for EbmNetConfig {
+    /// The seed's 2-D particle model with its parameter table (LayerNorm on): 137,729 weights.
+    fn default() -> Self {
+        Self {
+            obs_seq_len: 2,
+            obs_dim: 8,
+            action_dim: 2,
+            hidden: 256,
+            blocks: 1,
+            dropout: 0.0,
+            layer_norm: true,
+        }
+    }
+}
+
+/// The energy network. Tensor names: `projection`, `blocks.i.{norm1,fc1,norm2,fc2}`,
+/// `energy_projection` (the seed's PyTorch module names).
+#[derive(Debug)]
+pub struct SequenceEbm {
+    cfg: EbmNetConfig,
+    projection: nn::Linear,
+    blocks: Vec<ResidualBlock>,
+    energy_projection: nn::Linear,
+}
+
+impl SequenceEbm {
+    pub fn new(p: &nn::Path, cfg: EbmNetConfig) -> Self {
+        let input = cfg.obs_seq_len * cfg.obs_dim + cfg.action_dim;
+        Self {
+            projection: linear(p / "projection", input, cfg.hidden),
+            blocks: residual_blocks(p, cfg.blocks, cfg.hidden, cfg.dropout, cfg.layer_norm),
+            energy_projection: linear(p / "energy_projection", cfg.hidden, 1),
+            cfg,
+        }
+    }
+
+    pub fn config(&self) -> &EbmNetConfig {
+        &self.cfg
+    }
+
+    fn obs_inputs(&self) -> i64 {
+        self.cfg.obs_seq_len * self.cfg.obs_dim
+    }
+
+    /// The part of the projection that depends on the observation only, `(B, hidden)`.
+    ///
+    /// `projection([obs, a]) = W_obs obs + W_act a + b`: computed once per observation
+    /// window, it is shared by every candidate action (thousands in DFO, 100 Langevin steps).
+    pub fn observation_context(&self, obs: &Tensor) -> Tensor {
+        let batch = obs.size()[0];
+        let w_obs = self.projection.ws.narrow(1, 0, self.obs_inputs());
+        obs.reshape([batch, self.obs_inputs()])
+            .linear(&w_obs, self.projection.bs.as_ref())
+    }
+
+    /// Energies `(B, N)` of candidate actions `(B, N, action_dim)` given a context.
+    pub fn energies_with_context(&self, context: &Tensor, actions: &Tensor, train: bool) -> Tensor {
+        let mut h = self.first_hidden(context, actions);
+        for block in &self.blocks {
+            h = block.forward(&h, train);
+        }
+        self.energy_projection.forward(&h).squeeze_dim(-1)
+    }
+
+    /// Energies `(B, N)` of candidate actions `(B, N, A)` for observation windows `(B, S, D)`.
+    pub fn energies(&self, obs: &Tensor, actions: &Tensor, train: bool) -> Tensor {
+        self.energies_with_context(&self.observation_context(obs), actions, train)
+    }
+
+    fn first_hidden(&self, context: &Tensor, actions: &Tensor) -> Tensor {
+        let w_act = self
+            .projection
+            .ws
+            .narrow(1, self.obs_inputs(), self.cfg.action_dim);
+        actions.linear::<Tensor>(&w_act, None) + context.unsqueeze(1)
+    }
+
+    /// `dE/da` at candidate actions `(B, N, A)`, for Langevin: no graph is kept.
+    ///
+    /// Without LayerNorm the network is piecewise linear, and its input gradient is a short
+    /// hand-written backward pass: the output weights make the last block's upstream
+    /// gradient one constant vector, so a step costs two `hidden x hidden` products instead
+    /// of autograd's four. With LayerNorm it falls back to autograd.
+    pub fn action_gradient(&self, context: &Tensor, actions: &Tensor) -> Tensor {
+        if self.blocks.iter().any(ResidualBlock::has_layer_norm) {
+            return self.action_gradient_autograd(context, actions);
+        }
+        tch::no_grad(|| {
+            // Forward, keeping each block's input and first pre-activation (ReLU masks).
+            let mut h = self.first_hidden(context, actions);
+            let mut saved = Vec::with_capacity(self.blocks.len());
+            for (i, block) in self.blocks.iter().enumerate() {
+                let z1 = block.fc1.forward(&h.relu());
+                let last = i + 1 == self.blocks.len();
+                let next = if last {
+                    None
+                } else {
+                    Some(&h + block.fc2.forward(&z1.relu()))
+                };
+                saved.push((h, z1));
+                if let Some(next) = next {
+                    h = next;
+                } else {
+                    break;
+                }
+            }
+            // Backward from dE/dh_out = w_energy, the same for every row.
+            let w_energy = self.energy_projection.ws.reshape([-1]);
+            let mut grad: Option<Tensor> = None; // None: equal to w_energy in every row
+            for (block, (h_in, z1)) in self.blocks.iter().zip(&saved).rev() {
+                let g_r2 = match &grad {
+                    None => w_energy.matmul(&block.fc2.ws),
+                    Some(g) => g.matmul(&block.fc2.ws),
+                };
+                let g_z1 = z1.threshold_backward(&g_r2, 0.0);
+                let g_r1 = g_z1.matmul(&block.fc1.ws);
+                let g_h = h_in.threshold_backward(&g_r1, 0.0);
+                grad = Some(match grad {
+                    None => g_h + &w_energy,
+                    Some(g) => g_h + g,
+                });
+            }
+            let w_act = self
+                .projection
+                .ws
+                .narrow(1, self.obs_inputs(), self.cfg.action_dim);
+            match grad {
+                Some(g) => g.matmul(&w_act),
+                None => w_energy.matmul(&w_act).expand_as(actions).contiguous(),
+            }
+        })
+    }
+
+    /// `dE/da` through autograd (any architecture); detached result.
+    pub fn action_gradient_autograd(&self, context: &Tensor, actions: &Tensor) -> Tensor {
+        let actions = actions.detach().set_requires_grad(true);
+        let energies = self.energies_with_context(&context.detach(), &actions, false);
+        let grads = Tensor::run_backward(&[energies.sum(None)], &[&actions], false, false);
+        grads[0].detach()
+    }
+}

@@ -1,0 +1,64 @@
+//! The explicit baseline (IBC `mlp_mse.gin`): the same residual MLP mapping the observation
+//! window straight to an action, trained with mean squared error.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use super::resnet::{linear, residual_blocks, ResidualBlock};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MseNetConfig {
+    pub obs_seq_len: i64,
+    pub obs_dim: i64,
+    pub action_dim: i64,
+    pub hidden: i64,
+    pub blocks: usize,
+    /// IBC's MSE config uses 0.1.
+    pub dropout: f64,
+    pub layer_norm: bool,
+}
+
+/// Tensor names: `projection`, `blocks.i.*`, `action_projection`.
+#[derive(Debug)]
+pub struct MsePolicyNet {
+    cfg: MseNetConfig,
+    projection: nn::Linear,
+    blocks: Vec<ResidualBlock>,
+    action_projection: nn::Linear,
+}
+
+impl MsePolicyNet {
+    pub fn new(p: &nn::Path, cfg: MseNetConfig) -> Self {
+        Self {
+            projection: linear(p / "projection", cfg.obs_seq_len * cfg.obs_dim, cfg.hidden),
+            blocks: residual_blocks(p, cfg.blocks, cfg.hidden, cfg.dropout, cfg.layer_norm),
+            action_projection: linear(p / "action_projection", cfg.hidden, cfg.action_dim),
+            cfg,
+        }
+    }
+
+    pub fn config(&self) -> &MseNetConfig {
+        &self.cfg
+    }
+
+    /// Actions `(B, A)` (normalized) for observation windows `(B, S, D)`.
+    pub fn forward(&self, obs: &Tensor, train: bool) -> Tensor {
+        let batch = obs.size()[0];
+        let mut h = self
+            .projection
+            .forward(&obs.reshape([batch, self.cfg.obs_seq_len * self.cfg.obs_dim]));
+        for block in &self.blocks {
+            h = block.forward(&h, train);
+        }
+        self.action_projection.forward(&h)
+    }
+
+    /// Mean squared error against demonstrated actions `(B, A)`.
+    pub fn loss(&self, obs: &Tensor, actions: &Tensor) -> Tensor {
+        (self.forward(obs, true) - actions)
+            .square()
+            .mean(Kind::Float)
+    }
+}

@@ -1,0 +1,136 @@
+//! Adam whose moments are plain tensors, so a checkpoint can hold them and a resumed run
+//! continues exactly (tch's built-in optimizer keeps its state inside libtorch).
+//! The update is PyTorch's `torch.optim.Adam` (no weight decay, no amsgrad).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use tch::Tensor;
+
+#[derive(Debug)]
+struct Moments {
+    param: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+}
+
+#[derive(Debug)]
+pub struct Adam {
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    /// Updates applied so far (PyTorch's `state['step']`).
+    steps: i64,
+    /// By parameter name, so state files are matched by name, not position.
+    params: BTreeMap<String, Moments>,
+}
+
+impl Adam {
+    /// Adam over the named trainable variables (`VarStore::variables()`).
+    pub fn new(variables: impl IntoIterator<Item = (String, Tensor)>) -> Self {
+        let params = variables
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .map(|(name, param)| {
+                let moments = Moments {
+                    exp_avg: param.zeros_like(),
+                    exp_avg_sq: param.zeros_like(),
+                    param,
+                };
+                (name, moments)
+            })
+            .collect();
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            steps: 0,
+            params,
+        }
+    }
+
+    pub fn steps(&self) -> i64 {
+        self.steps
+    }
+
+    pub fn zero_grad(&mut self) {
+        for m in self.params.values_mut() {
+            let mut grad = m.param.grad();
+            if grad.defined() {
+                let _ = grad.zero_();
+            }
+        }
+    }
+
+    /// Applies one update with learning rate `lr` from the parameters' `.grad()`.
+    pub fn step(&mut self, lr: f64) {
+        self.steps += 1;
+        let bias1 = 1.0 - self.beta1.powi(self.steps as i32);
+        let bias2_sqrt = (1.0 - self.beta2.powi(self.steps as i32)).sqrt();
+        let (beta1, beta2, eps) = (self.beta1, self.beta2, self.eps);
+        tch::no_grad(|| {
+            for m in self.params.values_mut() {
+                let grad = m.param.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                let _ = m.exp_avg.lerp_(&grad, 1.0 - beta1);
+                let _ = m.exp_avg_sq.g_mul_scalar_(beta2);
+                let _ = m.exp_avg_sq.addcmul_(&(&grad * (1.0 - beta2)), &grad);
+                let denom = m.exp_avg_sq.sqrt() / bias2_sqrt + eps;
+                let _ = m.param.g_sub_(&(&m.exp_avg / denom * (lr / bias1)));
+            }
+        });
+    }
+
+    /// Writes moments and step count (safetensors: `exp_avg.NAME`, `exp_avg_sq.NAME`, `step`).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut named: Vec<(String, Tensor)> =
+            vec![("step".into(), Tensor::from_slice(&[self.steps]))];
+        for (name, m) in &self.params {
+            named.push((
+                format!("exp_avg.{name}"),
+                m.exp_avg.to_device(tch::Device::Cpu),
+            ));
+            named.push((
+                format!("exp_avg_sq.{name}"),
+                m.exp_avg_sq.to_device(tch::Device::Cpu),
+            ));
+        }
+        Tensor::write_safetensors(&named, path)
+            .with_context(|| format!("writing optimizer state {}", path.display()))
+    }
+
+    /// Restores what [`Adam::save`] wrote; every parameter must be present with its shape.
+    pub fn load(&mut self, path: &Path) -> Result<()> {
+        let tensors: BTreeMap<String, Tensor> = Tensor::read_safetensors(path)
+            .with_context(|| format!("reading optimizer state {}", path.display()))?
+            .into_iter()
+            .collect();
+        let Some(step) = tensors.get("step") else {
+            bail!("{}: no `step` tensor", path.display());
+        };
+        let steps = step.int64_value(&[0]);
+        for (name, m) in self.params.iter_mut() {
+            for (key, target) in [
+                (format!("exp_avg.{name}"), &mut m.exp_avg),
+                (format!("exp_avg_sq.{name}"), &mut m.exp_avg_sq),
+            ] {
+                let Some(saved) = tensors.get(&key) else {
+                    bail!("{}: missing `{key}`", path.display());
+                };
+                ensure!(
+                    saved.size() == target.size(),
+                    "{}: `{key}` has shape {:?}, the model needs {:?}",
+                    path.display(),
+                    saved.size(),
+                    target.size()
+                );
+                tch::no_grad(|| target.copy_(&saved.to_kind(target.kind())));
+            }
+        }
+        self.steps = steps;
+        Ok(())
+    }
+}

@@ -1,0 +1,236 @@
+//! One policy's training state: network, optimizer, schedule and data, advanced one
+//! iteration at a time. Each iteration's randomness (batch, counter-examples, dropout) is
+//! seeded from `(seed, iteration)`, so a run continued from a checkpoint at step k
+//! reproduces the run that never stopped.
+//!
+//! libtorch's generator is process-global: run one trainer per process at a time.
+
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+
+use super::adam::Adam;
+use super::checkpoint::{write_run_files, CheckpointFiles};
+use super::schedule::LrSchedule;
+use crate::data::{Normalizer, Windows};
+use crate::policy::ebm::{ebm_loss, Bounds};
+use crate::policy::{PolicyNet, PolicySpec};
+use crate::task::derive_seed;
+
+/// Optimisation settings of one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OptimConfig {
+    pub batch_size: i64,
+    pub schedule: LrSchedule,
+    pub seed: u64,
+}
+
+/// Scalars of one iteration.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct StepMetrics {
+    /// The iteration just completed (1-based: the number of updates applied so far).
+    pub step: u64,
+    pub lr: f64,
+    pub loss: f64,
+    /// EBM only (zero for MSE).
+    pub info_nce: f64,
+    pub grad_penalty: f64,
+    pub energy_positive: f64,
+    pub energy_negative: f64,
+    /// L2 norm of all weight gradients before the update.
+    pub grad_norm: f64,
+}
+
+/// Normalized training windows on the training device.
+#[derive(Debug)]
+pub struct TrainingSet {
+    /// `(M, S, D)`.
+    pub obs: Tensor,
+    /// `(M, A)`.
+    pub actions: Tensor,
+}
+
+impl TrainingSet {
+    pub fn new(windows: &Windows, normalizer: &Normalizer, device: Device) -> Result<Self> {
+        ensure!(!windows.is_empty(), "no training windows");
+        let mut obs = windows.observations.clone();
+        normalizer.normalize_observations(&mut obs);
+        let mut actions = windows.actions.clone();
+        normalizer.normalize_actions(&mut actions);
+        let m = windows.len() as i64;
+        Ok(Self {
+            obs: Tensor::from_slice(&obs)
+                .view([m, windows.seq_len as i64, windows.obs_dim as i64])
+                .to_device(device),
+            actions: Tensor::from_slice(&actions)
+                .view([m, windows.action_dim as i64])
+                .to_device(device),
+        })
+    }
+
+    pub fn len(&self) -> i64 {
+        self.actions.size()[0]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub struct Trainer {
+    spec: PolicySpec,
+    optim: OptimConfig,
+    vs: nn::VarStore,
+    net: PolicyNet,
+    adam: Adam,
+    data: TrainingSet,
+    normalizer: Normalizer,
+    bounds: Bounds,
+    step: u64,
+}
+
+impl Trainer {
+    /// A fresh run: weights initialised from `optim.seed`.
+    pub fn new(
+        spec: PolicySpec,
+        optim: OptimConfig,
+        data: TrainingSet,
+        normalizer: Normalizer,
+        device: Device,
+    ) -> Result<Self> {
+        let (seq, obs_dim, action_dim) = spec.shapes();
+        let (data_seq, data_obs) = (data.obs.size()[1], data.obs.size()[2]);
+        ensure!(
+            (data_seq, data_obs, data.actions.size()[1]) == (seq, obs_dim, action_dim),
+            "the data has windows of {data_seq} x {data_obs} and {}-D actions; the policy expects {seq} x {obs_dim} and {action_dim}-D",
+            data.actions.size()[1]
+        );
+        ensure!(optim.batch_size >= 1, "train.batch_size must be at least 1");
+        tch::manual_seed(torch_seed(derive_seed(optim.seed, u64::MAX)));
+        let vs = nn::VarStore::new(device);
+        let net = PolicyNet::build(&vs, &spec);
+        let adam = Adam::new(vs.variables());
+        let bounds = Bounds::new(&normalizer.sample_low, &normalizer.sample_high, device);
+        Ok(Self {
+            spec,
+            optim,
+            vs,
+            net,
+            adam,
+            data,
+            normalizer,
+            bounds,
+            step: 0,
+        })
+    }
+
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    pub fn net(&self) -> &PolicyNet {
+        &self.net
+    }
+
+    pub fn spec(&self) -> &PolicySpec {
+        &self.spec
+    }
+
+    pub fn normalizer(&self) -> &Normalizer {
+        &self.normalizer
+    }
+
+    pub fn bounds(&self) -> &Bounds {
+        &self.bounds
+    }
+
+    /// One iteration: sample a batch, compute the loss, update the weights.
+    pub fn train_step(&mut self) -> StepMetrics {
+        tch::manual_seed(torch_seed(derive_seed(self.optim.seed, self.step)));
+        let lr = self.optim.schedule.at(self.step);
+        let device = self.vs.device();
+        let index = Tensor::randint(
+            self.data.len(),
+            [self.optim.batch_size],
+            (Kind::Int64, device),
+        );
+        let obs = self.data.obs.index_select(0, &index);
+        let actions = self.data.actions.index_select(0, &index);
+
+        self.adam.zero_grad();
+        let mut metrics = StepMetrics {
+            lr,
+            ..Default::default()
+        };
+        let loss = match (&self.net, &self.spec) {
+            (PolicyNet::Ebm(model), PolicySpec::Ebm { loss, .. }) => {
+                let parts = ebm_loss(model, &obs, &actions, &self.bounds, loss);
+                metrics.info_nce = parts.info_nce.double_value(&[]);
+                metrics.grad_penalty = parts.grad_penalty.double_value(&[]);
+                metrics.energy_positive = parts.energy_positive.double_value(&[]);
+                metrics.energy_negative = parts.energy_negative.double_value(&[]);
+                parts.total
+            }
+            (PolicyNet::Mse(model), PolicySpec::Mse { .. }) => model.loss(&obs, &actions),
+            _ => unreachable!("the network is built from the spec"),
+        };
+        loss.backward();
+        metrics.loss = loss.double_value(&[]);
+        metrics.grad_norm = self.gradient_norm();
+        self.adam.step(lr);
+        self.step += 1;
+        metrics.step = self.step;
+        metrics
+    }
+
+    fn gradient_norm(&self) -> f64 {
+        let squares: f64 = self
+            .vs
+            .trainable_variables()
+            .iter()
+            .map(|p| p.grad())
+            .filter(|g| g.defined())
+            .map(|g| g.square().sum(Kind::Double).double_value(&[]))
+            .sum();
+        squares.sqrt()
+    }
+
+    /// Writes the checkpoint of the current step into `dir` (plus the per-run files).
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<CheckpointFiles> {
+        write_run_files(dir, &self.spec, &self.normalizer)?;
+        let files = CheckpointFiles::in_dir(dir, self.step);
+        self.vs
+            .save(&files.model)
+            .with_context(|| format!("writing {}", files.model.display()))?;
+        self.adam.save(&files.optimizer)?;
+        Ok(files)
+    }
+
+    /// Restores weights, optimizer state and step from a checkpoint of this run.
+    pub fn restore(&mut self, files: &CheckpointFiles) -> Result<()> {
+        self.vs
+            .load(&files.model)
+            .with_context(|| format!("loading {}", files.model.display()))?;
+        self.adam.load(&files.optimizer)?;
+        ensure!(
+            self.adam.steps() as u64 == files.step,
+            "{}: optimizer state is at step {}, the file name says {}",
+            files.optimizer.display(),
+            self.adam.steps(),
+            files.step
+        );
+        self.step = files.step;
+        Ok(())
+    }
+}
+
+/// libtorch takes a non-negative i64 seed.
+fn torch_seed(seed: u64) -> i64 {
+    (seed >> 1) as i64
+}
