@@ -3,6 +3,7 @@
 //! The binary's verbs live in [`cli`]; everything they do is a library call, so tests and
 //! the orchestrator use the same code.
 
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod plot;

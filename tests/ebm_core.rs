@@ -376,3 +376,28 @@ fn mse_net_shapes_and_names() {
     assert_eq!(parameter_count(&vs), 4352 + 131_584 + 514);
     assert!(vs.variables().contains_key("action_projection.weight"));
 }
+
+#[test]
+fn row_chunks_give_the_same_energies_as_one_pass() {
+    tch::manual_seed(4);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = SequenceEbm::new(
+        &vs.root(),
+        EbmNetConfig {
+            hidden: 16,
+            ..Default::default()
+        },
+    );
+    let obs = Tensor::randn([6, 2, 8], (Kind::Float, Device::Cpu));
+    let actions = Tensor::rand([6, 50, 2], (Kind::Float, Device::Cpu));
+    let ctx = model.observation_context(&obs);
+    let whole = model.energies_with_context(&ctx, &actions, false);
+    for max_rows in [1, 7, 49, 50, 120, 299, 300, 10_000] {
+        let pieces = ebmlab::policy::in_row_chunks(&ctx, &actions, max_rows, |c, a| {
+            model.energies_with_context(c, a, false)
+        });
+        assert_eq!(pieces.size(), vec![6, 50]);
+        let diff = (&pieces - &whole).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "max_rows {max_rows}: {diff}");
+    }
+}

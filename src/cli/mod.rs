@@ -1,5 +1,6 @@
 //! The command line: parse, call the library, print. One file per verb.
 
+mod bench;
 mod data;
 
 use std::process::ExitCode;
@@ -31,6 +32,8 @@ enum Command {
     /// Demonstration data: generate it with the oracle, validate files.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Throughput figures as JSON lines, beside a PyTorch eager reference.
+    Bench(bench::BenchArgs),
 }
 
 /// Parses the arguments, runs the verb and maps the outcome to an exit status.
@@ -39,6 +42,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Data(command) => data::run(command),
+        Command::Bench(args) => bench::run_bench(args),
     };
     match result {
         Ok(code) => code,

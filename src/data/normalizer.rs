@@ -22,6 +22,10 @@ pub struct Normalizer {
     pub sample_low: Vec<f32>,
     /// Highest normalized action a sampler may propose.
     pub sample_high: Vec<f32>,
+    /// The same bounds in task units; denormalized actions are clamped to them, so float
+    /// rounding never takes an action outside the task's action space.
+    pub action_low: Vec<f32>,
+    pub action_high: Vec<f32>,
 }
 
 impl Normalizer {
@@ -77,6 +81,8 @@ impl Normalizer {
             action_range: range.clone(),
             sample_low: Vec::new(),
             sample_high: Vec::new(),
+            action_low: Vec::new(),
+            action_high: Vec::new(),
         };
         let (task_low, task_high) = task_bounds;
         for i in 0..action_dim {
@@ -84,6 +90,8 @@ impl Normalizer {
             let hi = (high[i] + boundary_buffer * range[i]).min(task_high[i]);
             norm.sample_low.push(norm.normalize_action_value(i, lo));
             norm.sample_high.push(norm.normalize_action_value(i, hi));
+            norm.action_low.push(lo);
+            norm.action_high.push(hi);
         }
         Ok(norm)
     }
@@ -111,11 +119,13 @@ impl Normalizer {
         }
     }
 
+    /// Back to task units, clamped to the sampling bounds.
     pub fn denormalize_actions(&self, values: &mut [f32]) {
         let d = self.action_min.len();
         for row in values.chunks_mut(d) {
             for (i, a) in row.iter_mut().enumerate() {
-                *a = (*a + 1.0) / 2.0 * self.action_range[i] + self.action_min[i];
+                let a_task = (*a + 1.0) / 2.0 * self.action_range[i] + self.action_min[i];
+                *a = a_task.clamp(self.action_low[i], self.action_high[i]);
             }
         }
     }
@@ -142,7 +152,9 @@ impl Normalizer {
             norm.obs_mean.len() == norm.obs_std.len()
                 && norm.action_min.len() == norm.action_range.len()
                 && norm.sample_low.len() == norm.action_min.len()
-                && norm.sample_high.len() == norm.action_min.len(),
+                && norm.sample_high.len() == norm.action_min.len()
+                && norm.action_low.len() == norm.action_min.len()
+                && norm.action_high.len() == norm.action_min.len(),
             "{}: arrays of inconsistent lengths",
             path.display()
         );

@@ -1,7 +1,7 @@
 //! How an energy-based policy picks its action: DFO or Langevin minimisation of the energy.
 
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::ebm::{dfo_minimize, langevin, Bounds, DfoConfig, LangevinConfig, SequenceEbm};
 
@@ -27,8 +27,9 @@ pub struct InferenceConfig {
     /// Langevin inference: samples per observation and steps.
     pub langevin_samples: i64,
     pub langevin_steps: usize,
-    /// Largest `observations x samples` evaluated at once (bounds memory in big rollouts).
-    pub max_rows_per_chunk: i64,
+    /// Candidate rows evaluated in one pass; 0 picks per device (cache-sized pieces are
+    /// fastest on a CPU, large ones on a GPU). Bounds memory in big rollout batches.
+    pub chunk_rows: i64,
 }
 
 impl Default for InferenceConfig {
@@ -43,12 +44,21 @@ impl Default for InferenceConfig {
             temperature: dfo.temperature,
             langevin_samples: 512,
             langevin_steps: 100,
-            max_rows_per_chunk: 1 << 20,
+            chunk_rows: 0,
         }
     }
 }
 
 impl InferenceConfig {
+    /// Rows per pass on `device` (see `chunk_rows`).
+    pub fn rows_per_pass(&self, device: Device) -> i64 {
+        match (self.chunk_rows, device) {
+            (0, Device::Cpu) => 1 << 12,
+            (0, _) => 1 << 20,
+            (rows, _) => rows,
+        }
+    }
+
     pub fn dfo(&self) -> DfoConfig {
         DfoConfig {
             samples: self.samples,
@@ -58,13 +68,37 @@ impl InferenceConfig {
             temperature: self.temperature,
         }
     }
+}
 
-    fn samples_per_observation(&self) -> i64 {
-        match self.kind {
-            InferenceKind::Dfo => self.samples,
-            InferenceKind::Langevin => self.langevin_samples,
-        }
+/// Applies `f(context rows, candidate rows)` to pieces of at most `max_rows` candidate rows
+/// and joins the results along the candidate dimension (dim 1) and the batch (dim 0).
+///
+/// Row-wise work gives the same result in pieces, and pieces that fit in cache are
+/// several times faster on a CPU than one pass over a million rows.
+pub fn in_row_chunks(
+    context: &Tensor,
+    actions: &Tensor,
+    max_rows: i64,
+    f: impl Fn(&Tensor, &Tensor) -> Tensor,
+) -> Tensor {
+    let (batch, k) = (actions.size()[0], actions.size()[1]);
+    let max_rows = max_rows.max(1);
+    if batch * k <= max_rows {
+        return f(context, actions);
     }
+    let obs_per_chunk = (max_rows / k).clamp(1, batch);
+    let k_per_chunk = (max_rows / obs_per_chunk).clamp(1, k);
+    let mut rows = Vec::new();
+    for start in (0..batch).step_by(obs_per_chunk as usize) {
+        let len = obs_per_chunk.min(batch - start);
+        let (ctx, acts) = (context.narrow(0, start, len), actions.narrow(0, start, len));
+        let pieces: Vec<Tensor> = (0..k)
+            .step_by(k_per_chunk as usize)
+            .map(|j| f(&ctx, &acts.narrow(1, j, k_per_chunk.min(k - j))))
+            .collect();
+        rows.push(Tensor::cat(&pieces, 1));
+    }
+    Tensor::cat(&rows, 0)
 }
 
 /// Lowest-energy normalized actions `(B, A)` for normalized observation windows `(B, S, D)`.
@@ -76,36 +110,32 @@ pub fn infer_actions(
 ) -> Tensor {
     let batch = obs.size()[0];
     let action_dim = model.config().action_dim;
-    let per_chunk = (cfg.max_rows_per_chunk / cfg.samples_per_observation().max(1)).max(1);
     let context = tch::no_grad(|| model.observation_context(obs));
-    let chunks: Vec<Tensor> = (0..batch)
-        .step_by(per_chunk as usize)
-        .map(|start| {
-            let len = per_chunk.min(batch - start);
-            let ctx = context.narrow(0, start, len);
-            match cfg.kind {
-                InferenceKind::Dfo => dfo_minimize(len, action_dim, bounds, &cfg.dfo(), |a| {
-                    model.energies_with_context(&ctx, a, false)
-                }),
-                InferenceKind::Langevin => {
-                    let langevin_cfg = LangevinConfig {
-                        steps: cfg.langevin_steps,
-                        ..Default::default()
-                    };
-                    let init = bounds.uniform(&[len, cfg.langevin_samples, action_dim]);
-                    let samples = langevin(init, bounds, &langevin_cfg, |a| {
-                        model.action_gradient(&ctx, a)
-                    });
-                    tch::no_grad(|| {
-                        let best = model
-                            .energies_with_context(&ctx, &samples, false)
-                            .argmin(-1, false);
-                        let index = best.view([len, 1, 1]).expand([len, 1, action_dim], false);
-                        samples.gather(1, &index, false).squeeze_dim(1)
-                    })
-                }
-            }
+    let rows = cfg.rows_per_pass(obs.device());
+    let energy = |a: &Tensor| {
+        in_row_chunks(&context, a, rows, |ctx, a| {
+            model.energies_with_context(ctx, a, false)
         })
-        .collect();
-    Tensor::cat(&chunks, 0).to_kind(Kind::Float)
+    };
+    let actions = match cfg.kind {
+        InferenceKind::Dfo => dfo_minimize(batch, action_dim, bounds, &cfg.dfo(), energy),
+        InferenceKind::Langevin => {
+            let langevin_cfg = LangevinConfig {
+                steps: cfg.langevin_steps,
+                ..Default::default()
+            };
+            let init = bounds.uniform(&[batch, cfg.langevin_samples, action_dim]);
+            let samples = langevin(init, bounds, &langevin_cfg, |a| {
+                in_row_chunks(&context, a, rows, |ctx, a| model.action_gradient(ctx, a))
+            });
+            tch::no_grad(|| {
+                let best = energy(&samples).argmin(-1, false);
+                let index = best
+                    .view([batch, 1, 1])
+                    .expand([batch, 1, action_dim], false);
+                samples.gather(1, &index, false).squeeze_dim(1)
+            })
+        }
+    };
+    actions.to_kind(Kind::Float)
 }

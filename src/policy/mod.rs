@@ -1,12 +1,14 @@
 //! Policies: the implicit energy-based policy and the explicit MSE baseline, chosen by
 //! `kind` in the spec.
 
+mod acting;
 pub mod ebm;
 mod inference;
 pub mod mse;
 pub mod resnet;
 
-pub use inference::{infer_actions, InferenceConfig, InferenceKind};
+pub use acting::LoadedPolicy;
+pub use inference::{in_row_chunks, infer_actions, InferenceConfig, InferenceKind};
 
 use serde::{Deserialize, Serialize};
 use tch::nn;

@@ -1,0 +1,222 @@
+//! `ebmlab bench`: throughput figures as JSON lines, each beside the same work done by a
+//! PyTorch eager reference (`reference.py`, run with the project's Python) in the same run.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tch::{Device, Kind, Tensor};
+
+use crate::data::{record_oracle_demos, Normalizer, Windows};
+use crate::policy::ebm::{Bounds, EbmLossConfig, EbmNetConfig, NegativesConfig};
+use crate::policy::{infer_actions, InferenceConfig, PolicyNet, PolicySpec};
+use crate::task::episode_seeds;
+use crate::task::particle::{ParticleConfig, ParticleTask};
+use crate::train::{LrSchedule, OptimConfig, Trainer, TrainingSet};
+
+const REFERENCE_SCRIPT: &str = include_str!("reference.py");
+
+/// What to measure, and how often.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub device: Device,
+    pub train_step: bool,
+    pub dfo: bool,
+    pub warmup: usize,
+    pub repeats: usize,
+    pub hidden: i64,
+    pub batch_size: i64,
+    pub negatives: i64,
+    pub langevin_steps: usize,
+    pub dfo_samples: i64,
+    pub dfo_iters: usize,
+    pub dfo_batches: Vec<i64>,
+    /// Python with torch for the reference figures; `None` skips them.
+    pub python: Option<PathBuf>,
+}
+
+/// One figure.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchRecord {
+    pub bench: String,
+    #[serde(rename = "impl")]
+    pub implementation: String,
+    pub device: String,
+    pub threads: i64,
+    pub config: serde_json::Value,
+    pub repeats: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+}
+
+fn time_ms(device: Device, warmup: usize, repeats: usize, mut work: impl FnMut()) -> Vec<f64> {
+    for _ in 0..warmup {
+        work();
+    }
+    (0..repeats)
+        .map(|_| {
+            if let Device::Cuda(i) = device {
+                tch::Cuda::synchronize(i as i64);
+            }
+            let start = Instant::now();
+            work();
+            if let Device::Cuda(i) = device {
+                tch::Cuda::synchronize(i as i64);
+            }
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect()
+}
+
+fn record(
+    name: &str,
+    device: Device,
+    config: serde_json::Value,
+    mut times: Vec<f64>,
+) -> BenchRecord {
+    times.sort_by(f64::total_cmp);
+    let n = times.len();
+    let median = if n % 2 == 1 {
+        times[n / 2]
+    } else {
+        (times[n / 2 - 1] + times[n / 2]) / 2.0
+    };
+    BenchRecord {
+        bench: name.into(),
+        implementation: "ebmlab".into(),
+        device: format!("{device:?}").to_lowercase(),
+        threads: tch::get_num_threads() as i64,
+        config,
+        repeats: n,
+        median_ms: median,
+        min_ms: times[0],
+    }
+}
+
+/// The IBC/seed particle EBM (256 x 1 block, no normalization) for 2-D.
+fn ibc_spec(opts: &BenchOptions) -> PolicySpec {
+    PolicySpec::Ebm {
+        net: EbmNetConfig {
+            hidden: opts.hidden,
+            layer_norm: false,
+            ..Default::default()
+        },
+        loss: EbmLossConfig {
+            negatives: NegativesConfig {
+                count: opts.negatives,
+                steps: opts.langevin_steps,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        inference: InferenceConfig {
+            samples: opts.dfo_samples,
+            iters: opts.dfo_iters,
+            ..Default::default()
+        },
+    }
+}
+
+fn trainer(opts: &BenchOptions) -> Result<Trainer> {
+    let task = ParticleTask::new(ParticleConfig::default())?;
+    let demos: Vec<_> = record_oracle_demos(&task, &episode_seeds(0, 200))?
+        .into_iter()
+        .map(|r| r.demo)
+        .collect();
+    let windows = Windows::from_demos(&demos, 2);
+    let info = crate::task::Task::info(&task);
+    let norm = Normalizer::fit(
+        &windows.observations,
+        windows.obs_dim,
+        &windows.actions,
+        windows.action_dim,
+        0.05,
+        (&info.action_low, &info.action_high),
+    )?;
+    let data = TrainingSet::new(&windows, &norm, opts.device)?;
+    let optim = OptimConfig {
+        batch_size: opts.batch_size,
+        schedule: LrSchedule {
+            lr: 1e-3,
+            decay_steps: 100,
+            decay_rate: 0.99,
+            staircase: false,
+        },
+        seed: 0,
+    };
+    Trainer::new(ibc_spec(opts), optim, data, norm, opts.device)
+}
+
+/// Runs the selected benchmarks, handing each figure to `emit` as soon as it is measured.
+pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()> {
+    let mut trainer = trainer(opts)?;
+    let train_config = json!({
+        "obs_dim": 8, "action_dim": 2, "hidden": opts.hidden, "blocks": 1,
+        "batch_size": opts.batch_size, "negatives": opts.negatives,
+        "langevin_steps": opts.langevin_steps,
+    });
+    if opts.train_step {
+        let times = time_ms(opts.device, opts.warmup, opts.repeats, || {
+            trainer.train_step();
+        });
+        emit(&record(
+            "train_step",
+            opts.device,
+            train_config.clone(),
+            times,
+        ));
+    }
+    if opts.dfo {
+        let (PolicyNet::Ebm(model), PolicySpec::Ebm { inference, .. }) =
+            (trainer.net(), trainer.spec())
+        else {
+            bail!("the benchmark policy is an EBM");
+        };
+        let bounds = Bounds::new(&[-1.0, -1.0], &[1.0, 1.0], opts.device);
+        for &batch in &opts.dfo_batches {
+            let obs = Tensor::randn([batch, 2, 8], (Kind::Float, opts.device));
+            let times = time_ms(opts.device, opts.warmup, opts.repeats, || {
+                let _ = infer_actions(model, &obs, &bounds, inference);
+            });
+            let config = json!({
+                "batch": batch, "samples": opts.dfo_samples, "iters": opts.dfo_iters,
+                "hidden": opts.hidden,
+            });
+            emit(&record("dfo", opts.device, config, times));
+        }
+    }
+    if let Some(python) = &opts.python {
+        let mut only = Vec::new();
+        if opts.train_step {
+            only.push("train_step");
+        }
+        if opts.dfo {
+            only.push("dfo");
+        }
+        let settings = json!({
+            "device": if opts.device.is_cuda() { "cuda" } else { "cpu" },
+            "only": only, "warmup": opts.warmup, "repeats": opts.repeats,
+            "train": train_config,
+            "dfo": {"batches": opts.dfo_batches, "samples": opts.dfo_samples, "iters": opts.dfo_iters},
+        });
+        let output = Command::new(python)
+            .args(["-c", REFERENCE_SCRIPT, &settings.to_string()])
+            .output()
+            .with_context(|| format!("running the PyTorch reference with {}", python.display()))?;
+        if !output.status.success() {
+            bail!(
+                "the PyTorch reference failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let figure: BenchRecord = serde_json::from_str(line)
+                .with_context(|| format!("reading the reference's output line {line:?}"))?;
+            emit(&figure);
+        }
+    }
+    Ok(())
+}

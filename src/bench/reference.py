@@ -1,0 +1,138 @@
+# PyTorch eager reference for `ebmlab bench`: the same work, written the way the seed spec
+# writes it (SequenceEBM over concatenated inputs, ULA with autograd.grad at every step,
+# InfoNCE + gradient penalty with create_graph, torch.optim.Adam; DFO with 16,384 samples).
+# Prints one JSON line per figure. Arguments: JSON object with the settings.
+import json, statistics, sys, time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+cfg = json.loads(sys.argv[1])
+torch.manual_seed(0)
+device = torch.device(cfg.get("device", "cpu"))
+
+
+class MLPResidualBlock(nn.Module):
+    def __init__(self, hidden_dim):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, hidden_dim)
+
+    def forward(self, x):
+        out = self.fc1(F.relu(x))
+        out = self.fc2(F.relu(out))
+        return out + x
+
+
+class SequenceEBM(nn.Module):
+    def __init__(self, obs_dim, action_dim, obs_seq_len, hidden_dim, blocks):
+        super().__init__()
+        self.projection = nn.Linear(obs_seq_len * obs_dim + action_dim, hidden_dim)
+        self.blocks = nn.ModuleList([MLPResidualBlock(hidden_dim) for _ in range(blocks)])
+        self.energy_projection = nn.Linear(hidden_dim, 1)
+
+    def forward(self, obs_seq, action):
+        B, N, _ = action.shape
+        obs_flat = obs_seq.reshape(B, -1).unsqueeze(1).expand(B, N, -1)
+        x = torch.cat([obs_flat, action], dim=-1).reshape(B * N, -1)
+        x = self.projection(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.energy_projection(x).reshape(B, N)
+
+
+def ula(model, obs, n, steps, act_dim):
+    B = obs.shape[0]
+    a = torch.rand(B, n, act_dim, device=device) * 2 - 1
+    for i in range(steps):
+        s = (0.1 - 1e-5) * (1 - i / max(steps - 1, 1)) ** 2 + 1e-5
+        a = a.detach().requires_grad_(True)
+        e = model(obs, a)
+        g = torch.autograd.grad(e.sum(), a)[0]
+        delta = s * (0.5 * g + torch.randn_like(a))
+        delta = delta.clamp(-0.1, 0.1)
+        a = (a - delta).clamp(-1, 1)
+    return a.detach()
+
+
+def train_step(model, opt, data_obs, data_act, batch, negatives, steps):
+    idx = torch.randint(0, data_obs.shape[0], (batch,), device=device)
+    obs, act = data_obs[idx], data_act[idx]
+    neg = ula(model, obs, negatives, steps, act.shape[-1])
+    e_pos = model(obs, act.unsqueeze(1))
+    e_neg = model(obs, neg)
+    energies = torch.cat([e_neg, e_pos], dim=1)
+    labels = torch.full((batch,), negatives, dtype=torch.long, device=device)
+    loss_nce = F.cross_entropy(-energies, labels)
+    comb = torch.cat([neg, act.unsqueeze(1)], dim=1)
+    B, N, A = comb.shape
+    a_flat = comb.reshape(-1, A).detach().requires_grad_(True)
+    o_flat = obs.unsqueeze(1).expand(B, N, -1, -1).reshape(B * N, obs.shape[1], obs.shape[2])
+    e = model(o_flat, a_flat.unsqueeze(1)).squeeze(-1)
+    g = torch.autograd.grad(e, a_flat, grad_outputs=torch.ones_like(e), create_graph=True)[0]
+    gn = torch.clamp(torch.norm(g, p=float("inf"), dim=1) - 1.0, min=0.0)
+    loss = loss_nce + (gn ** 2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def dfo(model, obs, samples, iters):
+    with torch.no_grad():
+        B = obs.shape[0]
+        a = torch.rand(B, samples, 2, device=device) * 2 - 1
+        noise = 0.33
+        for _ in range(iters):
+            e = model(obs, a)
+            p = F.softmax(-e, dim=-1)
+            idx = torch.multinomial(p, samples, replacement=True)
+            a = torch.gather(a, 1, idx.unsqueeze(-1).expand(B, samples, 2))
+            a = (a + torch.randn_like(a) * noise).clamp(-1, 1)
+            noise *= 0.5
+        e = model(obs, a)
+        best = e.argmin(dim=-1)
+        return a[torch.arange(B, device=device), best]
+
+
+def timed(fn, warmup, repeats):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def emit(name, config, times):
+    print(json.dumps({
+        "bench": name, "impl": "pytorch-eager", "device": str(device),
+        "threads": torch.get_num_threads(), "config": config, "repeats": len(times),
+        "median_ms": statistics.median(times), "min_ms": min(times),
+    }), flush=True)
+
+
+t = cfg["train"]
+model = SequenceEBM(t["obs_dim"], t["action_dim"], 2, t["hidden"], t["blocks"]).to(device)
+opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+data_obs = torch.randn(20000, 2, t["obs_dim"], device=device)
+data_act = torch.rand(20000, t["action_dim"], device=device) * 2 - 1
+if "train_step" in cfg["only"]:
+    times = timed(lambda: train_step(model, opt, data_obs, data_act, t["batch_size"],
+                                     t["negatives"], t["langevin_steps"]),
+                  cfg["warmup"], cfg["repeats"])
+    emit("train_step", t, times)
+if "dfo" in cfg["only"]:
+    for batch in cfg["dfo"]["batches"]:
+        obs = torch.randn(batch, 2, t["obs_dim"], device=device)
+        times = timed(lambda: dfo(model, obs, cfg["dfo"]["samples"], cfg["dfo"]["iters"]),
+                      cfg["warmup"], cfg["repeats"])
+        emit("dfo", {"batch": batch, "samples": cfg["dfo"]["samples"],
+                     "iters": cfg["dfo"]["iters"], "hidden": t["hidden"]}, times)

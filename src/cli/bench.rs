@@ -1,0 +1,106 @@
+//! `ebmlab bench`: throughput figures as JSON lines (ebmlab and the PyTorch eager reference).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+
+use crate::bench::{run, BenchOptions};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchItem {
+    /// One training iteration of the IBC Langevin config.
+    TrainStep,
+    /// One DFO inference call (per batch size in --dfo-batches).
+    Dfo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+    /// CUDA device 0 when there is one, else the CPU.
+    Auto,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+    /// Which figures (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<BenchItem>,
+    /// Untimed runs before measuring.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed runs; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    #[arg(long, default_value_t = 256)]
+    hidden: i64,
+    #[arg(long, default_value_t = 512)]
+    batch_size: i64,
+    #[arg(long, default_value_t = 8)]
+    negatives: i64,
+    #[arg(long, default_value_t = 100)]
+    langevin_steps: usize,
+    #[arg(long, default_value_t = 16_384)]
+    dfo_samples: i64,
+    #[arg(long, default_value_t = 3)]
+    dfo_iters: usize,
+    #[arg(long, value_delimiter = ',', default_value = "1,100")]
+    dfo_batches: Vec<i64>,
+    /// Python with torch for the reference figures.
+    #[arg(long, default_value = ".venv/bin/python")]
+    python: PathBuf,
+    /// Skip the PyTorch reference.
+    #[arg(long)]
+    no_reference: bool,
+}
+
+pub fn run_bench(args: BenchArgs) -> Result<ExitCode> {
+    if args.repeats == 0 {
+        bail!("--repeats must be at least 1");
+    }
+    let device = match args.device {
+        DeviceArg::Cpu => tch::Device::Cpu,
+        DeviceArg::Cuda if !tch::Cuda::is_available() => bail!("--device cuda: no CUDA device"),
+        DeviceArg::Cuda => tch::Device::Cuda(0),
+        DeviceArg::Auto => tch::Device::cuda_if_available(),
+    };
+    let all = args.only.is_empty();
+    let python = if args.no_reference {
+        None
+    } else if args.python.exists() {
+        Some(args.python.clone())
+    } else {
+        bail!(
+            "{} not found: run from the repository root, pass --python, or --no-reference",
+            args.python.display()
+        );
+    };
+    let opts = BenchOptions {
+        device,
+        train_step: all || args.only.contains(&BenchItem::TrainStep),
+        dfo: all || args.only.contains(&BenchItem::Dfo),
+        warmup: args.warmup,
+        repeats: args.repeats,
+        hidden: args.hidden,
+        batch_size: args.batch_size,
+        negatives: args.negatives,
+        langevin_steps: args.langevin_steps,
+        dfo_samples: args.dfo_samples,
+        dfo_iters: args.dfo_iters,
+        dfo_batches: args.dfo_batches,
+        python,
+    };
+    run(&opts, |record| {
+        println!(
+            "{}",
+            serde_json::to_string(record).expect("records serialize")
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

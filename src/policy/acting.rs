@@ -1,0 +1,76 @@
+//! A trained policy loaded from a checkpoint, acting on raw observation windows.
+
+use anyhow::{Context, Result};
+use tch::{nn, Device, Kind, Tensor};
+
+use super::ebm::Bounds;
+use super::{infer_actions, PolicyNet, PolicySpec};
+use crate::data::Normalizer;
+use crate::train::checkpoint::{read_run_files, CheckpointFiles};
+
+pub struct LoadedPolicy {
+    vs: nn::VarStore,
+    net: PolicyNet,
+    spec: PolicySpec,
+    normalizer: Normalizer,
+    bounds: Bounds,
+    /// The step of the checkpoint it came from.
+    pub step: u64,
+}
+
+impl LoadedPolicy {
+    /// Rebuilds the policy of a checkpoint folder at the given step's weights.
+    pub fn load(files: &CheckpointFiles, device: Device) -> Result<Self> {
+        let dir = files
+            .model
+            .parent()
+            .context("a checkpoint file lies in a folder")?;
+        let (spec, normalizer) = read_run_files(dir)?;
+        let mut vs = nn::VarStore::new(device);
+        let net = PolicyNet::build(&vs, &spec);
+        vs.load(&files.model)
+            .with_context(|| format!("loading {}", files.model.display()))?;
+        let bounds = Bounds::new(&normalizer.sample_low, &normalizer.sample_high, device);
+        Ok(Self {
+            vs,
+            net,
+            spec,
+            normalizer,
+            bounds,
+            step: files.step,
+        })
+    }
+
+    pub fn spec(&self) -> &PolicySpec {
+        &self.spec
+    }
+
+    /// Actions (`batch x action_dim`, task units) for raw observation windows
+    /// (`batch x seq_len x obs_dim`, task units).
+    pub fn act(&self, obs_windows: &[f32], batch: usize) -> Vec<f32> {
+        let (seq, obs_dim, action_dim) = self.spec.shapes();
+        let mut obs = obs_windows.to_vec();
+        self.normalizer.normalize_observations(&mut obs);
+        let obs = Tensor::from_slice(&obs)
+            .view([batch as i64, seq, obs_dim])
+            .to_device(self.vs.device());
+        let actions = tch::no_grad(|| match (&self.net, &self.spec) {
+            (PolicyNet::Ebm(model), PolicySpec::Ebm { inference, .. }) => {
+                infer_actions(model, &obs, &self.bounds, inference)
+            }
+            (PolicyNet::Mse(model), PolicySpec::Mse { .. }) => {
+                self.bounds.clip(&model.forward(&obs, false))
+            }
+            _ => unreachable!("the network is built from the spec"),
+        });
+        let mut actions = Vec::<f32>::try_from(
+            actions
+                .to_kind(Kind::Float)
+                .to_device(Device::Cpu)
+                .reshape([batch as i64 * action_dim]),
+        )
+        .expect("a float tensor converts");
+        self.normalizer.denormalize_actions(&mut actions);
+        actions
+    }
+}

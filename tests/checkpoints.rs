@@ -1,0 +1,333 @@
+//! Checkpoints: PyTorch reads them as the seed's module, and a resumed run continues exactly.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use ebmlab::data::{record_oracle_demos, Normalizer, ParticleDemo, Windows};
+use ebmlab::policy::ebm::{
+    EbmLossConfig, EbmNetConfig, NegativeKind, NegativesConfig, SequenceEbm,
+};
+use ebmlab::policy::mse::MseNetConfig;
+use ebmlab::policy::PolicySpec;
+use ebmlab::task::episode_seeds;
+use ebmlab::task::particle::{ParticleConfig, ParticleTask};
+use ebmlab::train::{checkpoint, LrSchedule, OptimConfig, Trainer, TrainingSet};
+use tch::{nn, Device, Kind, Tensor};
+
+/// The seed's PyTorch SequenceEBM, written from the seed document, loading our file strictly.
+const SEED_MODULE: &str = r#"
+import sys, torch, torch.nn as nn
+from safetensors.torch import load_file
+
+class MLPResidualBlock(nn.Module):
+    def __init__(self, hidden_dim=256, dropout=0.1, norm_type='layer'):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_dim) if norm_type == 'layer' else None
+        self.norm2 = nn.LayerNorm(hidden_dim) if norm_type == 'layer' else None
+        self.fc1 = nn.Linear(hidden_dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, hidden_dim)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.activation = nn.ReLU()
+    def forward(self, x):
+        identity = x
+        out = self.norm1(x) if self.norm1 is not None else x
+        out = self.fc1(self.dropout1(self.activation(out)))
+        out = self.norm2(out) if self.norm2 is not None else out
+        out = self.fc2(self.dropout2(self.activation(out)))
+        return out + identity
+
+class SequenceEBM(nn.Module):
+    def __init__(self, obs_dim=8, action_dim=2, obs_seq_len=2, hidden_dim=256,
+                 num_residual_blocks=1, dropout=0.0, norm_type=None):
+        super().__init__()
+        self.projection = nn.Linear(obs_seq_len * obs_dim + action_dim, hidden_dim)
+        self.blocks = nn.ModuleList([MLPResidualBlock(hidden_dim, dropout, norm_type)
+                                     for _ in range(num_residual_blocks)])
+        self.energy_projection = nn.Linear(hidden_dim, 1)
+    def forward(self, obs_seq, action):
+        B, N, _ = action.shape
+        obs_flat = obs_seq.reshape(B, -1).unsqueeze(1).expand(B, N, -1)
+        x = torch.cat([obs_flat, action], dim=-1).reshape(B * N, -1)
+        x = self.projection(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.energy_projection(x).reshape(B, N)
+
+model_path, io_path, norm_type, blocks = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+model = SequenceEBM(norm_type=None if norm_type == 'none' else norm_type,
+                    num_residual_blocks=blocks)
+model.load_state_dict(load_file(model_path), strict=True)
+model.eval()
+io = load_file(io_path)
+with torch.no_grad():
+    ours = model(io['obs'], io['actions'])
+print(float((ours - io['energies']).abs().max()))
+"#;
+
+#[test]
+fn pytorch_loads_the_checkpoint_and_computes_the_same_energies() {
+    for (layer_norm, blocks) in [(false, 1usize), (true, 1), (false, 2)] {
+        tch::manual_seed(42);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = SequenceEbm::new(
+            &vs.root(),
+            EbmNetConfig {
+                layer_norm,
+                blocks,
+                ..Default::default()
+            },
+        );
+        // Train-like weights: perturb the LayerNorm affine parameters away from 1 and 0.
+        tch::no_grad(|| {
+            for (name, mut t) in vs.variables() {
+                if name.contains("norm") {
+                    let _ = t.g_add_(&(t.randn_like() * 0.1));
+                }
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let model_path = dir.path().join("model.safetensors");
+        vs.save(&model_path).unwrap();
+
+        let obs = Tensor::randn([7, 2, 8], (Kind::Float, Device::Cpu));
+        let actions = Tensor::rand([7, 33, 2], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        let energies = tch::no_grad(|| model.energies(&obs, &actions, false));
+        let io_path = dir.path().join("io.safetensors");
+        Tensor::write_safetensors(
+            &[
+                ("obs", &obs),
+                ("actions", &actions),
+                ("energies", &energies),
+            ],
+            &io_path,
+        )
+        .unwrap();
+
+        let program = format!(
+            "import sys; sys.argv = ['x', {:?}, {:?}, {:?}, '{blocks}']\n{SEED_MODULE}",
+            model_path.to_str().unwrap(),
+            io_path.to_str().unwrap(),
+            if layer_norm { "layer" } else { "none" }
+        );
+        let max_diff: f64 = common::run_python(&program, "").trim().parse().unwrap();
+        println!(
+            "layer_norm={layer_norm} blocks={blocks}: max |E_torch - E_ebmlab| = {max_diff:e}"
+        );
+        assert!(max_diff <= 1e-5, "max abs difference {max_diff}");
+    }
+}
+
+fn small_demos() -> Vec<ParticleDemo> {
+    let task = ParticleTask::new(ParticleConfig::default()).unwrap();
+    record_oracle_demos(&task, &episode_seeds(0, 12))
+        .unwrap()
+        .into_iter()
+        .map(|r| r.demo)
+        .collect()
+}
+
+fn trainer(spec: &PolicySpec, demos: &[ParticleDemo]) -> Trainer {
+    let windows = Windows::from_demos(demos, 2);
+    let obs_rows: Vec<f32> = windows.observations.clone();
+    let norm = Normalizer::fit(
+        &obs_rows,
+        8,
+        &windows.actions,
+        2,
+        0.05,
+        (&[0.0, 0.0], &[1.0, 1.0]),
+    )
+    .unwrap();
+    let data = TrainingSet::new(&windows, &norm, Device::Cpu).unwrap();
+    let optim = OptimConfig {
+        batch_size: 32,
+        schedule: LrSchedule {
+            lr: 1e-3,
+            decay_steps: 100,
+            decay_rate: 0.99,
+            staircase: false,
+        },
+        seed: 5,
+    };
+    Trainer::new(spec.clone(), optim, data, norm, Device::Cpu).unwrap()
+}
+
+fn weights(t: &Trainer) -> BTreeMap<String, Vec<f32>> {
+    t.var_store()
+        .variables()
+        .into_iter()
+        .map(|(k, v)| (k, Vec::<f32>::try_from(v.flatten(0, -1)).unwrap()))
+        .collect()
+}
+
+#[test]
+fn save_load_continue_equals_an_uninterrupted_run() {
+    let demos = small_demos();
+    let ebm = PolicySpec::Ebm {
+        net: EbmNetConfig {
+            hidden: 32,
+            layer_norm: false,
+            ..Default::default()
+        },
+        loss: EbmLossConfig {
+            negatives: NegativesConfig {
+                kind: NegativeKind::Langevin,
+                count: 4,
+                steps: 10,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        inference: Default::default(),
+    };
+    let mse = PolicySpec::Mse {
+        net: MseNetConfig {
+            obs_seq_len: 2,
+            obs_dim: 8,
+            action_dim: 2,
+            hidden: 32,
+            blocks: 1,
+            dropout: 0.1,
+            layer_norm: false,
+        },
+    };
+    for spec in [ebm, mse] {
+        let mut straight = trainer(&spec, &demos);
+        for _ in 0..8 {
+            straight.train_step();
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = trainer(&spec, &demos);
+        for _ in 0..3 {
+            first.train_step();
+        }
+        let files = first.save_checkpoint(dir.path()).unwrap();
+        drop(first);
+
+        let mut resumed = trainer(&spec, &demos);
+        let fresh = weights(&resumed);
+        resumed
+            .restore(&checkpoint::latest(dir.path()).unwrap())
+            .unwrap();
+        assert_eq!(resumed.step(), 3);
+        assert_ne!(weights(&resumed), fresh, "restore loaded nothing");
+        for _ in 3..8 {
+            resumed.train_step();
+        }
+        assert_eq!(resumed.step(), 8);
+        assert_eq!(
+            weights(&resumed),
+            weights(&straight),
+            "{} run diverged after resume",
+            spec.kind()
+        );
+
+        // The folder holds what acting needs: policy and normalizer, beside the weights.
+        let (saved_spec, _) = checkpoint::read_run_files(dir.path()).unwrap();
+        assert_eq!(saved_spec, spec);
+        assert!(files.model.ends_with("step_0000003.safetensors"));
+        // The model file is exactly the state dict: no optimizer tensors in it.
+        let names: Vec<String> = Tensor::read_safetensors(&files.model)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.contains("exp_avg") && n != "step"),
+            "{names:?}"
+        );
+    }
+}
+
+#[test]
+fn restore_refuses_a_checkpoint_of_another_shape() {
+    let demos = small_demos();
+    let spec = |hidden| PolicySpec::Mse {
+        net: MseNetConfig {
+            obs_seq_len: 2,
+            obs_dim: 8,
+            action_dim: 2,
+            hidden,
+            blocks: 1,
+            dropout: 0.0,
+            layer_norm: false,
+        },
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut small = trainer(&spec(16), &demos);
+    small.train_step();
+    let files = small.save_checkpoint(dir.path()).unwrap();
+    let mut big = trainer(&spec(32), &demos);
+    assert!(big.restore(&files).is_err());
+}
+
+#[test]
+fn a_loaded_checkpoint_acts_within_the_task_bounds() {
+    let demos = small_demos();
+    let ebm = PolicySpec::Ebm {
+        net: EbmNetConfig {
+            hidden: 32,
+            layer_norm: false,
+            ..Default::default()
+        },
+        loss: EbmLossConfig {
+            negatives: NegativesConfig {
+                kind: NegativeKind::Uniform,
+                count: 16,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        inference: ebmlab::policy::InferenceConfig {
+            samples: 256,
+            chunk_rows: 100, // forces pieces of a batch of 5 x 256 samples
+            ..Default::default()
+        },
+    };
+    let mut langevin_inference = ebm.clone();
+    if let PolicySpec::Ebm { inference, .. } = &mut langevin_inference {
+        inference.kind = ebmlab::policy::InferenceKind::Langevin;
+        inference.langevin_samples = 64;
+        inference.langevin_steps = 20;
+    }
+    let mse = PolicySpec::Mse {
+        net: MseNetConfig {
+            obs_seq_len: 2,
+            obs_dim: 8,
+            action_dim: 2,
+            hidden: 32,
+            blocks: 1,
+            dropout: 0.0,
+            layer_norm: false,
+        },
+    };
+    let windows = Windows::from_demos(&demos, 2);
+    let batch = 5;
+    let obs = &windows.observations[..batch * 16];
+    for spec in [ebm, langevin_inference, mse] {
+        let mut t = trainer(&spec, &demos);
+        for _ in 0..20 {
+            t.train_step();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let files = t.save_checkpoint(dir.path()).unwrap();
+        let policy = ebmlab::policy::LoadedPolicy::load(&files, Device::Cpu).unwrap();
+        assert_eq!(policy.step, 20);
+        let actions = policy.act(obs, batch);
+        assert_eq!(actions.len(), batch * 2);
+        assert!(
+            actions.iter().all(|a| (0.0..=1.0).contains(a)),
+            "{actions:?}"
+        );
+        tch::manual_seed(1);
+        let again = {
+            tch::manual_seed(1);
+            policy.act(obs, batch)
+        };
+        tch::manual_seed(1);
+        assert_eq!(policy.act(obs, batch), again, "same seed, same actions");
+    }
+}
