@@ -6,7 +6,10 @@
 pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod eval;
 pub mod plot;
 pub mod policy;
+pub mod spec;
 pub mod task;
 pub mod train;
+pub mod trial;

@@ -138,7 +138,7 @@ fn write_plots(
                 actions: &demo.actions,
                 first_goal: &demo.first_goal,
                 second_goal: &demo.second_goal,
-                goal_radius: cfg.goal_distance,
+                goal_radius: cfg.goal_distance as f32,
                 success: Some(recorded.success),
             },
         )

@@ -2,6 +2,8 @@
 
 mod bench;
 mod data;
+mod eval;
+mod train;
 
 use std::process::ExitCode;
 
@@ -32,6 +34,10 @@ enum Command {
     /// Demonstration data: generate it with the oracle, validate files.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Train one trial from a spec, evaluate it, write its results.
+    Train(train::TrainArgs),
+    /// Evaluate a checkpoint or trial with batched rollouts.
+    Eval(eval::EvalArgs),
     /// Throughput figures as JSON lines, beside a PyTorch eager reference.
     Bench(bench::BenchArgs),
 }
@@ -42,6 +48,8 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Data(command) => data::run(command),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run_bench(args),
     };
     match result {

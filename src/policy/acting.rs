@@ -6,6 +6,7 @@ use tch::{nn, Device, Kind, Tensor};
 use super::ebm::Bounds;
 use super::{infer_actions, PolicyNet, PolicySpec};
 use crate::data::Normalizer;
+use crate::eval::Actor;
 use crate::train::checkpoint::{read_run_files, CheckpointFiles};
 
 pub struct LoadedPolicy {
@@ -45,6 +46,34 @@ impl LoadedPolicy {
         &self.spec
     }
 
+    /// To change how it acts (inference settings) before acting.
+    pub fn spec_mut(&mut self) -> &mut PolicySpec {
+        &mut self.spec
+    }
+
+    /// The policy as an [`Actor`].
+    pub fn view(&self) -> PolicyView<'_> {
+        PolicyView {
+            net: &self.net,
+            spec: &self.spec,
+            normalizer: &self.normalizer,
+            bounds: &self.bounds,
+            device: self.vs.device(),
+        }
+    }
+}
+
+/// What acting needs, borrowed from a [`LoadedPolicy`] or a trainer.
+#[derive(Clone, Copy)]
+pub struct PolicyView<'a> {
+    pub net: &'a PolicyNet,
+    pub spec: &'a PolicySpec,
+    pub normalizer: &'a Normalizer,
+    pub bounds: &'a Bounds,
+    pub device: Device,
+}
+
+impl PolicyView<'_> {
     /// Actions (`batch x action_dim`, task units) for raw observation windows
     /// (`batch x seq_len x obs_dim`, task units).
     pub fn act(&self, obs_windows: &[f32], batch: usize) -> Vec<f32> {
@@ -53,10 +82,10 @@ impl LoadedPolicy {
         self.normalizer.normalize_observations(&mut obs);
         let obs = Tensor::from_slice(&obs)
             .view([batch as i64, seq, obs_dim])
-            .to_device(self.vs.device());
-        let actions = tch::no_grad(|| match (&self.net, &self.spec) {
+            .to_device(self.device);
+        let actions = tch::no_grad(|| match (self.net, self.spec) {
             (PolicyNet::Ebm(model), PolicySpec::Ebm { inference, .. }) => {
-                infer_actions(model, &obs, &self.bounds, inference)
+                infer_actions(model, &obs, self.bounds, inference)
             }
             (PolicyNet::Mse(model), PolicySpec::Mse { .. }) => {
                 self.bounds.clip(&model.forward(&obs, false))
@@ -72,5 +101,15 @@ impl LoadedPolicy {
         .expect("a float tensor converts");
         self.normalizer.denormalize_actions(&mut actions);
         actions
+    }
+}
+
+impl Actor for PolicyView<'_> {
+    fn obs_seq_len(&self) -> usize {
+        self.spec.shapes().0 as usize
+    }
+
+    fn act(&self, windows: &[f32], batch: usize) -> anyhow::Result<Vec<f32>> {
+        Ok(PolicyView::act(self, windows, batch))
     }
 }

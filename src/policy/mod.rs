@@ -7,7 +7,7 @@ mod inference;
 pub mod mse;
 pub mod resnet;
 
-pub use acting::LoadedPolicy;
+pub use acting::{LoadedPolicy, PolicyView};
 pub use inference::{in_row_chunks, infer_actions, InferenceConfig, InferenceKind};
 
 use serde::{Deserialize, Serialize};

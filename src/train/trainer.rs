@@ -16,7 +16,7 @@ use super::checkpoint::{write_run_files, CheckpointFiles};
 use super::schedule::LrSchedule;
 use crate::data::{Normalizer, Windows};
 use crate::policy::ebm::{ebm_loss, Bounds};
-use crate::policy::{PolicyNet, PolicySpec};
+use crate::policy::{PolicyNet, PolicySpec, PolicyView};
 use crate::task::derive_seed;
 
 /// Optimisation settings of one run.
@@ -148,6 +148,17 @@ impl Trainer {
 
     pub fn bounds(&self) -> &Bounds {
         &self.bounds
+    }
+
+    /// The current weights as a policy that can act (for evaluation during training).
+    pub fn policy_view(&self) -> PolicyView<'_> {
+        PolicyView {
+            net: &self.net,
+            spec: &self.spec,
+            normalizer: &self.normalizer,
+            bounds: &self.bounds,
+            device: self.vs.device(),
+        }
     }
 
     /// One iteration: sample a batch, compute the loss, update the weights.

@@ -25,18 +25,18 @@ pub struct ParticleConfig {
     /// Environment steps per episode.
     pub n_steps: usize,
     /// Length of one internal Euler substep, seconds.
-    pub dt: f32,
+    pub dt: f64,
     /// Substeps per environment step (the action is held for all of them).
     pub repeat_actions: usize,
     /// Proportional gain of the PD controller.
-    pub k_p: f32,
+    pub k_p: f64,
     /// Derivative gain of the PD controller.
-    pub k_v: f32,
+    pub k_v: f64,
     /// A goal is reached when the agent comes closer than this.
-    pub goal_distance: f32,
+    pub goal_distance: f64,
     pub success_rule: SuccessRule,
     /// The oracle counts as "at the first goal" closer than this.
-    pub oracle_goal_threshold: f32,
+    pub oracle_goal_threshold: f64,
     /// Steps the oracle waits at the first goal before heading for the second.
     pub oracle_wait_at_first_goal: u32,
     /// Oracle picks a random goal order per episode (use with `success_rule = either_order`).

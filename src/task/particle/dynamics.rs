@@ -8,10 +8,11 @@ use super::config::{ParticleConfig, SuccessRule};
 /// One explicit-Euler substep of the PD-controlled point mass:
 /// `u = k_p (a - p) - k_v v`, `p' = p + v dt` (old velocity), `v' = v + u dt`.
 pub fn substep(pos: &mut [f32], vel: &mut [f32], setpoint: &[f32], cfg: &ParticleConfig) {
+    let (k_p, k_v, dt) = (cfg.k_p as f32, cfg.k_v as f32, cfg.dt as f32);
     for ((p, v), &a) in pos.iter_mut().zip(vel.iter_mut()).zip(setpoint) {
-        let u = cfg.k_p * (a - *p) - cfg.k_v * *v;
-        let new_p = *p + *v * cfg.dt;
-        let new_v = *v + u * cfg.dt;
+        let u = k_p * (a - *p) - k_v * *v;
+        let new_p = *p + *v * dt;
+        let new_v = *v + u * dt;
         *p = new_p;
         *v = new_v;
     }

@@ -103,7 +103,7 @@ impl ParticleEpisodes {
             let goals = GoalTracker::new(
                 state.first_goal.clone(),
                 state.second_goal.clone(),
-                cfg.goal_distance,
+                cfg.goal_distance as f32,
             );
             episodes.push(Episode { seed, state, goals });
         }

@@ -40,7 +40,7 @@ impl ParticleOracle {
             .collect();
         Self {
             n_dim: cfg.n_dim,
-            threshold: cfg.oracle_goal_threshold,
+            threshold: cfg.oracle_goal_threshold as f32,
             wait: cfg.oracle_wait_at_first_goal,
             episodes,
         }

@@ -1,0 +1,73 @@
+//! `ebmlab train SPEC`: one trial, end to end.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use crate::spec::load_spec;
+use crate::trial::{run_trial, TrialOptions, TrialPaths};
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Experiment spec (TOML).
+    spec: PathBuf,
+    /// Override a spec key, e.g. `--set train.iterations=2000` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Where runs are written.
+    #[arg(long, default_value = "runs")]
+    runs: PathBuf,
+    /// Print the resolved spec and where the trial would run, then stop.
+    #[arg(long)]
+    dry_run: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(args: TrainArgs) -> Result<ExitCode> {
+    let loaded = load_spec(&args.spec, &args.overrides)?;
+    let spec = loaded.spec;
+    if !spec.sweep.is_empty() {
+        bail!(
+            "{} has a [sweep] of {} keys: `ebmlab train` runs one trial; use `ebmlab run`",
+            args.spec.display(),
+            spec.sweep.len()
+        );
+    }
+    let paths = TrialPaths::new(&args.runs, &spec);
+    if args.dry_run {
+        println!("# trial {} -> {}", spec.trial_id(), paths.dir.display());
+        print!("{}", spec.to_toml());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    let options = TrialOptions {
+        progress: !args.quiet,
+    };
+    let report = run_trial(&spec, &args.runs, &options, &cancel)?;
+    let e = &report.final_evaluation;
+    println!(
+        "trial {} ({}, {} iterations, {:.0} s training, {:.1} it/s)",
+        report.trial_id,
+        report.policy,
+        report.iterations,
+        report.train_seconds,
+        report.iterations_per_second
+    );
+    println!(
+        "success {}/{} = {:.1}%  (95% CI {:.1}-{:.1}%), evaluation {:.0} s",
+        e.successes,
+        e.episodes,
+        100.0 * e.success_rate,
+        100.0 * e.ci_low,
+        100.0 * e.ci_high,
+        e.wall_seconds
+    );
+    println!("results in {}", report.dir.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,9 @@
+//! Evaluation: batched rollouts of a policy, success rates with intervals, episode records.
+
+mod rollout;
+mod stats;
+mod summary;
+
+pub use rollout::{rollout, Actor, EpisodeRecord};
+pub use stats::{wilson_interval, Z95};
+pub use summary::{plot_episodes, write_episodes_csv, EvalSummary};

@@ -1,0 +1,207 @@
+//! Reading a spec: built-in defaults < the `extends` chain < the file < `EBMLAB_*`
+//! environment variables < `--set key=value`, merged with figment. Every key a layer sets
+//! must exist in the spec (checked here, so the error names the file and the key).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+
+use super::model::Spec;
+
+/// Prefix of environment variables that override spec keys: `EBMLAB_TRAIN__ITERATIONS=10`
+/// sets `train.iterations` (double underscore between levels).
+pub const ENV_PREFIX: &str = "EBMLAB_";
+
+/// Keys whose values are free-form tables (their inner keys are checked as dotted keys).
+const FREE_TABLES: &[&str] = &["sweep"];
+/// Optional keys that have no default value.
+const OPTIONAL_KEYS: &[&str] = &["extends", "data.path"];
+/// `EBMLAB_*` variables that are not spec keys.
+const NON_SPEC_VARIABLES: &[&str] = &["LOG"];
+
+/// A resolved spec and where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedSpec {
+    pub spec: Spec,
+    /// The files merged, base first.
+    pub files: Vec<PathBuf>,
+}
+
+/// Every dotted key a spec may set (tables included).
+pub fn known_keys() -> BTreeSet<String> {
+    let value = toml::Value::try_from(Spec::default()).expect("the default spec serializes");
+    let mut keys = BTreeSet::new();
+    collect_keys(&value, "", &mut keys);
+    keys.extend(OPTIONAL_KEYS.iter().map(|k| k.to_string()));
+    keys.extend(FREE_TABLES.iter().map(|k| k.to_string()));
+    keys
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+fn collect_keys(value: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
+    if let toml::Value::Table(table) = value {
+        for (k, v) in table {
+            let key = join(prefix, k);
+            out.insert(key.clone());
+            collect_keys(v, &key, out);
+        }
+    }
+}
+
+/// Checks that every key of `table` (from `origin`) is a spec key.
+fn check_table(
+    table: &toml::Table,
+    prefix: &str,
+    known: &BTreeSet<String>,
+    origin: &str,
+) -> Result<()> {
+    for (k, v) in table {
+        let key = join(prefix, k);
+        if !known.contains(&key) {
+            bail!("{origin}: unknown key `{key}`{}", suggestion(&key, known));
+        }
+        match v {
+            toml::Value::Table(sweep) if FREE_TABLES.contains(&key.as_str()) => {
+                for swept in sweep.keys() {
+                    check_key(swept, known, &format!("{origin}: [{key}]"))?;
+                }
+            }
+            toml::Value::Table(inner) => check_table(inner, &key, known, origin)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks one dotted key that a single value is assigned to.
+pub fn check_key(key: &str, known: &BTreeSet<String>, origin: &str) -> Result<()> {
+    if !known.contains(key) || FREE_TABLES.contains(&key) {
+        bail!("{origin}: unknown key `{key}`{}", suggestion(key, known));
+    }
+    Ok(())
+}
+
+/// The keys of the section `key` is in, to help with a typo.
+fn suggestion(key: &str, known: &BTreeSet<String>) -> String {
+    let section = key.rsplit_once('.').map_or("", |(s, _)| s);
+    let siblings: Vec<&str> = known
+        .iter()
+        .filter_map(|k| {
+            let (s, leaf) = k.rsplit_once('.').unwrap_or(("", k));
+            (s == section).then_some(leaf)
+        })
+        .collect();
+    if siblings.is_empty() {
+        String::new()
+    } else {
+        format!(" (keys here: {})", siblings.join(", "))
+    }
+}
+
+fn read_table(path: &Path) -> Result<toml::Table> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading spec file {}", path.display()))?;
+    text.parse::<toml::Table>()
+        .map_err(|e| anyhow!("{}: not valid TOML: {e}", path.display()))
+}
+
+/// The `extends` chain of `file`, base first, with every file's keys checked and cycles
+/// refused.
+fn extends_chain(file: &Path, known: &BTreeSet<String>) -> Result<Vec<PathBuf>> {
+    let mut chain: Vec<PathBuf> = Vec::new();
+    let mut next = Some((file.to_path_buf(), None::<PathBuf>));
+    while let Some((path, named_by)) = next.take() {
+        let canonical = path.canonicalize().map_err(|_| match &named_by {
+            Some(by) => anyhow!(
+                "{}: key `extends`: spec file {} not found",
+                by.display(),
+                path.display()
+            ),
+            None => anyhow!("spec file {} not found", path.display()),
+        })?;
+        if chain.contains(&canonical) {
+            let mut names: Vec<String> = chain.iter().map(|p| p.display().to_string()).collect();
+            names.push(canonical.display().to_string());
+            bail!("cyclic `extends`: {}", names.join(" -> "));
+        }
+        let table = read_table(&canonical)?;
+        check_table(&table, "", known, &canonical.display().to_string())?;
+        if let Some(base) = table.get("extends") {
+            let base = base.as_str().ok_or_else(|| {
+                anyhow!(
+                    "{}: key `extends` must be a file path (a string)",
+                    canonical.display()
+                )
+            })?;
+            let dir = canonical.parent().unwrap_or(Path::new("."));
+            next = Some((dir.join(base), Some(canonical.clone())));
+        }
+        chain.push(canonical);
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
+/// Parses a `--set` value as TOML (numbers, booleans, arrays, quoted strings); anything
+/// else is taken as a bare string.
+fn parse_value(text: &str) -> toml::Value {
+    format!("v = {text}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_owned()))
+}
+
+/// Loads `file` with all its layers; `overrides` are `key=value` pairs (`--set`).
+pub fn load_spec(file: &Path, overrides: &[String]) -> Result<LoadedSpec> {
+    load_spec_with_env(file, overrides, std::env::vars())
+}
+
+/// [`load_spec`] with the environment given explicitly (tests).
+pub fn load_spec_with_env(
+    file: &Path,
+    overrides: &[String],
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<LoadedSpec> {
+    let known = known_keys();
+    let files = extends_chain(file, &known)?;
+    let mut figment = Figment::from(Serialized::defaults(Spec::default()));
+    for path in &files {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if NON_SPEC_VARIABLES.contains(&rest) {
+            continue;
+        }
+        let key = rest.to_lowercase().replace("__", ".");
+        check_key(&key, &known, &format!("environment variable {name}"))?;
+        figment = figment.merge(Serialized::global(&key, parse_value(&value)));
+    }
+    for item in overrides {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--set {item}: expected KEY=VALUE"))?;
+        let key = key.trim();
+        check_key(key, &known, &format!("--set {item}"))?;
+        figment = figment.merge(Serialized::global(key, parse_value(value.trim())));
+    }
+    let mut spec: Spec = figment
+        .extract()
+        .map_err(|e| anyhow!("invalid spec {}: {e}", file.display()))?;
+    spec.extends = None;
+    super::validate::validate(&spec).with_context(|| format!("invalid spec {}", file.display()))?;
+    Ok(LoadedSpec { spec, files })
+}

@@ -1,0 +1,293 @@
+//! The experiment spec: what one trial trains and evaluates. Every key has a default (IBC's
+//! particle settings), so a spec file names only what it changes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::ebm::{EbmLossConfig, EbmNetConfig, GradPenaltyConfig, NegativesConfig};
+use crate::policy::mse::MseNetConfig;
+use crate::policy::{InferenceConfig, InferenceKind, PolicySpec};
+use crate::task::particle::ParticleConfig;
+use crate::train::LrSchedule;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Experiment name: runs go to `runs/<name>/<trial>/`.
+    pub name: String,
+    /// A spec file this one builds on (path relative to this file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<String>,
+    #[serde(default)]
+    pub task: TaskSpec,
+    #[serde(default)]
+    pub data: DataSpec,
+    #[serde(default)]
+    pub policy: PolicySection,
+    #[serde(default)]
+    pub train: TrainSpec,
+    #[serde(default)]
+    pub eval: EvalSpec,
+    #[serde(default)]
+    pub resources: ResourcesSpec,
+    /// Dotted keys to lists of values; their cartesian product is the experiment's trials.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sweep: BTreeMap<String, Vec<toml::Value>>,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Self {
+            name: "experiment".into(),
+            extends: None,
+            task: TaskSpec::default(),
+            data: DataSpec::default(),
+            policy: PolicySection::default(),
+            train: TrainSpec::default(),
+            eval: EvalSpec::default(),
+            resources: ResourcesSpec::default(),
+            sweep: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[task]`: the environment (`kind`) and its parameters. Unknown keys are caught by the
+/// loader's key check (serde cannot refuse them through `flatten`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub kind: String,
+    #[serde(flatten)]
+    pub particle: ParticleConfig,
+}
+
+impl Default for TaskSpec {
+    fn default() -> Self {
+        Self {
+            kind: crate::task::particle::KIND.into(),
+            particle: ParticleConfig::default(),
+        }
+    }
+}
+
+/// `[data]`: demonstrations from the task's oracle (`demos`, `seed`) or a folder (`path`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSpec {
+    pub demos: usize,
+    pub seed: u64,
+    /// A folder of seed-format JSON demos; when set, `demos` and `seed` are not used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Observations per window (IBC: 2).
+    pub obs_seq_len: usize,
+    /// Widening of the action sampling bounds, as a fraction of the data's range.
+    pub boundary_buffer: f32,
+}
+
+impl Default for DataSpec {
+    fn default() -> Self {
+        Self {
+            demos: 2000,
+            seed: 0,
+            path: None,
+            obs_seq_len: 2,
+            boundary_buffer: 0.05,
+        }
+    }
+}
+
+/// `[policy]`: which policy (`ebm` or `mse`) and its network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicySection {
+    pub kind: String,
+    pub hidden: i64,
+    pub blocks: usize,
+    pub dropout: f64,
+    pub layer_norm: bool,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        Self {
+            kind: "ebm".into(),
+            hidden: 256,
+            blocks: 1,
+            dropout: 0.0,
+            layer_norm: false,
+        }
+    }
+}
+
+/// `[train]`: optimisation, objective and bookkeeping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSpec {
+    pub iterations: u64,
+    pub batch_size: i64,
+    pub lr: f64,
+    pub lr_decay_steps: u64,
+    pub lr_decay_rate: f64,
+    pub lr_staircase: bool,
+    pub seed: u64,
+    /// Save a checkpoint every this many iterations (and at the end).
+    pub checkpoint_every: u64,
+    /// Evaluate every this many iterations (0: only at the end).
+    pub eval_every: u64,
+    /// Write a metrics row every this many iterations.
+    pub log_every: u64,
+    /// InfoNCE temperature (EBM).
+    pub temperature: f64,
+    pub negatives: NegativesConfig,
+    pub grad_penalty: GradPenaltyConfig,
+}
+
+impl Default for TrainSpec {
+    fn default() -> Self {
+        Self {
+            iterations: 100_000,
+            batch_size: 512,
+            lr: 1e-3,
+            lr_decay_steps: 100,
+            lr_decay_rate: 0.99,
+            lr_staircase: false,
+            seed: 0,
+            checkpoint_every: 5000,
+            eval_every: 10_000,
+            log_every: 10,
+            temperature: 1.0,
+            negatives: NegativesConfig::default(),
+            grad_penalty: GradPenaltyConfig::default(),
+        }
+    }
+}
+
+impl TrainSpec {
+    pub fn schedule(&self) -> LrSchedule {
+        LrSchedule {
+            lr: self.lr,
+            decay_steps: self.lr_decay_steps,
+            decay_rate: self.lr_decay_rate,
+            staircase: self.lr_staircase,
+        }
+    }
+}
+
+/// `[eval]`: rollouts and how the EBM picks actions in them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalSpec {
+    pub episodes: usize,
+    /// Episode seeds are derived from this, so every evaluation faces the same episodes.
+    pub seed: u64,
+    pub inference: InferenceKind,
+    pub samples: i64,
+    pub iters: usize,
+    pub noise_scale: f64,
+    pub noise_shrink: f64,
+    pub temperature: f64,
+    pub langevin_samples: i64,
+    pub langevin_steps: usize,
+    pub chunk_rows: i64,
+    /// One PNG per episode of the final evaluation.
+    pub plots: bool,
+}
+
+impl Default for EvalSpec {
+    fn default() -> Self {
+        let i = InferenceConfig::default();
+        Self {
+            episodes: 100,
+            seed: 1_000_000,
+            inference: i.kind,
+            samples: i.samples,
+            iters: i.iters,
+            noise_scale: i.noise_scale,
+            noise_shrink: i.noise_shrink,
+            temperature: i.temperature,
+            langevin_samples: i.langevin_samples,
+            langevin_steps: i.langevin_steps,
+            chunk_rows: i.chunk_rows,
+            plots: false,
+        }
+    }
+}
+
+impl EvalSpec {
+    pub fn inference(&self) -> InferenceConfig {
+        InferenceConfig {
+            kind: self.inference,
+            samples: self.samples,
+            iters: self.iters,
+            noise_scale: self.noise_scale,
+            noise_shrink: self.noise_shrink,
+            temperature: self.temperature,
+            langevin_samples: self.langevin_samples,
+            langevin_steps: self.langevin_steps,
+            chunk_rows: self.chunk_rows,
+        }
+    }
+}
+
+/// `[resources]`: where trials run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResourcesSpec {
+    /// `auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    pub slots_per_gpu: usize,
+    /// libtorch intra-op threads per trial (0: libtorch's default).
+    pub threads: usize,
+}
+
+impl Default for ResourcesSpec {
+    fn default() -> Self {
+        Self {
+            device: "auto".into(),
+            slots_per_gpu: 2,
+            threads: 0,
+        }
+    }
+}
+
+impl Spec {
+    /// The policy this spec trains, with shapes taken from the task.
+    pub fn policy_spec(&self) -> PolicySpec {
+        let obs_seq_len = self.data.obs_seq_len as i64;
+        let obs_dim = self.task.particle.obs_dim() as i64;
+        let action_dim = self.task.particle.n_dim as i64;
+        let p = &self.policy;
+        if p.kind == "mse" {
+            PolicySpec::Mse {
+                net: MseNetConfig {
+                    obs_seq_len,
+                    obs_dim,
+                    action_dim,
+                    hidden: p.hidden,
+                    blocks: p.blocks,
+                    dropout: p.dropout,
+                    layer_norm: p.layer_norm,
+                },
+            }
+        } else {
+            PolicySpec::Ebm {
+                net: EbmNetConfig {
+                    obs_seq_len,
+                    obs_dim,
+                    action_dim,
+                    hidden: p.hidden,
+                    blocks: p.blocks,
+                    dropout: p.dropout,
+                    layer_norm: p.layer_norm,
+                },
+                loss: EbmLossConfig {
+                    temperature: self.train.temperature,
+                    negatives: self.train.negatives.clone(),
+                    grad_penalty: self.train.grad_penalty.clone(),
+                },
+                inference: self.eval.inference(),
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Value checks that types alone cannot express; each error names the key.
+
+use anyhow::{bail, ensure, Result};
+
+use super::model::Spec;
+use crate::task::TASK_KINDS;
+
+pub const POLICY_KINDS: &[&str] = &["ebm", "mse"];
+
+pub fn validate(spec: &Spec) -> Result<()> {
+    ensure!(
+        !spec.name.is_empty()
+            && spec
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+        "name: `{}` must be non-empty letters, digits, `-`, `_` or `.` (it names a folder)",
+        spec.name
+    );
+    if !TASK_KINDS.contains(&spec.task.kind.as_str()) {
+        bail!(
+            "task.kind: unknown task `{}` (known: {})",
+            spec.task.kind,
+            TASK_KINDS.join(", ")
+        );
+    }
+    spec.task.particle.validate()?;
+    if !POLICY_KINDS.contains(&spec.policy.kind.as_str()) {
+        bail!(
+            "policy.kind: unknown policy `{}` (known: {})",
+            spec.policy.kind,
+            POLICY_KINDS.join(", ")
+        );
+    }
+    let positive = [
+        ("data.obs_seq_len", spec.data.obs_seq_len as i64),
+        ("policy.hidden", spec.policy.hidden),
+        ("train.iterations", spec.train.iterations as i64),
+        ("train.batch_size", spec.train.batch_size),
+        ("train.lr_decay_steps", spec.train.lr_decay_steps as i64),
+        ("train.checkpoint_every", spec.train.checkpoint_every as i64),
+        ("train.log_every", spec.train.log_every as i64),
+        ("train.negatives.count", spec.train.negatives.count),
+        ("eval.episodes", spec.eval.episodes as i64),
+        ("eval.samples", spec.eval.samples),
+        ("eval.langevin_samples", spec.eval.langevin_samples),
+    ];
+    for (key, value) in positive {
+        ensure!(value >= 1, "{key} must be at least 1, got {value}");
+    }
+    if spec.data.path.is_none() {
+        ensure!(
+            spec.data.demos >= 1,
+            "data.demos must be at least 1 (or set data.path)"
+        );
+    }
+    for (key, value) in [
+        ("train.lr", spec.train.lr),
+        ("train.lr_decay_rate", spec.train.lr_decay_rate),
+        ("train.temperature", spec.train.temperature),
+        ("eval.temperature", spec.eval.temperature),
+    ] {
+        ensure!(
+            value.is_finite() && value > 0.0,
+            "{key} must be a positive number, got {value}"
+        );
+    }
+    ensure!(
+        (0.0..1.0).contains(&spec.policy.dropout),
+        "policy.dropout must be in [0, 1), got {}",
+        spec.policy.dropout
+    );
+    parse_device(&spec.resources.device)?;
+    for (key, values) in &spec.sweep {
+        ensure!(
+            !values.is_empty(),
+            "sweep.\"{key}\": the list of values is empty"
+        );
+    }
+    Ok(())
+}
+
+/// A device as the spec names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+pub fn parse_device(text: &str) -> Result<DeviceChoice> {
+    Ok(match text {
+        "auto" => DeviceChoice::Auto,
+        "cpu" => DeviceChoice::Cpu,
+        "cuda" => DeviceChoice::Cuda(0),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => DeviceChoice::Cuda(n),
+            None => bail!("resources.device: `{other}` is not auto, cpu, cuda or cuda:N"),
+        },
+    })
+}
+
+impl DeviceChoice {
+    /// The libtorch device, checking that a requested GPU exists.
+    pub fn resolve(self) -> Result<tch::Device> {
+        match self {
+            DeviceChoice::Auto => Ok(tch::Device::cuda_if_available()),
+            DeviceChoice::Cpu => Ok(tch::Device::Cpu),
+            DeviceChoice::Cuda(n) => {
+                let count = tch::Cuda::device_count() as usize;
+                ensure!(
+                    n < count,
+                    "resources.device: cuda:{n} requested, {count} CUDA devices present"
+                );
+                Ok(tch::Device::Cuda(n))
+            }
+        }
+    }
+}
