@@ -68,6 +68,7 @@ print(float((ours - io['energies']).abs().max()))
 
 #[test]
 fn pytorch_loads_the_checkpoint_and_computes_the_same_energies() {
+    let _torch = common::torch_lock();
     for (layer_norm, blocks) in [(false, 1usize), (true, 1), (false, 2)] {
         tch::manual_seed(42);
         let vs = nn::VarStore::new(Device::Cpu);
@@ -164,6 +165,7 @@ fn weights(t: &Trainer) -> BTreeMap<String, Vec<f32>> {
 
 #[test]
 fn save_load_continue_equals_an_uninterrupted_run() {
+    let _torch = common::torch_lock();
     let demos = small_demos();
     let ebm = PolicySpec::Ebm {
         net: EbmNetConfig {
@@ -244,6 +246,7 @@ fn save_load_continue_equals_an_uninterrupted_run() {
 
 #[test]
 fn restore_refuses_a_checkpoint_of_another_shape() {
+    let _torch = common::torch_lock();
     let demos = small_demos();
     let spec = |hidden| PolicySpec::Mse {
         net: MseNetConfig {
@@ -266,6 +269,7 @@ fn restore_refuses_a_checkpoint_of_another_shape() {
 
 #[test]
 fn a_loaded_checkpoint_acts_within_the_task_bounds() {
+    let _torch = common::torch_lock();
     let demos = small_demos();
     let ebm = PolicySpec::Ebm {
         net: EbmNetConfig {

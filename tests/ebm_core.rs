@@ -104,6 +104,7 @@ fn double_model(layer_norm: bool) -> (nn::VarStore, SequenceEbm) {
 
 #[test]
 fn gradient_penalty_matches_finite_differences_and_trains_the_weights() {
+    let _torch = common::torch_lock();
     let (vs, model) = double_model(false);
     let obs = Tensor::randn([4, 2, 8], (Kind::Double, Device::Cpu));
     let actions = Tensor::rand([4, 3, 2], (Kind::Double, Device::Cpu)) * 2.0 - 1.0;
@@ -166,6 +167,7 @@ fn gradient_penalty_matches_finite_differences_and_trains_the_weights() {
 
 #[test]
 fn hand_written_action_gradient_equals_autograd() {
+    let _torch = common::torch_lock();
     for blocks in [0usize, 1, 3] {
         tch::manual_seed(blocks as i64);
         let vs = nn::VarStore::new(Device::Cpu);
@@ -195,6 +197,7 @@ fn hand_written_action_gradient_equals_autograd() {
 
 #[test]
 fn observation_context_split_equals_concatenated_projection() {
+    let _torch = common::torch_lock();
     tch::manual_seed(9);
     let vs = nn::VarStore::new(Device::Cpu);
     let model = SequenceEbm::new(&vs.root(), EbmNetConfig::default());
@@ -217,6 +220,7 @@ fn observation_context_split_equals_concatenated_projection() {
 
 #[test]
 fn langevin_descends_a_quadratic_bowl() {
+    let _torch = common::torch_lock();
     tch::manual_seed(0);
     let bounds = Bounds::new(&[-1.0, -1.0], &[1.0, 1.0], Device::Cpu);
     let center = Tensor::from_slice(&[0.3f32, -0.6]);
@@ -251,6 +255,7 @@ fn langevin_descends_a_quadratic_bowl() {
 
 #[test]
 fn dfo_finds_the_deeper_of_two_wells() {
+    let _torch = common::torch_lock();
     tch::manual_seed(1);
     let bounds = Bounds::new(&[-1.0, -1.0], &[1.0, 1.0], Device::Cpu);
     let deep = Tensor::from_slice(&[-0.5f32, 0.5]);
@@ -379,6 +384,7 @@ fn mse_net_shapes_and_names() {
 
 #[test]
 fn row_chunks_give_the_same_energies_as_one_pass() {
+    let _torch = common::torch_lock();
     tch::manual_seed(4);
     let vs = nn::VarStore::new(Device::Cpu);
     let model = SequenceEbm::new(

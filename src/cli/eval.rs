@@ -111,7 +111,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         .unwrap_or(crate::spec::EvalSpec::default().seed);
     let seeds = episode_seeds(seed, args.episodes);
     let started = Instant::now();
-    let records = rollout(&task, &policy.view(), &seeds)?;
+    let records = rollout(&task, &policy.view(), &seeds, seed)?;
     let summary = EvalSummary::from_records(files.step, &records, started.elapsed().as_secs_f64());
 
     let out = args.out.clone().unwrap_or_else(|| {

@@ -5,14 +5,15 @@ use anyhow::Result;
 use rayon::prelude::*;
 
 use crate::data::push_window;
-use crate::task::{EpisodeOutcome, Task};
+use crate::task::{derive_seed, EpisodeOutcome, Task};
 
 /// Something that acts on a batch of observation windows (task units in, task units out).
 pub trait Actor {
     /// Observations per window.
     fn obs_seq_len(&self) -> usize;
-    /// Actions `batch x action_dim` for windows `batch x seq_len x obs_dim`.
-    fn act(&self, windows: &[f32], batch: usize) -> Result<Vec<f32>>;
+    /// Actions `batch x action_dim` for windows `batch x seq_len x obs_dim`; any sampling
+    /// draws from `seed`, so a rollout is reproducible.
+    fn act(&self, windows: &[f32], batch: usize, seed: u64) -> Result<Vec<f32>>;
 }
 
 /// One evaluated episode.
@@ -24,8 +25,14 @@ pub struct EpisodeRecord {
     pub actions: Vec<Vec<f32>>,
 }
 
-/// Runs one episode per seed to the end with `actor`.
-pub fn rollout(task: &dyn Task, actor: &dyn Actor, seeds: &[u64]) -> Result<Vec<EpisodeRecord>> {
+/// Runs one episode per seed to the end with `actor`; the actor's sampling at step `t`
+/// draws from a seed derived from `(sampling_seed, t)`.
+pub fn rollout(
+    task: &dyn Task,
+    actor: &dyn Actor,
+    seeds: &[u64],
+    sampling_seed: u64,
+) -> Result<Vec<EpisodeRecord>> {
     let info = task.info();
     let (obs_dim, action_dim, seq) = (info.obs_dim, info.action_dim, actor.obs_seq_len());
     let mut episodes = task.reset(seeds);
@@ -47,7 +54,7 @@ pub fn rollout(task: &dyn Task, actor: &dyn Actor, seeds: &[u64]) -> Result<Vec<
         for history in &histories {
             push_window(&mut windows, history, t, seq);
         }
-        let actions = actor.act(&windows, batch)?;
+        let actions = actor.act(&windows, batch, derive_seed(sampling_seed, t as u64))?;
         episodes.step(&actions)?;
         for (taken, action) in actions_taken.iter_mut().zip(actions.chunks(action_dim)) {
             taken.push(action.to_vec());

@@ -109,7 +109,8 @@ impl Actor for PolicyView<'_> {
         self.spec.shapes().0 as usize
     }
 
-    fn act(&self, windows: &[f32], batch: usize) -> anyhow::Result<Vec<f32>> {
+    fn act(&self, windows: &[f32], batch: usize, seed: u64) -> anyhow::Result<Vec<f32>> {
+        tch::manual_seed((seed >> 1) as i64);
         Ok(PolicyView::act(self, windows, batch))
     }
 }

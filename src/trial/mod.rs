@@ -307,7 +307,7 @@ fn evaluate(
 ) -> Result<EvalSummary> {
     let started = Instant::now();
     let seeds = episode_seeds(spec.eval.seed, spec.eval.episodes);
-    let records = rollout(task, &trainer.policy_view(), &seeds)?;
+    let records = rollout(task, &trainer.policy_view(), &seeds, spec.eval.seed)?;
     let summary =
         EvalSummary::from_records(trainer.step(), &records, started.elapsed().as_secs_f64());
     if let Some(paths) = paths {

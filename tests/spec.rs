@@ -1,0 +1,296 @@
+//! Spec layering and spec errors.
+
+use std::fs;
+use std::path::Path;
+
+use ebmlab::spec::{load_spec_with_env, Spec};
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, text).unwrap();
+    path
+}
+
+fn load(file: &Path, sets: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Spec> {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    load_spec_with_env(file, &sets, env).map(|l| l.spec)
+}
+
+#[test]
+fn each_layer_overrides_the_one_below() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "base.toml",
+        "name = \"base\"\n[train]\niterations = 10\nlr = 0.5\nbatch_size = 7\n[eval]\nepisodes = 3\n",
+    );
+    let child = write(
+        dir.path(),
+        "child.toml",
+        "extends = \"base.toml\"\nname = \"child\"\n[train]\niterations = 20\nbatch_size = 8\n",
+    );
+    let env = [
+        ("EBMLAB_TRAIN__ITERATIONS", "30"),
+        ("EBMLAB_EVAL__EPISODES", "4"),
+    ];
+
+    let all = load(&child, &["train.iterations=40"], &env).unwrap();
+    assert_eq!(all.train.iterations, 40, "--set beats everything");
+    assert_eq!(all.eval.episodes, 4, "environment beats the files");
+    assert_eq!(all.train.batch_size, 8, "the file beats its base");
+    assert_eq!(all.train.lr, 0.5, "the base beats the defaults");
+    assert_eq!(all.train.lr_decay_rate, 0.99, "defaults fill the rest");
+    assert_eq!(all.name, "child");
+
+    assert_eq!(load(&child, &[], &env).unwrap().train.iterations, 30);
+    assert_eq!(load(&child, &[], &[]).unwrap().train.iterations, 20);
+    assert_eq!(
+        load(&dir.path().join("base.toml"), &[], &[])
+            .unwrap()
+            .train
+            .iterations,
+        10
+    );
+    // Unrelated variables and the log filter are not spec keys.
+    let other = [("HOME", "/root"), ("EBMLAB_LOG", "debug")];
+    assert_eq!(load(&child, &[], &other).unwrap().train.iterations, 20);
+    // --set parses TOML values, strings bare or quoted.
+    let s = load(
+        &child,
+        &[
+            "policy.kind=mse",
+            "data.path=\"demos\"",
+            "train.negatives.kind=uniform",
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        (s.policy.kind.as_str(), s.data.path.as_deref()),
+        ("mse", Some("demos"))
+    );
+}
+
+fn error_of(file: &Path, sets: &[&str], env: &[(&str, &str)]) -> String {
+    format!(
+        "{:#}",
+        load(file, sets, env).expect_err("should be refused")
+    )
+}
+
+#[test]
+fn spec_errors_name_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases: Vec<(
+        &str,
+        std::path::PathBuf,
+        Vec<&str>,
+        Vec<(&str, &str)>,
+        Vec<String>,
+    )> = vec![
+        (
+            "unknown key",
+            write(d, "typo.toml", "name = \"x\"\n[train]\niteratons = 5\n"),
+            vec![],
+            vec![],
+            vec![
+                "typo.toml".into(),
+                "unknown key `train.iteratons`".into(),
+                "iterations".into(),
+            ],
+        ),
+        (
+            "unknown nested key",
+            write(
+                d,
+                "typo2.toml",
+                "name = \"x\"\n[train.negatives]\ncuont = 5\n",
+            ),
+            vec![],
+            vec![],
+            vec!["typo2.toml".into(), "`train.negatives.cuont`".into()],
+        ),
+        (
+            "unknown section",
+            write(d, "section.toml", "name = \"x\"\n[trian]\niterations = 5\n"),
+            vec![],
+            vec![],
+            vec!["section.toml".into(), "`trian`".into()],
+        ),
+        (
+            "unknown task key",
+            write(d, "task.toml", "name = \"x\"\n[task]\nndim = 3\n"),
+            vec![],
+            vec![],
+            vec!["task.toml".into(), "`task.ndim`".into()],
+        ),
+        (
+            "wrong type",
+            write(
+                d,
+                "type.toml",
+                "name = \"x\"\n[train]\niterations = \"many\"\n",
+            ),
+            vec![],
+            vec![],
+            vec![
+                "type.toml".into(),
+                "train.iterations".into(),
+                "invalid type".into(),
+            ],
+        ),
+        (
+            "not TOML",
+            write(d, "broken.toml", "name = \n"),
+            vec![],
+            vec![],
+            vec!["broken.toml".into(), "not valid TOML".into()],
+        ),
+        (
+            "missing file",
+            d.join("nowhere.toml"),
+            vec![],
+            vec![],
+            vec!["nowhere.toml".into(), "not found".into()],
+        ),
+        (
+            "missing base",
+            write(d, "orphan.toml", "extends = \"gone.toml\"\nname = \"x\"\n"),
+            vec![],
+            vec![],
+            vec!["orphan.toml".into(), "gone.toml".into(), "extends".into()],
+        ),
+        (
+            "unknown key in the base",
+            {
+                write(d, "badbase.toml", "name = \"b\"\n[eval]\nepisdoes = 1\n");
+                write(d, "good.toml", "extends = \"badbase.toml\"\nname = \"g\"\n")
+            },
+            vec![],
+            vec![],
+            vec!["badbase.toml".into(), "`eval.episdoes`".into()],
+        ),
+        (
+            "cyclic extends",
+            {
+                write(d, "a.toml", "extends = \"b.toml\"\nname = \"a\"\n");
+                write(d, "b.toml", "extends = \"a.toml\"\nname = \"b\"\n")
+            },
+            vec![],
+            vec![],
+            vec!["cyclic".into(), "a.toml".into(), "b.toml".into()],
+        ),
+        (
+            "unknown --set key",
+            write(d, "ok.toml", "name = \"ok\"\n"),
+            vec!["train.iters=3"],
+            vec![],
+            vec![
+                "--set train.iters=3".into(),
+                "unknown key `train.iters`".into(),
+            ],
+        ),
+        (
+            "--set without a value",
+            d.join("ok.toml"),
+            vec!["train.iterations"],
+            vec![],
+            vec!["KEY=VALUE".into()],
+        ),
+        (
+            "--set of the wrong type",
+            d.join("ok.toml"),
+            vec!["train.batch_size=big"],
+            vec![],
+            vec!["train.batch_size".into(), "invalid type".into()],
+        ),
+        (
+            "unknown environment key",
+            d.join("ok.toml"),
+            vec![],
+            vec![("EBMLAB_TRAIN__ITERATONS", "3")],
+            vec!["EBMLAB_TRAIN__ITERATONS".into(), "`train.iteratons`".into()],
+        ),
+        (
+            "invalid value",
+            write(d, "kind.toml", "name = \"x\"\n[policy]\nkind = \"gpt\"\n"),
+            vec![],
+            vec![],
+            vec!["kind.toml".into(), "policy.kind".into(), "gpt".into()],
+        ),
+        (
+            "zero iterations",
+            d.join("ok.toml"),
+            vec!["train.iterations=0"],
+            vec![],
+            vec!["train.iterations must be at least 1".into()],
+        ),
+        (
+            "unknown sweep key",
+            write(
+                d,
+                "sweep.toml",
+                "name = \"x\"\n[sweep]\n\"train.sed\" = [0, 1]\n",
+            ),
+            vec![],
+            vec![],
+            vec!["sweep.toml".into(), "`train.sed`".into()],
+        ),
+    ];
+    for (name, file, sets, env, expected) in cases {
+        let err = error_of(&file, &sets, &env);
+        for part in expected {
+            assert!(err.contains(&part), "{name}: `{part}` not in: {err}");
+        }
+    }
+}
+
+#[test]
+fn shipped_experiments_load() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    for name in ["base", "particle_ibc", "particle_mse", "quickstart"] {
+        let spec = load(&root.join(format!("{name}.toml")), &[], &[])
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert!(!spec.name.is_empty());
+    }
+    let ibc = load(&root.join("particle_ibc.toml"), &[], &[]).unwrap();
+    assert_eq!(
+        (
+            ibc.train.iterations,
+            ibc.train.batch_size,
+            ibc.train.negatives.count,
+            ibc.train.negatives.steps,
+            ibc.eval.samples
+        ),
+        (100_000, 512, 8, 100, 16_384)
+    );
+    assert_eq!(
+        load(&root.join("particle_mse.toml"), &[], &[])
+            .unwrap()
+            .policy
+            .kind,
+        "mse"
+    );
+}
+
+#[test]
+fn trial_ids_follow_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "s.toml", "name = \"a\"\n");
+    let a = load(&file, &[], &[]).unwrap();
+    assert_eq!(a.trial_id(), load(&file, &[], &[]).unwrap().trial_id());
+    assert_ne!(
+        a.trial_id(),
+        load(&file, &["train.seed=1"], &[]).unwrap().trial_id()
+    );
+    assert_eq!(
+        a.trial_id(),
+        load(&file, &["name=\"b\""], &[]).unwrap().trial_id(),
+        "the name is not identity"
+    );
+    // The resolved TOML reads back to the same spec.
+    let back: Spec = toml::from_str(&a.to_toml()).unwrap();
+    assert_eq!(back, a);
+}

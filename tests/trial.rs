@@ -1,0 +1,233 @@
+//! One trial end to end on a tiny budget: outputs, evaluation reproducibility, demo folders
+//! against oracle-in-the-loop data, and a diverging loss.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use common::{ebmlab, stderr, stdout};
+use ebmlab::spec::{load_spec_with_env, Spec};
+use ebmlab::trial::{run_trial, TrialOptions, TrialStop};
+
+/// A spec small enough to train in a second or two.
+fn tiny_spec(dir: &Path, extra: &str) -> Spec {
+    let file = dir.join("tiny.toml");
+    fs::write(
+        &file,
+        format!(
+            "name = \"tiny\"\n\
+             [data]\ndemos = 20\nseed = 3\n\
+             [policy]\nhidden = 32\n\
+             [train]\niterations = 30\nbatch_size = 32\ncheckpoint_every = 10\neval_every = 20\nlog_every = 5\n\
+             [train.negatives]\nkind = \"langevin\"\ncount = 4\nsteps = 5\n\
+             [eval]\nepisodes = 6\nsamples = 128\n\
+             [resources]\ndevice = \"cpu\"\n{extra}"
+        ),
+    )
+    .unwrap();
+    load_spec_with_env(&file, &[], Vec::new()).unwrap().spec
+}
+
+fn cancel() -> AtomicBool {
+    AtomicBool::new(false)
+}
+
+#[test]
+fn a_trial_writes_its_outputs_and_evaluates_reproducibly() {
+    let _torch = common::torch_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = tiny_spec(dir.path(), "");
+    let runs = dir.path().join("runs");
+    let report = run_trial(&spec, &runs, &TrialOptions::default(), &cancel()).unwrap();
+    let trial = runs.join("tiny").join(spec.trial_id());
+    assert_eq!(report.dir, trial);
+    for file in [
+        "config.toml",
+        "metrics.csv",
+        "evaluations.csv",
+        "episodes.csv",
+        "summary.json",
+    ] {
+        assert!(trial.join(file).exists(), "{file} missing");
+    }
+    for step in [10, 20, 30] {
+        assert!(trial
+            .join(format!("checkpoints/step_{step:07}.safetensors"))
+            .exists());
+    }
+    // Metrics every 5 steps; evaluations at 20 and the final 30.
+    let metrics = fs::read_to_string(trial.join("metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 1 + 6, "{metrics}");
+    assert!(metrics.starts_with("step,wall_seconds,lr,loss,info_nce,grad_penalty"));
+    let evals = fs::read_to_string(trial.join("evaluations.csv")).unwrap();
+    let steps: Vec<&str> = evals
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(steps, ["20", "30"]);
+    assert_eq!(report.final_evaluation.episodes, 6);
+    // The written config is the resolved spec.
+    let written: Spec =
+        toml::from_str(&fs::read_to_string(trial.join("config.toml")).unwrap()).unwrap();
+    assert_eq!(written, spec);
+
+    // Running the same spec again does nothing new.
+    let again = run_trial(&spec, &runs, &TrialOptions::default(), &cancel()).unwrap();
+    assert_eq!(again.final_evaluation, report.final_evaluation);
+    assert_eq!(
+        fs::read_to_string(trial.join("evaluations.csv")).unwrap(),
+        evals
+    );
+
+    // `ebmlab eval` twice on the trial: same success, same per-episode rows.
+    let run_eval = |out: &str| {
+        let out_dir = dir.path().join(out);
+        let o = ebmlab(&[
+            "eval",
+            trial.to_str().unwrap(),
+            "--episodes",
+            "8",
+            "--json",
+            "--samples",
+            "256",
+            "--device",
+            "cpu",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let summary: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        (
+            summary,
+            fs::read_to_string(out_dir.join("episodes.csv")).unwrap(),
+        )
+    };
+    let (s1, rows1) = run_eval("e1");
+    let (s2, rows2) = run_eval("e2");
+    assert_eq!(rows1, rows2);
+    assert_eq!(rows1.lines().count(), 9);
+    for key in [
+        "episodes",
+        "successes",
+        "success_rate",
+        "ci_low",
+        "ci_high",
+        "step",
+    ] {
+        assert_eq!(s1[key], s2[key], "{key}");
+    }
+    assert_eq!(s1["step"], 30);
+    assert_eq!(s1["episodes"], 8);
+    // Another seed faces other episodes.
+    let o = ebmlab(&[
+        "eval",
+        trial.to_str().unwrap(),
+        "--episodes",
+        "8",
+        "--samples",
+        "256",
+        "--seed",
+        "77",
+        "--device",
+        "cpu",
+        "--out",
+        dir.path().join("e3").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(
+        fs::read_to_string(dir.path().join("e3/episodes.csv")).unwrap(),
+        rows1
+    );
+}
+
+#[test]
+fn a_demo_folder_trains_exactly_like_the_oracle_in_the_loop() {
+    let _torch = common::torch_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let demos = dir.path().join("demos");
+    let o = ebmlab(&[
+        "data",
+        "generate",
+        "--episodes",
+        "20",
+        "--seed",
+        "3",
+        "--out",
+        demos.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let runs = dir.path().join("runs");
+    let oracle = tiny_spec(dir.path(), "");
+    let mut from_folder = oracle.clone();
+    from_folder.data.path = Some(demos.to_str().unwrap().to_owned());
+    assert_ne!(oracle.trial_id(), from_folder.trial_id());
+    let a = run_trial(&oracle, &runs, &TrialOptions::default(), &cancel()).unwrap();
+    let b = run_trial(&from_folder, &runs, &TrialOptions::default(), &cancel()).unwrap();
+    let weights = |report: &ebmlab::trial::TrialReport| {
+        fs::read(report.dir.join("checkpoints/step_0000030.safetensors")).unwrap()
+    };
+    assert_eq!(weights(&a), weights(&b), "same demos, same training");
+    assert_eq!(a.final_evaluation.successes, b.final_evaluation.successes);
+    assert_eq!(
+        fs::read_to_string(a.dir.join("episodes.csv")).unwrap(),
+        fs::read_to_string(b.dir.join("episodes.csv")).unwrap()
+    );
+}
+
+#[test]
+fn a_diverging_loss_stops_the_trial_and_keeps_the_last_good_checkpoint() {
+    let _torch = common::torch_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = tiny_spec(dir.path(), "");
+    let mut spec = spec;
+    spec.train.lr = 1e30;
+    spec.train.checkpoint_every = 1;
+    spec.train.negatives.kind = ebmlab::policy::ebm::NegativeKind::Uniform;
+    let runs = dir.path().join("runs");
+    let err = run_trial(&spec, &runs, &TrialOptions::default(), &cancel()).unwrap_err();
+    let stop = err.downcast_ref::<TrialStop>().expect("a TrialStop");
+    let TrialStop::NonFiniteLoss {
+        step, last_good, ..
+    } = stop
+    else {
+        panic!("wrong stop: {stop}");
+    };
+    assert_eq!(*last_good, Some(step - 1));
+    let ckpts = runs.join("tiny").join(spec.trial_id()).join("checkpoints");
+    assert!(ckpts
+        .join(format!("step_{:07}.safetensors", step - 1))
+        .exists());
+    assert!(!ckpts.join(format!("step_{step:07}.safetensors")).exists());
+    assert!(
+        err.to_string().contains(&format!("at step {step}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn train_refuses_a_spec_with_a_sweep_and_prints_a_dry_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.toml");
+    fs::write(&file, "name = \"s\"\n[sweep]\n\"train.seed\" = [0, 1]\n").unwrap();
+    let o = ebmlab(&[
+        "train",
+        file.to_str().unwrap(),
+        "--runs",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("ebmlab run"), "{}", stderr(&o));
+    fs::write(&file, "name = \"s\"\n").unwrap();
+    let o = ebmlab(&[
+        "train",
+        file.to_str().unwrap(),
+        "--dry-run",
+        "--set",
+        "train.iterations=7",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("iterations = 7"));
+}
