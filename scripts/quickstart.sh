@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: installs what is missing, builds, then generates IBC's
-# 2-D particle demonstrations with the oracle and validates them by replay.
+# The main job on a fresh machine: installs what is missing, builds, then trains and
+# evaluates the CPU quickstart experiment (experiments/quickstart.toml) end to end.
+# Running it again reports the finished trial instead of training it twice.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 bash scripts/setup.sh
-out="data/particle/traj"
-rm -rf "$out"
-printf '\n==> generating 2,000 oracle demonstrations (2-D) in %s\n' "$out"
-./target/release/ebmlab data generate --task particle --episodes 2000 --seed 0 --out "$out"
-printf '\n==> replaying them through the environment\n'
-./target/release/ebmlab data validate "$out"
-printf '\nDemonstrations are in %s (one JSON file per episode).\n' "$out"
+printf '\n==> training and evaluating experiments/quickstart.toml\n'
+start=$(date +%s)
+./target/release/ebmlab train experiments/quickstart.toml "$@"
+printf '\nwall time: %d s. Per-trial files: config.toml, metrics.csv, evaluations.csv, episodes.csv,\nsummary.json and checkpoints/ under the folder named above.\n' "$(( $(date +%s) - start ))"

@@ -79,17 +79,20 @@ fn error_of(file: &Path, sets: &[&str], env: &[(&str, &str)]) -> String {
     )
 }
 
+/// (name, spec file, --set items, environment, parts the error must contain)
+type ErrorCase<'a> = (
+    &'a str,
+    std::path::PathBuf,
+    Vec<&'a str>,
+    Vec<(&'a str, &'a str)>,
+    Vec<String>,
+);
+
 #[test]
 fn spec_errors_name_the_file_and_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let cases: Vec<(
-        &str,
-        std::path::PathBuf,
-        Vec<&str>,
-        Vec<(&str, &str)>,
-        Vec<String>,
-    )> = vec![
+    let cases: Vec<ErrorCase> = vec![
         (
             "unknown key",
             write(d, "typo.toml", "name = \"x\"\n[train]\niteratons = 5\n"),
