@@ -11,6 +11,7 @@ use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use crate::data::{record_oracle_demos, Normalizer, Windows};
+use crate::eval::rollout;
 use crate::policy::ebm::{Bounds, EbmLossConfig, EbmNetConfig, NegativesConfig};
 use crate::policy::{infer_actions, InferenceConfig, PolicyNet, PolicySpec};
 use crate::task::episode_seeds;
@@ -25,6 +26,8 @@ pub struct BenchOptions {
     pub device: Device,
     pub train_step: bool,
     pub dfo: bool,
+    /// A full evaluation: `eval_episodes` particle episodes with DFO at every step.
+    pub eval: bool,
     pub warmup: usize,
     pub repeats: usize,
     pub hidden: i64,
@@ -34,6 +37,9 @@ pub struct BenchOptions {
     pub dfo_samples: i64,
     pub dfo_iters: usize,
     pub dfo_batches: Vec<i64>,
+    pub eval_episodes: usize,
+    pub eval_hidden: i64,
+    pub eval_samples: i64,
     /// Python with torch for the reference figures; `None` skips them.
     pub python: Option<PathBuf>,
 }
@@ -120,7 +126,7 @@ fn ibc_spec(opts: &BenchOptions) -> PolicySpec {
     }
 }
 
-fn trainer(opts: &BenchOptions) -> Result<Trainer> {
+fn build_trainer(opts: &BenchOptions, spec: PolicySpec) -> Result<Trainer> {
     let task = ParticleTask::new(ParticleConfig::default())?;
     let demos: Vec<_> = record_oracle_demos(&task, &episode_seeds(0, 200))?
         .into_iter()
@@ -147,12 +153,12 @@ fn trainer(opts: &BenchOptions) -> Result<Trainer> {
         },
         seed: 0,
     };
-    Trainer::new(ibc_spec(opts), optim, data, norm, opts.device)
+    Trainer::new(spec, optim, data, norm, opts.device)
 }
 
 /// Runs the selected benchmarks, handing each figure to `emit` as soon as it is measured.
 pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()> {
-    let mut trainer = trainer(opts)?;
+    let mut trainer = build_trainer(opts, ibc_spec(opts))?;
     let train_config = json!({
         "obs_dim": 8, "action_dim": 2, "hidden": opts.hidden, "blocks": 1,
         "batch_size": opts.batch_size, "negatives": opts.negatives,
@@ -188,6 +194,26 @@ pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()
             emit(&record("dfo", opts.device, config, times));
         }
     }
+    let eval_config = json!({
+        "episodes": opts.eval_episodes, "hidden": opts.eval_hidden,
+        "samples": opts.eval_samples, "iters": opts.dfo_iters, "n_steps": 50, "n_dim": 2,
+    });
+    if opts.eval {
+        let mut spec = ibc_spec(opts);
+        if let PolicySpec::Ebm { net, inference, .. } = &mut spec {
+            net.hidden = opts.eval_hidden;
+            inference.samples = opts.eval_samples;
+        }
+        // Untrained weights of the same shape: the work is that of a trained policy.
+        let policy = build_trainer(opts, spec)?;
+        let task = ParticleTask::new(ParticleConfig::default())?;
+        let seeds = episode_seeds(0, opts.eval_episodes);
+        // A whole evaluation warms caches well enough after one run.
+        let times = time_ms(opts.device, opts.warmup.min(1), opts.repeats, || {
+            rollout(&task, &policy.policy_view(), &seeds, 0).expect("rollout runs");
+        });
+        emit(&record("eval", opts.device, eval_config.clone(), times));
+    }
     if let Some(python) = &opts.python {
         let mut only = Vec::new();
         if opts.train_step {
@@ -196,11 +222,15 @@ pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()
         if opts.dfo {
             only.push("dfo");
         }
+        if opts.eval {
+            only.push("eval");
+        }
         let settings = json!({
             "device": if opts.device.is_cuda() { "cuda" } else { "cpu" },
             "only": only, "warmup": opts.warmup, "repeats": opts.repeats,
             "train": train_config,
             "dfo": {"batches": opts.dfo_batches, "samples": opts.dfo_samples, "iters": opts.dfo_iters},
+            "eval": eval_config,
         });
         let output = Command::new(python)
             .args(["-c", REFERENCE_SCRIPT, &settings.to_string()])

@@ -4,6 +4,7 @@
 # Prints one JSON line per figure. Arguments: JSON object with the settings.
 import json, statistics, sys, time
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -136,3 +137,39 @@ if "dfo" in cfg["only"]:
                       cfg["warmup"], cfg["repeats"])
         emit("dfo", {"batch": batch, "samples": cfg["dfo"]["samples"],
                      "iters": cfg["dfo"]["iters"], "hidden": t["hidden"]}, times)
+
+
+def particle_eval(model, episodes, samples, iters, n_steps, n_dim):
+    """Batched rollouts of the particle task (IBC dynamics, float32 numpy), DFO each step."""
+    rng = np.random.default_rng(0)
+    p = rng.random((episodes, n_dim), dtype=np.float32)
+    g1 = rng.random((episodes, n_dim), dtype=np.float32)
+    g2 = rng.random((episodes, n_dim), dtype=np.float32)
+    v = np.zeros_like(p)
+    mean, std = np.float32(0.5), np.float32(0.3)
+    min1 = np.full(episodes, np.inf, dtype=np.float32)
+    min2 = np.full(episodes, np.inf, dtype=np.float32)
+    prev = None
+    for _ in range(n_steps):
+        obs = np.concatenate([p, v, g1, g2], axis=1)
+        window = np.stack([obs if prev is None else prev, obs], axis=1)
+        prev = obs
+        x = torch.from_numpy((window - mean) / std).to(device)
+        a = dfo(model, x, samples, iters).cpu().numpy()
+        a = ((a + 1.0) / 2.0).astype(np.float32)
+        for _ in range(10):
+            u = np.float32(10.0) * (a - p) - np.float32(5.0) * v
+            p, v = p + v * np.float32(0.005), v + u * np.float32(0.005)
+        min1 = np.minimum(min1, np.linalg.norm(p - g1, axis=1))
+        min2 = np.minimum(min2, np.linalg.norm(p - g2, axis=1))
+    final2 = np.linalg.norm(p - g2, axis=1)
+    return float(np.mean((min1 < 0.05) & (min2 < 0.05) & (final2 < 0.05)))
+
+
+if "eval" in cfg["only"]:
+    e = cfg["eval"]
+    eval_model = SequenceEBM(4 * e["n_dim"], e["n_dim"], 2, e["hidden"], 1).to(device)
+    times = timed(lambda: particle_eval(eval_model, e["episodes"], e["samples"], e["iters"],
+                                        e["n_steps"], e["n_dim"]),
+                  min(cfg["warmup"], 1), cfg["repeats"])
+    emit("eval", e, times)

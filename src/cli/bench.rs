@@ -14,6 +14,8 @@ pub enum BenchItem {
     TrainStep,
     /// One DFO inference call (per batch size in --dfo-batches).
     Dfo,
+    /// A whole evaluation: --eval-episodes episodes of 50 steps, DFO at every step.
+    Eval,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -52,6 +54,14 @@ pub struct BenchArgs {
     dfo_iters: usize,
     #[arg(long, value_delimiter = ',', default_value = "1,100")]
     dfo_batches: Vec<i64>,
+    #[arg(long, default_value_t = 100)]
+    eval_episodes: usize,
+    /// Width of the evaluated network (the quickstart's).
+    #[arg(long, default_value_t = 128)]
+    eval_hidden: i64,
+    /// DFO samples per step in the evaluation.
+    #[arg(long, default_value_t = 1024)]
+    eval_samples: i64,
     /// Python with torch for the reference figures.
     #[arg(long, default_value = ".venv/bin/python")]
     python: PathBuf,
@@ -85,6 +95,7 @@ pub fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         device,
         train_step: all || args.only.contains(&BenchItem::TrainStep),
         dfo: all || args.only.contains(&BenchItem::Dfo),
+        eval: all || args.only.contains(&BenchItem::Eval),
         warmup: args.warmup,
         repeats: args.repeats,
         hidden: args.hidden,
@@ -94,6 +105,9 @@ pub fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         dfo_samples: args.dfo_samples,
         dfo_iters: args.dfo_iters,
         dfo_batches: args.dfo_batches,
+        eval_episodes: args.eval_episodes,
+        eval_hidden: args.eval_hidden,
+        eval_samples: args.eval_samples,
         python,
     };
     run(&opts, |record| {
