@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use ebmlab::data::{record_oracle_demos, Normalizer, ParticleDemo, Windows};
 use ebmlab::policy::ebm::{
-    EbmLossConfig, EbmNetConfig, NegativeKind, NegativesConfig, SequenceEbm,
+    EbmLossConfig, LangevinConfig, NegativeKind, NegativesConfig, SequenceEbm,
 };
-use ebmlab::policy::mse::MseNetConfig;
-use ebmlab::policy::PolicySpec;
+
+use ebmlab::policy::{NetConfig, PolicySpec};
 use ebmlab::task::episode_seeds;
 use ebmlab::task::particle::{ParticleConfig, ParticleTask};
 use ebmlab::train::{checkpoint, LrSchedule, OptimConfig, Trainer, TrainingSet};
@@ -74,7 +74,7 @@ fn pytorch_loads_the_checkpoint_and_computes_the_same_energies() {
         let vs = nn::VarStore::new(Device::Cpu);
         let model = SequenceEbm::new(
             &vs.root(),
-            EbmNetConfig {
+            NetConfig {
                 layer_norm,
                 blocks,
                 ..Default::default()
@@ -168,7 +168,7 @@ fn save_load_continue_equals_an_uninterrupted_run() {
     let _torch = common::torch_lock();
     let demos = small_demos();
     let ebm = PolicySpec::Ebm {
-        net: EbmNetConfig {
+        net: NetConfig {
             hidden: 32,
             layer_norm: false,
             ..Default::default()
@@ -177,15 +177,17 @@ fn save_load_continue_equals_an_uninterrupted_run() {
             negatives: NegativesConfig {
                 kind: NegativeKind::Langevin,
                 count: 4,
-                steps: 10,
-                ..Default::default()
+                langevin: LangevinConfig {
+                    steps: 10,
+                    ..Default::default()
+                },
             },
             ..Default::default()
         },
         inference: Default::default(),
     };
     let mse = PolicySpec::Mse {
-        net: MseNetConfig {
+        net: NetConfig {
             obs_seq_len: 2,
             obs_dim: 8,
             action_dim: 2,
@@ -249,7 +251,7 @@ fn restore_refuses_a_checkpoint_of_another_shape() {
     let _torch = common::torch_lock();
     let demos = small_demos();
     let spec = |hidden| PolicySpec::Mse {
-        net: MseNetConfig {
+        net: NetConfig {
             obs_seq_len: 2,
             obs_dim: 8,
             action_dim: 2,
@@ -272,7 +274,7 @@ fn a_loaded_checkpoint_acts_within_the_task_bounds() {
     let _torch = common::torch_lock();
     let demos = small_demos();
     let ebm = PolicySpec::Ebm {
-        net: EbmNetConfig {
+        net: NetConfig {
             hidden: 32,
             layer_norm: false,
             ..Default::default()
@@ -298,7 +300,7 @@ fn a_loaded_checkpoint_acts_within_the_task_bounds() {
         inference.langevin_steps = 20;
     }
     let mse = PolicySpec::Mse {
-        net: MseNetConfig {
+        net: NetConfig {
             obs_seq_len: 2,
             obs_dim: 8,
             action_dim: 2,

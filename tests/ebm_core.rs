@@ -4,14 +4,13 @@ mod common;
 
 use ebmlab::data::{Normalizer, ParticleDemo, Windows};
 use ebmlab::policy::ebm::{
-    dfo_minimize, gradient_penalty, info_nce, langevin, Bounds, DfoConfig, EbmNetConfig, GradNorm,
+    dfo_minimize, gradient_penalty, info_nce, langevin, Bounds, DfoConfig, GradNorm,
     GradPenaltyConfig, LangevinConfig, SequenceEbm,
 };
-use ebmlab::policy::mse::MseNetConfig;
-use ebmlab::policy::{parameter_count, PolicyNet, PolicySpec};
+use ebmlab::policy::{parameter_count, NetConfig, PolicyNet, PolicySpec};
 use tch::{nn, Device, Kind, Tensor};
 
-fn ebm_spec(net: EbmNetConfig) -> PolicySpec {
+fn ebm_spec(net: NetConfig) -> PolicySpec {
     PolicySpec::Ebm {
         net,
         loss: Default::default(),
@@ -23,7 +22,7 @@ fn ebm_spec(net: EbmNetConfig) -> PolicySpec {
 fn parameter_counts_match_the_seed_and_ibc() {
     let count = |layer_norm| {
         let vs = nn::VarStore::new(Device::Cpu);
-        let spec = ebm_spec(EbmNetConfig {
+        let spec = ebm_spec(NetConfig {
             layer_norm,
             ..Default::default()
         });
@@ -36,7 +35,7 @@ fn parameter_counts_match_the_seed_and_ibc() {
     let vs = nn::VarStore::new(Device::Cpu);
     let mut names: Vec<String> = vs.variables().into_keys().collect();
     assert!(names.is_empty());
-    SequenceEbm::new(&vs.root(), EbmNetConfig::default());
+    SequenceEbm::new(&vs.root(), NetConfig::default());
     names = vs.variables().into_keys().collect();
     names.sort();
     assert_eq!(
@@ -85,7 +84,7 @@ fn double_model(layer_norm: bool) -> (nn::VarStore, SequenceEbm) {
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = SequenceEbm::new(
         &vs.root(),
-        EbmNetConfig {
+        NetConfig {
             hidden: 32,
             blocks: 2,
             layer_norm,
@@ -173,7 +172,7 @@ fn hand_written_action_gradient_equals_autograd() {
         let vs = nn::VarStore::new(Device::Cpu);
         let model = SequenceEbm::new(
             &vs.root(),
-            EbmNetConfig {
+            NetConfig {
                 hidden: 64,
                 blocks,
                 layer_norm: false,
@@ -200,7 +199,7 @@ fn observation_context_split_equals_concatenated_projection() {
     let _torch = common::torch_lock();
     tch::manual_seed(9);
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = SequenceEbm::new(&vs.root(), EbmNetConfig::default());
+    let model = SequenceEbm::new(&vs.root(), NetConfig::default());
     let obs = Tensor::randn([3, 2, 8], (Kind::Float, Device::Cpu));
     let actions = Tensor::randn([3, 4, 2], (Kind::Float, Device::Cpu));
     // The seed's formulation: concatenate, then one Linear.
@@ -362,7 +361,7 @@ fn normalizer_round_trips_and_widens_bounds() {
 fn mse_net_shapes_and_names() {
     let vs = nn::VarStore::new(Device::Cpu);
     let spec = PolicySpec::Mse {
-        net: MseNetConfig {
+        net: NetConfig {
             obs_seq_len: 2,
             obs_dim: 8,
             action_dim: 2,
@@ -389,7 +388,7 @@ fn row_chunks_give_the_same_energies_as_one_pass() {
     let vs = nn::VarStore::new(Device::Cpu);
     let model = SequenceEbm::new(
         &vs.root(),
-        EbmNetConfig {
+        NetConfig {
             hidden: 16,
             ..Default::default()
         },

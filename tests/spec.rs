@@ -264,7 +264,7 @@ fn shipped_experiments_load() {
             ibc.train.iterations,
             ibc.train.batch_size,
             ibc.train.negatives.count,
-            ibc.train.negatives.steps,
+            ibc.train.negatives.langevin.steps,
             ibc.eval.samples
         ),
         (100_000, 512, 8, 100, 16_384)

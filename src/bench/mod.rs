@@ -12,8 +12,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::{record_oracle_demos, Normalizer, Windows};
 use crate::eval::rollout;
-use crate::policy::ebm::{Bounds, EbmLossConfig, EbmNetConfig, NegativesConfig};
-use crate::policy::{infer_actions, InferenceConfig, PolicyNet, PolicySpec};
+use crate::policy::ebm::{Bounds, EbmLossConfig, LangevinConfig, NegativesConfig};
+use crate::policy::{infer_actions, InferenceConfig, NetConfig, PolicyNet, PolicySpec};
 use crate::task::episode_seeds;
 use crate::task::particle::{ParticleConfig, ParticleTask};
 use crate::train::{LrSchedule, OptimConfig, Trainer, TrainingSet};
@@ -105,7 +105,7 @@ fn record(
 /// The IBC/seed particle EBM (256 x 1 block, no normalization) for 2-D.
 fn ibc_spec(opts: &BenchOptions) -> PolicySpec {
     PolicySpec::Ebm {
-        net: EbmNetConfig {
+        net: NetConfig {
             hidden: opts.hidden,
             layer_norm: false,
             ..Default::default()
@@ -113,7 +113,10 @@ fn ibc_spec(opts: &BenchOptions) -> PolicySpec {
         loss: EbmLossConfig {
             negatives: NegativesConfig {
                 count: opts.negatives,
-                steps: opts.langevin_steps,
+                langevin: LangevinConfig {
+                    steps: opts.langevin_steps,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             ..Default::default()

@@ -25,6 +25,9 @@ pub struct EpisodeRecord {
     pub actions: Vec<Vec<f32>>,
 }
 
+/// Stream of the actor's sampling seeds, apart from the episode seeds drawn from the same base.
+const SAMPLING_STREAM: u64 = u64::MAX;
+
 /// Runs one episode per seed to the end with `actor`; the actor's sampling at step `t`
 /// draws from a seed derived from `(sampling_seed, t)`.
 pub fn rollout(
@@ -40,6 +43,7 @@ pub fn rollout(
     let mut histories: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(info.episode_steps + 1); batch];
     let mut actions_taken: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(info.episode_steps); batch];
     let mut windows = Vec::with_capacity(batch * seq * obs_dim);
+    let sampling = derive_seed(sampling_seed, SAMPLING_STREAM);
     loop {
         let obs = episodes.observations();
         histories
@@ -54,7 +58,7 @@ pub fn rollout(
         for history in &histories {
             push_window(&mut windows, history, t, seq);
         }
-        let actions = actor.act(&windows, batch, derive_seed(sampling_seed, t as u64))?;
+        let actions = actor.act(&windows, batch, derive_seed(sampling, t as u64))?;
         episodes.step(&actions)?;
         for (taken, action) in actions_taken.iter_mut().zip(actions.chunks(action_dim)) {
             taken.push(action.to_vec());

@@ -13,20 +13,22 @@ pub use inference::{in_row_chunks, infer_actions, InferenceConfig, InferenceKind
 use serde::{Deserialize, Serialize};
 use tch::nn;
 
-use ebm::{EbmLossConfig, EbmNetConfig, SequenceEbm};
-use mse::{MseNetConfig, MsePolicyNet};
+pub use resnet::NetConfig;
+
+use ebm::{EbmLossConfig, SequenceEbm};
+use mse::MsePolicyNet;
 
 /// Everything that defines a policy's network, objective and way of acting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PolicySpec {
     Ebm {
-        net: EbmNetConfig,
+        net: NetConfig,
         loss: EbmLossConfig,
         inference: InferenceConfig,
     },
     Mse {
-        net: MseNetConfig,
+        net: NetConfig,
     },
 }
 

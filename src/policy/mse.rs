@@ -1,36 +1,22 @@
 //! The explicit baseline (IBC `mlp_mse.gin`): the same residual MLP mapping the observation
 //! window straight to an action, trained with mean squared error.
 
-use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::resnet::{linear, residual_blocks, ResidualBlock};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MseNetConfig {
-    pub obs_seq_len: i64,
-    pub obs_dim: i64,
-    pub action_dim: i64,
-    pub hidden: i64,
-    pub blocks: usize,
-    /// IBC's MSE config uses 0.1.
-    pub dropout: f64,
-    pub layer_norm: bool,
-}
+use super::resnet::{linear, residual_blocks, NetConfig, ResidualBlock};
 
 /// Tensor names: `projection`, `blocks.i.*`, `action_projection`.
 #[derive(Debug)]
 pub struct MsePolicyNet {
-    cfg: MseNetConfig,
+    cfg: NetConfig,
     projection: nn::Linear,
     blocks: Vec<ResidualBlock>,
     action_projection: nn::Linear,
 }
 
 impl MsePolicyNet {
-    pub fn new(p: &nn::Path, cfg: MseNetConfig) -> Self {
+    pub fn new(p: &nn::Path, cfg: NetConfig) -> Self {
         Self {
             projection: linear(p / "projection", cfg.obs_seq_len * cfg.obs_dim, cfg.hidden),
             blocks: residual_blocks(p, cfg.blocks, cfg.hidden, cfg.dropout, cfg.layer_norm),
@@ -39,7 +25,7 @@ impl MsePolicyNet {
         }
     }
 
-    pub fn config(&self) -> &MseNetConfig {
+    pub fn config(&self) -> &NetConfig {
         &self.cfg
     }
 

@@ -1,8 +1,39 @@
 //! The pre-activation residual MLP shared by the energy model and the explicit baseline
 //! (IBC's `ResNetPreActivationLayer`, the seed's `MLPResidualBlock`).
 
+use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::Tensor;
+
+/// Shape of a residual MLP policy network (energy model or explicit policy).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    pub obs_seq_len: i64,
+    pub obs_dim: i64,
+    pub action_dim: i64,
+    pub hidden: i64,
+    pub blocks: usize,
+    pub dropout: f64,
+    /// LayerNorm before each activation (the seed's class default; IBC uses none).
+    pub layer_norm: bool,
+}
+
+impl Default for NetConfig {
+    /// The seed's 2-D particle model with its parameter table (LayerNorm on): 137,729
+    /// weights as an energy model.
+    fn default() -> Self {
+        Self {
+            obs_seq_len: 2,
+            obs_dim: 8,
+            action_dim: 2,
+            hidden: 256,
+            blocks: 1,
+            dropout: 0.0,
+            layer_norm: true,
+        }
+    }
+}
 
 /// PyTorch's `nn.Linear` initialisation: weights and bias uniform in `±1/sqrt(fan_in)`.
 pub fn linear(p: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {

@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::ebm::{EbmLossConfig, EbmNetConfig, GradPenaltyConfig, NegativesConfig};
-use crate::policy::mse::MseNetConfig;
-use crate::policy::{InferenceConfig, InferenceKind, PolicySpec};
+use crate::policy::ebm::{EbmLossConfig, GradPenaltyConfig, NegativesConfig};
+use crate::policy::{InferenceConfig, InferenceKind, NetConfig, PolicySpec};
 use crate::task::particle::ParticleConfig;
 use crate::train::LrSchedule;
 
@@ -260,7 +259,7 @@ impl Spec {
         let p = &self.policy;
         if p.kind == "mse" {
             PolicySpec::Mse {
-                net: MseNetConfig {
+                net: NetConfig {
                     obs_seq_len,
                     obs_dim,
                     action_dim,
@@ -272,7 +271,7 @@ impl Spec {
             }
         } else {
             PolicySpec::Ebm {
-                net: EbmNetConfig {
+                net: NetConfig {
                     obs_seq_len,
                     obs_dim,
                     action_dim,

@@ -9,7 +9,7 @@ use tch::Tensor;
 
 /// Parameters of the sampler (IBC defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct LangevinConfig {
     pub steps: usize,
     pub step_size_init: f64,

@@ -9,7 +9,7 @@ mod model;
 pub use dfo::{dfo_minimize, DfoConfig};
 pub use langevin::{langevin, Bounds, LangevinConfig};
 pub use loss::{gradient_penalty, info_nce, GradNorm, GradPenaltyConfig};
-pub use model::{EbmNetConfig, SequenceEbm};
+pub use model::SequenceEbm;
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -24,48 +24,23 @@ pub enum NegativeKind {
     Langevin,
 }
 
-/// Counter-examples per positive and how they are made (spec table `train.negatives`).
+/// Counter-examples per positive and how they are made (spec table `train.negatives`;
+/// the Langevin parameters sit beside `kind` and `count`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct NegativesConfig {
     pub kind: NegativeKind,
     pub count: i64,
-    pub steps: usize,
-    pub step_size_init: f64,
-    pub step_size_final: f64,
-    pub step_size_power: f64,
-    pub grad_scale: f64,
-    pub noise_scale: f64,
-    pub delta_clip: f64,
+    #[serde(flatten)]
+    pub langevin: LangevinConfig,
 }
 
 impl Default for NegativesConfig {
     fn default() -> Self {
-        let l = LangevinConfig::default();
         Self {
             kind: NegativeKind::Langevin,
             count: 8,
-            steps: l.steps,
-            step_size_init: l.step_size_init,
-            step_size_final: l.step_size_final,
-            step_size_power: l.step_size_power,
-            grad_scale: l.grad_scale,
-            noise_scale: l.noise_scale,
-            delta_clip: l.delta_clip,
-        }
-    }
-}
-
-impl NegativesConfig {
-    pub fn langevin(&self) -> LangevinConfig {
-        LangevinConfig {
-            steps: self.steps,
-            step_size_init: self.step_size_init,
-            step_size_final: self.step_size_final,
-            step_size_power: self.step_size_power,
-            grad_scale: self.grad_scale,
-            noise_scale: self.noise_scale,
-            delta_clip: self.delta_clip,
+            langevin: LangevinConfig::default(),
         }
     }
 }
@@ -114,7 +89,7 @@ pub fn counter_examples(
         NegativeKind::Uniform => init,
         NegativeKind::Langevin => {
             let context = context.detach();
-            langevin(init, bounds, &cfg.langevin(), |a| {
+            langevin(init, bounds, &cfg.langevin, |a| {
                 model.action_gradient(&context, a)
             })
         }

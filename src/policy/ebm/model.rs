@@ -1,53 +1,23 @@
 //! SequenceEBM: energy `E(obs window, action)` from a residual MLP over the flattened window
 //! concatenated with the action, as in the seed (and IBC's `MLPEBM`).
 
-use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use crate::policy::resnet::{linear, residual_blocks, ResidualBlock};
-
-/// Shape of the network.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EbmNetConfig {
-    pub obs_seq_len: i64,
-    pub obs_dim: i64,
-    pub action_dim: i64,
-    pub hidden: i64,
-    pub blocks: usize,
-    pub dropout: f64,
-    /// LayerNorm before each activation (the seed's class default; IBC uses none).
-    pub layer_norm: bool,
-}
-
-impl Default for EbmNetConfig {
-    /// The seed's 2-D particle model with its parameter table (LayerNorm on): 137,729 weights.
-    fn default() -> Self {
-        Self {
-            obs_seq_len: 2,
-            obs_dim: 8,
-            action_dim: 2,
-            hidden: 256,
-            blocks: 1,
-            dropout: 0.0,
-            layer_norm: true,
-        }
-    }
-}
+use crate::policy::resnet::{linear, residual_blocks, NetConfig, ResidualBlock};
 
 /// The energy network. Tensor names: `projection`, `blocks.i.{norm1,fc1,norm2,fc2}`,
 /// `energy_projection` (the seed's PyTorch module names).
 #[derive(Debug)]
 pub struct SequenceEbm {
-    cfg: EbmNetConfig,
+    cfg: NetConfig,
     projection: nn::Linear,
     blocks: Vec<ResidualBlock>,
     energy_projection: nn::Linear,
 }
 
 impl SequenceEbm {
-    pub fn new(p: &nn::Path, cfg: EbmNetConfig) -> Self {
+    pub fn new(p: &nn::Path, cfg: NetConfig) -> Self {
         let input = cfg.obs_seq_len * cfg.obs_dim + cfg.action_dim;
         Self {
             projection: linear(p / "projection", input, cfg.hidden),
@@ -57,7 +27,7 @@ impl SequenceEbm {
         }
     }
 
-    pub fn config(&self) -> &EbmNetConfig {
+    pub fn config(&self) -> &NetConfig {
         &self.cfg
     }
 
