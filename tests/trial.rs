@@ -231,3 +231,102 @@ fn train_refuses_a_spec_with_a_sweep_and_prints_a_dry_run() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("iterations = 7"));
 }
+
+#[test]
+fn sigterm_saves_a_checkpoint_and_the_continued_trial_equals_an_uninterrupted_one() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let spec_file = dir.path().join("long.toml");
+    fs::write(
+        &spec_file,
+        "name = \"long\"\n[data]\ndemos = 20\n[policy]\nhidden = 32\n\
+         [train]\niterations = 400\nbatch_size = 32\ncheckpoint_every = 1000\neval_every = 0\nlog_every = 1\n\
+         [train.negatives]\nkind = \"langevin\"\ncount = 4\nsteps = 10\n\
+         [eval]\nepisodes = 4\nsamples = 64\n[resources]\ndevice = \"cpu\"\nthreads = 1\n",
+    )
+    .unwrap();
+    let spec = load_spec_with_env(&spec_file, &[], Vec::new())
+        .unwrap()
+        .spec;
+    let interrupted = dir.path().join("interrupted");
+    let straight = dir.path().join("straight");
+    let train = |runs: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_ebmlab"))
+            .args([
+                "train",
+                spec_file.to_str().unwrap(),
+                "--quiet",
+                "--runs",
+                runs.to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    // Stop it with SIGTERM once it has trained a little.
+    let child = train(&interrupted);
+    let metrics = interrupted
+        .join("long")
+        .join(spec.trial_id())
+        .join("metrics.csv");
+    let started = Instant::now();
+    while fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 20 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "training did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ckpts = interrupted
+        .join("long")
+        .join(spec.trial_id())
+        .join("checkpoints");
+    let saved = ebmlab::train::checkpoint::saved_steps(&ckpts).unwrap();
+    assert_eq!(
+        saved.len(),
+        1,
+        "one checkpoint, at the step it stopped: {saved:?}"
+    );
+    assert!(saved[0] > 0 && saved[0] < 400, "{saved:?}");
+
+    // Continue it, and run the same trial without interruption elsewhere.
+    assert!(train(&interrupted).wait().unwrap().success());
+    assert!(train(&straight).wait().unwrap().success());
+    let last = |runs: &Path| {
+        fs::read(
+            runs.join("long")
+                .join(spec.trial_id())
+                .join("checkpoints/step_0000400.safetensors"),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        last(&interrupted),
+        last(&straight),
+        "resumed weights differ"
+    );
+    // Every step has exactly one metrics row.
+    let rows = fs::read_to_string(&metrics).unwrap();
+    let steps: Vec<u64> = rows
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=400).collect::<Vec<u64>>());
+}

@@ -3,6 +3,7 @@
 mod bench;
 mod data;
 mod eval;
+mod run;
 mod train;
 
 use std::process::ExitCode;
@@ -14,6 +15,18 @@ use tracing_subscriber::EnvFilter;
 pub const EXIT_FAILED_CHECK: u8 = 1;
 /// Exit status of a command that could not run (bad input, I/O error).
 pub const EXIT_ERROR: u8 = 2;
+/// Exit status after Ctrl-C or SIGTERM (checkpoints saved).
+pub const EXIT_CANCELLED: u8 = 130;
+
+/// A flag that SIGINT and SIGTERM raise; trials poll it between iterations, save a
+/// checkpoint and stop.
+pub fn cancel_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, std::sync::Arc::clone(&flag))?;
+    }
+    Ok(flag)
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,6 +49,8 @@ enum Command {
     Data(data::DataCommand),
     /// Train one trial from a spec, evaluate it, write its results.
     Train(train::TrainArgs),
+    /// Run every trial of an experiment (sweep), skipping finished ones.
+    Run(run::RunArgs),
     /// Evaluate a checkpoint or trial with batched rollouts.
     Eval(eval::EvalArgs),
     /// Throughput figures as JSON lines, beside a PyTorch eager reference.
@@ -49,6 +64,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Data(command) => data::run(command),
         Command::Train(args) => train::run(args),
+        Command::Run(args) => run::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run_bench(args),
     };

@@ -2,14 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use clap::Args;
 
+use super::{cancel_on_signals, EXIT_CANCELLED};
 use crate::spec::load_spec;
-use crate::trial::{run_trial, TrialOptions, TrialPaths};
+use crate::trial::{run_trial, TrialOptions, TrialPaths, TrialStop};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -45,11 +44,17 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         print!("{}", spec.to_toml());
         return Ok(ExitCode::SUCCESS);
     }
-    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel = cancel_on_signals()?;
     let options = TrialOptions {
         progress: !args.quiet,
     };
-    let report = run_trial(&spec, &args.runs, &options, &cancel)?;
+    let report = match run_trial(&spec, &args.runs, &options, &cancel) {
+        Err(e) if matches!(e.downcast_ref(), Some(TrialStop::Cancelled { .. })) => {
+            eprintln!("{e:#}; `ebmlab train` of the same spec continues it");
+            return Ok(ExitCode::from(EXIT_CANCELLED));
+        }
+        other => other?,
+    };
     let e = &report.final_evaluation;
     println!(
         "trial {} ({}, {} iterations, {:.0} s training, {:.1} it/s)",

@@ -15,8 +15,9 @@ use super::model::Spec;
 /// sets `train.iterations` (double underscore between levels).
 pub const ENV_PREFIX: &str = "EBMLAB_";
 
-/// Keys whose values are free-form tables (their inner keys are checked as dotted keys).
-const FREE_TABLES: &[&str] = &["sweep"];
+/// Keys whose values are free-form tables, or lists of them (`trials`): their inner keys
+/// are checked as dotted spec keys.
+const FREE_TABLES: &[&str] = &["sweep", "trials"];
 /// Optional keys that have no default value.
 const OPTIONAL_KEYS: &[&str] = &["extends", "data.path"];
 /// `EBMLAB_*` variables that are not spec keys.
@@ -74,6 +75,16 @@ fn check_table(
             toml::Value::Table(sweep) if FREE_TABLES.contains(&key.as_str()) => {
                 for swept in sweep.keys() {
                     check_key(swept, known, &format!("{origin}: [{key}]"))?;
+                }
+            }
+            toml::Value::Array(list) if FREE_TABLES.contains(&key.as_str()) => {
+                for (i, item) in list.iter().enumerate() {
+                    let toml::Value::Table(trial) = item else {
+                        bail!("{origin}: `{key}[{i}]` must be a table of dotted keys");
+                    };
+                    for k in trial.keys() {
+                        check_key(k, known, &format!("{origin}: {key}[{i}]"))?;
+                    }
                 }
             }
             toml::Value::Table(inner) => check_table(inner, &key, known, origin)?,

@@ -2,10 +2,12 @@
 
 mod load;
 mod model;
+mod sweep;
 mod validate;
 
 pub use load::{check_key, known_keys, load_spec, load_spec_with_env, LoadedSpec, ENV_PREFIX};
 pub use model::{DataSpec, EvalSpec, PolicySection, ResourcesSpec, Spec, TaskSpec, TrainSpec};
+pub use sweep::{expand_trials, TrialPlan};
 pub use validate::{parse_device, validate, DeviceChoice, POLICY_KINDS};
 
 use sha2::{Digest, Sha256};
@@ -22,6 +24,7 @@ impl Spec {
         let mut identity = self.clone();
         identity.name = String::new();
         identity.sweep.clear();
+        identity.trials.clear();
         identity.eval.plots = false;
         let canonical = serde_json::to_string(&identity).expect("a spec serializes");
         let digest = Sha256::digest(canonical.as_bytes());

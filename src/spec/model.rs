@@ -33,6 +33,10 @@ pub struct Spec {
     /// Dotted keys to lists of values; their cartesian product is the experiment's trials.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sweep: BTreeMap<String, Vec<toml::Value>>,
+    /// An explicit list of trials (dotted keys to values), for irregular sets; combined
+    /// with `sweep`, every listed trial is crossed with the sweep's product.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trials: Vec<BTreeMap<String, toml::Value>>,
 }
 
 impl Default for Spec {
@@ -47,6 +51,7 @@ impl Default for Spec {
             eval: EvalSpec::default(),
             resources: ResourcesSpec::default(),
             sweep: BTreeMap::new(),
+            trials: Vec::new(),
         }
     }
 }

@@ -1,0 +1,160 @@
+//! `ebmlab run SPEC`: every trial of an experiment (its `[sweep]` and `trials`), one after
+//! another in this process on the spec's device. Finished trials are reported, not rerun;
+//! interrupted ones continue from their latest checkpoint. (Device slots and worker
+//! processes are the scheduler's job, which replaces this loop.)
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use tracing::warn;
+
+use super::{cancel_on_signals, EXIT_CANCELLED, EXIT_FAILED_CHECK};
+use crate::spec::{expand_trials, load_spec};
+use crate::trial::{completed_report, run_trial, TrialOptions, TrialPaths, TrialReport, TrialStop};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Experiment spec (TOML).
+    spec: PathBuf,
+    /// Override a spec key for every trial (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    #[arg(long, default_value = "runs")]
+    runs: PathBuf,
+    /// List the trials and stop.
+    #[arg(long)]
+    dry_run: bool,
+    /// Stop at the first failed trial.
+    #[arg(long)]
+    fail_fast: bool,
+    /// Attempts after a failure, each continuing from the trial's latest checkpoint.
+    #[arg(long, default_value_t = 0)]
+    max_retries: u32,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+enum Outcome {
+    Completed(TrialReport),
+    Skipped(TrialReport),
+    Failed(String),
+    NotRun,
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let loaded = load_spec(&args.spec, &args.overrides)?;
+    let plans = expand_trials(&loaded.spec)?;
+    println!("{}: {} trials", loaded.spec.name, plans.len());
+    if args.dry_run {
+        for plan in &plans {
+            let done = completed_report(&TrialPaths::new(&args.runs, &plan.spec), &plan.spec);
+            let state = if done.is_some() {
+                "completed"
+            } else {
+                "to run"
+            };
+            println!("  {}  {:9}  {}", plan.id(), state, plan.describe());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let cancel = cancel_on_signals()?;
+    let options = TrialOptions {
+        progress: !args.quiet,
+    };
+    let mut outcomes: Vec<Outcome> = plans.iter().map(|_| Outcome::NotRun).collect();
+    let mut cancelled = false;
+    'trials: for (i, plan) in plans.iter().enumerate() {
+        let paths = TrialPaths::new(&args.runs, &plan.spec);
+        if let Some(done) = completed_report(&paths, &plan.spec) {
+            outcomes[i] = Outcome::Skipped(done);
+            continue;
+        }
+        println!(
+            "[{}/{}] trial {}  {}",
+            i + 1,
+            plans.len(),
+            plan.id(),
+            plan.describe()
+        );
+        for attempt in 0..=args.max_retries {
+            match run_trial(&plan.spec, &args.runs, &options, &cancel) {
+                Ok(report) => {
+                    let _ = fs::remove_file(paths.dir.join("failure.txt"));
+                    outcomes[i] = Outcome::Completed(report);
+                    continue 'trials;
+                }
+                Err(e) if matches!(e.downcast_ref(), Some(TrialStop::Cancelled { .. })) => {
+                    warn!("{e:#}");
+                    cancelled = true;
+                    break 'trials;
+                }
+                Err(e) => {
+                    let reason = format!("attempt {}: {e:#}", attempt + 1);
+                    eprintln!("trial {} failed: {reason}", plan.id());
+                    fs::create_dir_all(&paths.dir)?;
+                    fs::write(paths.dir.join("failure.txt"), format!("{reason}\n"))?;
+                    outcomes[i] = Outcome::Failed(reason);
+                }
+            }
+        }
+        if args.fail_fast {
+            break;
+        }
+    }
+
+    println!(
+        "\n{:12}  {:10}  {:>22}  {:>8}  settings",
+        "trial", "status", "success [95% CI]", "it/s"
+    );
+    for (plan, outcome) in plans.iter().zip(&outcomes) {
+        let (status, result, rate) = match outcome {
+            Outcome::Completed(r) | Outcome::Skipped(r) => {
+                let e = &r.final_evaluation;
+                (
+                    if matches!(outcome, Outcome::Completed(_)) {
+                        "completed"
+                    } else {
+                        "done before"
+                    },
+                    format!(
+                        "{:5.1}% [{:5.1}, {:5.1}]",
+                        100.0 * e.success_rate,
+                        100.0 * e.ci_low,
+                        100.0 * e.ci_high
+                    ),
+                    format!("{:.1}", r.iterations_per_second),
+                )
+            }
+            Outcome::Failed(reason) => ("failed", String::new(), reason.clone()),
+            Outcome::NotRun => (
+                if cancelled { "killed" } else { "not run" },
+                String::new(),
+                String::new(),
+            ),
+        };
+        println!(
+            "{:12}  {:10}  {:>22}  {:>8}  {}",
+            plan.id(),
+            status,
+            result,
+            rate,
+            plan.describe()
+        );
+    }
+    if cancelled {
+        return Ok(ExitCode::from(EXIT_CANCELLED));
+    }
+    let failed = outcomes
+        .iter()
+        .any(|o| matches!(o, Outcome::Failed(_) | Outcome::NotRun));
+    Ok(if failed {
+        ExitCode::from(EXIT_FAILED_CHECK)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

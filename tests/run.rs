@@ -1,0 +1,165 @@
+//! `ebmlab run`: sweep expansion, failures that do not stop the others, nothing rerun.
+
+mod common;
+
+use std::fs;
+
+use common::{ebmlab, stderr, stdout};
+use ebmlab::spec::{expand_trials, load_spec_with_env};
+
+const TINY: &str = "name = \"tiny-sweep\"\n\
+    [data]\ndemos = 10\n\
+    [policy]\nhidden = 16\n\
+    [train]\niterations = 6\nbatch_size = 16\ncheckpoint_every = 3\neval_every = 0\nlog_every = 1\n\
+    [train.negatives]\nkind = \"uniform\"\ncount = 8\n\
+    [eval]\nepisodes = 4\nsamples = 64\n\
+    [resources]\ndevice = \"cpu\"\n";
+
+#[test]
+fn the_dry_run_counts_the_product_of_the_sweep_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.toml");
+    fs::write(
+        &file,
+        format!("{TINY}[sweep]\n\"train.seed\" = [0, 1, 2]\n\"policy.kind\" = [\"ebm\", \"mse\"]\n\"task.n_dim\" = [2, 4]\n"),
+    )
+    .unwrap();
+    let spec = load_spec_with_env(&file, &[], Vec::new()).unwrap().spec;
+    let plans = expand_trials(&spec).unwrap();
+    assert_eq!(plans.len(), 12);
+    let mut ids: Vec<String> = plans.iter().map(|p| p.id()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 12, "every trial has its own id");
+    assert!(plans.iter().any(|p| p.spec.task.particle.n_dim == 4
+        && p.spec.policy.kind == "mse"
+        && p.spec.train.seed == 2));
+
+    let out = ebmlab(&[
+        "run",
+        file.to_str().unwrap(),
+        "--dry-run",
+        "--runs",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("tiny-sweep: 12 trials"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.contains("to run")).count(), 12);
+
+    // An explicit list crossed with the sweep; a key in both is refused.
+    fs::write(
+        &file,
+        format!("trials = [{{ \"train.lr\" = 0.001 }}, {{ \"train.lr\" = 0.002, \"policy.hidden\" = 32 }}]\n{TINY}[sweep]\n\"train.seed\" = [0, 1]\n"),
+    )
+    .unwrap();
+    let spec = load_spec_with_env(&file, &[], Vec::new()).unwrap().spec;
+    let plans = expand_trials(&spec).unwrap();
+    assert_eq!(plans.len(), 4);
+    assert_eq!(plans[2].spec.policy.hidden, 32);
+    fs::write(
+        &file,
+        format!("trials = [{{ \"train.seed\" = 5 }}]\n{TINY}[sweep]\n\"train.seed\" = [0, 1]\n"),
+    )
+    .unwrap();
+    let spec = load_spec_with_env(&file, &[], Vec::new()).unwrap().spec;
+    assert!(format!("{:#}", expand_trials(&spec).unwrap_err()).contains("train.seed"));
+    // A value of the wrong type names the key.
+    fs::write(
+        &file,
+        format!("{TINY}[sweep]\n\"train.seed\" = [0, \"one\"]\n"),
+    )
+    .unwrap();
+    let spec = load_spec_with_env(&file, &[], Vec::new()).unwrap().spec;
+    let err = format!("{:#}", expand_trials(&spec).unwrap_err());
+    assert!(err.contains("train.seed"), "{err}");
+}
+
+#[test]
+fn a_failed_trial_is_recorded_while_the_rest_complete_and_nothing_reruns() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.toml");
+    // lr = 1e30 makes the loss diverge at the second step.
+    fs::write(
+        &file,
+        format!("{TINY}[sweep]\n\"train.lr\" = [0.001, 1e30]\n\"train.seed\" = [0, 1]\n"),
+    )
+    .unwrap();
+    let runs = dir.path().join("runs");
+    let run = || {
+        ebmlab(&[
+            "run",
+            file.to_str().unwrap(),
+            "--runs",
+            runs.to_str().unwrap(),
+            "--quiet",
+        ])
+    };
+    let out = run();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    assert_eq!(
+        text.lines().filter(|l| l.contains("completed")).count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.contains("failed")).count(),
+        2,
+        "{text}"
+    );
+    assert!(text.contains("loss became"), "{text}");
+    let failures = fs::read_dir(runs.join("tiny-sweep"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().join("failure.txt").exists())
+        .count();
+    assert_eq!(failures, 2);
+
+    // Again: the completed trials are not trained a second time.
+    let before: Vec<u8> = fs::read(
+        runs.join("tiny-sweep")
+            .read_dir()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+            .join("config.toml"),
+    )
+    .unwrap();
+    let out = run();
+    let text = stdout(&out);
+    assert_eq!(
+        text.lines().filter(|l| l.contains("done before")).count(),
+        2,
+        "{text}"
+    );
+    assert!(!before.is_empty());
+
+    // Without the diverging setting everything is done and a rerun starts nothing.
+    fs::write(
+        &file,
+        format!("{TINY}[sweep]\n\"train.lr\" = [0.001]\n\"train.seed\" = [0, 1]\n"),
+    )
+    .unwrap();
+    let out = run();
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert_eq!(
+        stdout(&out)
+            .lines()
+            .filter(|l| l.contains("done before"))
+            .count(),
+        2
+    );
+    assert!(
+        !stdout(&out).contains("[1/"),
+        "nothing started: {}",
+        stdout(&out)
+    );
+}
