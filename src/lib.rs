@@ -10,6 +10,7 @@ pub mod eval;
 pub mod plot;
 pub mod policy;
 pub mod spec;
+pub mod store;
 pub mod task;
 pub mod train;
 pub mod trial;

@@ -3,6 +3,7 @@
 mod bench;
 mod data;
 mod eval;
+mod query;
 mod run;
 mod train;
 
@@ -53,6 +54,8 @@ enum Command {
     Run(run::RunArgs),
     /// Evaluate a checkpoint or trial with batched rollouts.
     Eval(eval::EvalArgs),
+    /// Read-only SQL over the results database.
+    Query(query::QueryArgs),
     /// Throughput figures as JSON lines, beside a PyTorch eager reference.
     Bench(bench::BenchArgs),
 }
@@ -66,6 +69,7 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Run(args) => run::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Query(args) => query::run(args),
         Command::Bench(args) => bench::run_bench(args),
     };
     match result {

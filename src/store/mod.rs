@@ -1,0 +1,174 @@
+//! The results store: the only code that speaks SQL. SQLite through sqlx (WAL, a busy
+//! timeout, short `BEGIN IMMEDIATE` write transactions, batched rows), schema from the
+//! top-level `migrations/` applied on open. The SQL is kept portable for PostgreSQL.
+
+mod query;
+
+pub use query::QueryResult;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, QueryBuilder, Sqlite};
+
+/// Default database file, beside the runs.
+pub const DEFAULT_DB: &str = "runs/ebmlab.sqlite";
+/// How long a writer waits for another's transaction before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Rows per INSERT statement (SQLite allows 32,766 bound values).
+const ROWS_PER_STATEMENT: usize = 500;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// One metric value of one trial at one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricRow {
+    pub experiment: String,
+    pub trial: String,
+    pub step: i64,
+    pub name: String,
+    pub value: f64,
+    pub wall_time: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("opening results database {}", path.display()))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .with_context(|| format!("migrating {}", path.display()))?;
+        Ok(Self {
+            pool,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Opens an existing database for reading only: every write is refused by SQLite.
+    pub async fn open_read_only(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            anyhow::bail!("no results database at {}", path.display());
+        }
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .read_only(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            .pragma("query_only", "ON");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("opening results database {}", path.display()))?;
+        Ok(Self {
+            pool,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Writes metric rows in one short transaction (taking the write lock up front, so
+    /// concurrent writers wait in turn instead of failing), and refreshes `metrics_latest`.
+    /// Rows already present for the same trial, step and name are replaced.
+    pub async fn insert_metrics(&self, rows: &[MetricRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        let written: Result<()> = async {
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+                    "INSERT INTO metrics (experiment, trial, step, name, value, wall_time) ",
+                );
+                insert.push_values(chunk, |mut b, r| {
+                    b.push_bind(&r.experiment)
+                        .push_bind(&r.trial)
+                        .push_bind(r.step)
+                        .push_bind(&r.name)
+                        .push_bind(r.value)
+                        .push_bind(r.wall_time);
+                });
+                insert.push(
+                    " ON CONFLICT (experiment, trial, step, name) \
+                     DO UPDATE SET value = excluded.value, wall_time = excluded.wall_time",
+                );
+                insert.build().execute(&mut *conn).await?;
+
+                let mut latest: QueryBuilder<Sqlite> = QueryBuilder::new(
+                    "INSERT INTO metrics_latest (experiment, trial, name, step, value) ",
+                );
+                latest.push_values(chunk, |mut b, r| {
+                    b.push_bind(&r.experiment)
+                        .push_bind(&r.trial)
+                        .push_bind(&r.name)
+                        .push_bind(r.step)
+                        .push_bind(r.value);
+                });
+                latest.push(
+                    " ON CONFLICT (experiment, trial, name) DO UPDATE \
+                     SET step = excluded.step, value = excluded.value \
+                     WHERE excluded.step >= metrics_latest.step",
+                );
+                latest.build().execute(&mut *conn).await?;
+            }
+            Ok(())
+        }
+        .await;
+        match written {
+            Ok(()) => {
+                sqlx::query("COMMIT").execute(&mut *conn).await?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                let _ = conn.ping().await;
+                Err(e.context(format!("writing metrics to {}", self.path.display())))
+            }
+        }
+    }
+
+    /// Runs one SQL statement and returns its rows as text (for `ebmlab query`).
+    pub async fn query(&self, sql: &str) -> Result<QueryResult> {
+        query::run(&self.pool, sql).await
+    }
+}
+
+/// Runs a future to completion on a small runtime (for the synchronous CLI and trial loop).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts")
+        .block_on(future)
+}
