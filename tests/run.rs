@@ -121,6 +121,40 @@ fn a_failed_trial_is_recorded_while_the_rest_complete_and_nothing_reruns() {
         .count();
     assert_eq!(failures, 2);
 
+    // The results store holds the same story.
+    let db = runs.join("ebmlab.sqlite");
+    let query = |sql: &str| {
+        let out = ebmlab(&["query", sql, "--csv", "--db", db.to_str().unwrap()]);
+        assert!(out.status.success(), "{sql}: {}", stderr(&out));
+        stdout(&out)
+    };
+    assert_eq!(
+        query("SELECT status, COUNT(*) FROM trials GROUP BY status ORDER BY status"),
+        "status,COUNT(*)\ncompleted,2\nfailed,2\n"
+    );
+    let errors = query("SELECT error FROM trials WHERE status = 'failed'");
+    assert_eq!(errors.matches("loss became").count(), 2, "{errors}");
+    // Completed trials: 6 logged steps x 8 metrics, each once; checkpoints at 3 and 6.
+    assert_eq!(
+        query("SELECT COUNT(*), COUNT(DISTINCT m.step) FROM metrics m JOIN trials t ON t.id = m.trial WHERE t.status = 'completed' GROUP BY m.trial"),
+        "COUNT(*),COUNT(DISTINCT m.step)\n48,6\n48,6\n"
+    );
+    assert_eq!(query("SELECT COUNT(*) FROM checkpoints c JOIN trials t ON t.id = c.trial WHERE t.status = 'completed'"), "COUNT(*)\n4\n");
+    let checkpoint = query("SELECT path, sha256, bytes FROM checkpoints WHERE step = 6 LIMIT 1");
+    let row: Vec<&str> = checkpoint.lines().nth(1).unwrap().split(',').collect();
+    let bytes = fs::read(row[0]).unwrap();
+    assert_eq!(row[2].parse::<usize>().unwrap(), bytes.len());
+    use sha2::Digest;
+    let sha: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(row[1], sha);
+    assert_eq!(
+        query("SELECT e.step, e.episodes, COUNT(p.idx) FROM evaluations e JOIN episodes p ON p.evaluation = e.id GROUP BY e.id"),
+        "step,episodes,COUNT(p.idx)\n6,4,4\n6,4,4\n"
+    );
+
     // Again: the completed trials are not trained a second time.
     let before: Vec<u8> = fs::read(
         runs.join("tiny-sweep")

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 
 use common::{ebmlab, stderr, stdout};
 use ebmlab::spec::{load_spec_with_env, Spec};
-use ebmlab::trial::{run_trial, TrialOptions, TrialStop};
+use ebmlab::trial::{run_trial, NoObserver, TrialOptions, TrialStop};
 
 /// A spec small enough to train in a second or two.
 fn tiny_spec(dir: &Path, extra: &str) -> Spec {
@@ -40,7 +40,14 @@ fn a_trial_writes_its_outputs_and_evaluates_reproducibly() {
     let dir = tempfile::tempdir().unwrap();
     let spec = tiny_spec(dir.path(), "");
     let runs = dir.path().join("runs");
-    let report = run_trial(&spec, &runs, &TrialOptions::default(), &cancel()).unwrap();
+    let report = run_trial(
+        &spec,
+        &runs,
+        &TrialOptions::default(),
+        &cancel(),
+        &mut NoObserver,
+    )
+    .unwrap();
     let trial = runs.join("tiny").join(spec.trial_id());
     assert_eq!(report.dir, trial);
     for file in [
@@ -75,7 +82,14 @@ fn a_trial_writes_its_outputs_and_evaluates_reproducibly() {
     assert_eq!(written, spec);
 
     // Running the same spec again does nothing new.
-    let again = run_trial(&spec, &runs, &TrialOptions::default(), &cancel()).unwrap();
+    let again = run_trial(
+        &spec,
+        &runs,
+        &TrialOptions::default(),
+        &cancel(),
+        &mut NoObserver,
+    )
+    .unwrap();
     assert_eq!(again.final_evaluation, report.final_evaluation);
     assert_eq!(
         fs::read_to_string(trial.join("evaluations.csv")).unwrap(),
@@ -164,8 +178,22 @@ fn a_demo_folder_trains_exactly_like_the_oracle_in_the_loop() {
     let mut from_folder = oracle.clone();
     from_folder.data.path = Some(demos.to_str().unwrap().to_owned());
     assert_ne!(oracle.trial_id(), from_folder.trial_id());
-    let a = run_trial(&oracle, &runs, &TrialOptions::default(), &cancel()).unwrap();
-    let b = run_trial(&from_folder, &runs, &TrialOptions::default(), &cancel()).unwrap();
+    let a = run_trial(
+        &oracle,
+        &runs,
+        &TrialOptions::default(),
+        &cancel(),
+        &mut NoObserver,
+    )
+    .unwrap();
+    let b = run_trial(
+        &from_folder,
+        &runs,
+        &TrialOptions::default(),
+        &cancel(),
+        &mut NoObserver,
+    )
+    .unwrap();
     let weights = |report: &ebmlab::trial::TrialReport| {
         fs::read(report.dir.join("checkpoints/step_0000030.safetensors")).unwrap()
     };
@@ -187,7 +215,14 @@ fn a_diverging_loss_stops_the_trial_and_keeps_the_last_good_checkpoint() {
     spec.train.checkpoint_every = 1;
     spec.train.negatives.kind = ebmlab::policy::ebm::NegativeKind::Uniform;
     let runs = dir.path().join("runs");
-    let err = run_trial(&spec, &runs, &TrialOptions::default(), &cancel()).unwrap_err();
+    let err = run_trial(
+        &spec,
+        &runs,
+        &TrialOptions::default(),
+        &cancel(),
+        &mut NoObserver,
+    )
+    .unwrap_err();
     let stop = err.downcast_ref::<TrialStop>().expect("a TrialStop");
     let TrialStop::NonFiniteLoss {
         step, last_good, ..
@@ -304,6 +339,13 @@ fn sigterm_saves_a_checkpoint_and_the_continued_trial_equals_an_uninterrupted_on
         "one checkpoint, at the step it stopped: {saved:?}"
     );
     assert!(saved[0] > 0 && saved[0] < 400, "{saved:?}");
+    let db = interrupted.join("ebmlab.sqlite");
+    let query = |sql: &str| {
+        let out = ebmlab(&["query", sql, "--csv", "--db", db.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    assert_eq!(query("SELECT status FROM trials"), "status\nkilled\n");
 
     // Continue it, and run the same trial without interruption elsewhere.
     assert!(train(&interrupted).wait().unwrap().success());
@@ -329,4 +371,12 @@ fn sigterm_saves_a_checkpoint_and_the_continued_trial_equals_an_uninterrupted_on
         .map(|l| l.split(',').next().unwrap().parse().unwrap())
         .collect();
     assert_eq!(steps, (1..=400).collect::<Vec<u64>>());
+    assert_eq!(
+        query("SELECT status, attempt FROM trials"),
+        "status,attempt\ncompleted,2\n"
+    );
+    assert_eq!(
+        query("SELECT COUNT(*), COUNT(DISTINCT step), MIN(step), MAX(step) FROM metrics WHERE name = 'loss'"),
+        "COUNT(*),COUNT(DISTINCT step),MIN(step),MAX(step)\n400,400,1,400\n"
+    );
 }

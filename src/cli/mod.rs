@@ -60,6 +60,42 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// Runs one trial with its progress recorded in the results store at `db`: the trial is
+/// `running` while it trains, then `completed`, `killed` (cancelled, checkpoint saved) or
+/// `failed` with its reason.
+pub fn run_recorded_trial(
+    spec: &crate::spec::Spec,
+    spec_path: &std::path::Path,
+    overrides: &std::collections::BTreeMap<String, toml::Value>,
+    runs: &std::path::Path,
+    db: &std::path::Path,
+    options: &crate::trial::TrialOptions,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<crate::trial::TrialReport> {
+    use crate::store::{TrialRecorder, TrialStatus};
+    use crate::trial::{run_trial, TrialStop};
+    let mut recorder = TrialRecorder::new(db, spec_path, spec, overrides)?;
+    let device = crate::spec::parse_device(&spec.resources.device)?.resolve()?;
+    recorder.started(&format!("{device:?}").to_lowercase())?;
+    let result = run_trial(spec, runs, options, cancel, &mut recorder);
+    match &result {
+        Ok(_) => recorder.finished(TrialStatus::Completed, None)?,
+        Err(e) if matches!(e.downcast_ref(), Some(TrialStop::Cancelled { .. })) => {
+            recorder.finished(TrialStatus::Killed, Some(&format!("{e:#}")))?
+        }
+        Err(e) => recorder.finished(TrialStatus::Failed, Some(&format!("{e:#}")))?,
+    }
+    result
+}
+
+/// The database of a runs folder unless `--db` names another.
+pub fn database_path(
+    runs: &std::path::Path,
+    db: &Option<std::path::PathBuf>,
+) -> std::path::PathBuf {
+    db.clone().unwrap_or_else(|| runs.join("ebmlab.sqlite"))
+}
+
 /// Parses the arguments, runs the verb and maps the outcome to an exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

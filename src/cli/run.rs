@@ -11,9 +11,11 @@ use anyhow::Result;
 use clap::Args;
 use tracing::warn;
 
-use super::{cancel_on_signals, EXIT_CANCELLED, EXIT_FAILED_CHECK};
+use super::{
+    cancel_on_signals, database_path, run_recorded_trial, EXIT_CANCELLED, EXIT_FAILED_CHECK,
+};
 use crate::spec::{expand_trials, load_spec};
-use crate::trial::{completed_report, run_trial, TrialOptions, TrialPaths, TrialReport, TrialStop};
+use crate::trial::{completed_report, TrialOptions, TrialPaths, TrialReport, TrialStop};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -24,6 +26,9 @@ pub struct RunArgs {
     overrides: Vec<String>,
     #[arg(long, default_value = "runs")]
     runs: PathBuf,
+    /// Results database (default: RUNS/ebmlab.sqlite).
+    #[arg(long)]
+    db: Option<PathBuf>,
     /// List the trials and stop.
     #[arg(long)]
     dry_run: bool,
@@ -63,6 +68,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
 
     let cancel = cancel_on_signals()?;
+    let db = database_path(&args.runs, &args.db);
     let options = TrialOptions {
         progress: !args.quiet,
     };
@@ -82,7 +88,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             plan.describe()
         );
         for attempt in 0..=args.max_retries {
-            match run_trial(&plan.spec, &args.runs, &options, &cancel) {
+            let result = run_recorded_trial(
+                &plan.spec,
+                &args.spec,
+                &plan.overrides,
+                &args.runs,
+                &db,
+                &options,
+                &cancel,
+            );
+            match result {
                 Ok(report) => {
                     let _ = fs::remove_file(paths.dir.join("failure.txt"));
                     outcomes[i] = Outcome::Completed(report);

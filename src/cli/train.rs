@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::{cancel_on_signals, EXIT_CANCELLED};
+use super::{cancel_on_signals, database_path, run_recorded_trial, EXIT_CANCELLED};
 use crate::spec::load_spec;
-use crate::trial::{run_trial, TrialOptions, TrialPaths, TrialStop};
+use crate::trial::{TrialOptions, TrialPaths, TrialStop};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -20,6 +20,9 @@ pub struct TrainArgs {
     /// Where runs are written.
     #[arg(long, default_value = "runs")]
     runs: PathBuf,
+    /// Results database (default: RUNS/ebmlab.sqlite).
+    #[arg(long)]
+    db: Option<PathBuf>,
     /// Print the resolved spec and where the trial would run, then stop.
     #[arg(long)]
     dry_run: bool,
@@ -48,7 +51,17 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let options = TrialOptions {
         progress: !args.quiet,
     };
-    let report = match run_trial(&spec, &args.runs, &options, &cancel) {
+    let db = database_path(&args.runs, &args.db);
+    let no_overrides = Default::default();
+    let report = match run_recorded_trial(
+        &spec,
+        &args.spec,
+        &no_overrides,
+        &args.runs,
+        &db,
+        &options,
+        &cancel,
+    ) {
         Err(e) if matches!(e.downcast_ref(), Some(TrialStop::Cancelled { .. })) => {
             eprintln!("{e:#}; `ebmlab train` of the same spec continues it");
             return Ok(ExitCode::from(EXIT_CANCELLED));

@@ -3,6 +3,11 @@
 //! top-level `migrations/` applied on open. The SQL is kept portable for PostgreSQL.
 
 mod query;
+mod recorder;
+mod records;
+
+pub use recorder::TrialRecorder;
+pub use records::{now, TrialStatus};
 
 pub use query::QueryResult;
 
@@ -14,7 +19,7 @@ use anyhow::{Context, Result};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, QueryBuilder, Sqlite};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 /// Default database file, beside the runs.
 pub const DEFAULT_DB: &str = "runs/ebmlab.sqlite";
@@ -97,16 +102,34 @@ impl Store {
         &self.pool
     }
 
-    /// Writes metric rows in one short transaction (taking the write lock up front, so
-    /// concurrent writers wait in turn instead of failing), and refreshes `metrics_latest`.
-    /// Rows already present for the same trial, step and name are replaced.
+    /// Runs `work` in one short write transaction that takes the write lock up front
+    /// (`BEGIN IMMEDIATE`): concurrent writers wait in turn (busy timeout) instead of
+    /// failing on a lock upgrade.
+    pub async fn write<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        match work(&mut conn).await {
+            Ok(value) => {
+                sqlx::query("COMMIT").execute(&mut *conn).await?;
+                Ok(value)
+            }
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                Err(e.context(format!("writing to {}", self.path.display())))
+            }
+        }
+    }
+
+    /// Writes metric rows in one transaction and refreshes `metrics_latest`. Rows already
+    /// present for the same trial, step and name are replaced.
     pub async fn insert_metrics(&self, rows: &[MetricRow]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut conn = self.pool.acquire().await?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        let written: Result<()> = async {
+        self.write(async |conn| {
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                 let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
                     "INSERT INTO metrics (experiment, trial, step, name, value, wall_time) ",
@@ -143,19 +166,8 @@ impl Store {
                 latest.build().execute(&mut *conn).await?;
             }
             Ok(())
-        }
-        .await;
-        match written {
-            Ok(()) => {
-                sqlx::query("COMMIT").execute(&mut *conn).await?;
-                Ok(())
-            }
-            Err(e) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                let _ = conn.ping().await;
-                Err(e.context(format!("writing metrics to {}", self.path.display())))
-            }
-        }
+        })
+        .await
     }
 
     /// Runs one SQL statement and returns its rows as text (for `ebmlab query`).

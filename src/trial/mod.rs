@@ -16,10 +16,11 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::data::{demo_files, read_demo, record_oracle_demos, Normalizer, ParticleDemo, Windows};
-use crate::eval::{plot_episodes, rollout, write_episodes_csv, EvalSummary};
+use crate::eval::{plot_episodes, rollout, write_episodes_csv, EpisodeRecord, EvalSummary};
 use crate::spec::{parse_device, Spec};
 use crate::task::particle::ParticleTask;
 use crate::task::{episode_seeds, Task};
+use crate::train::checkpoint::CheckpointFiles;
 use crate::train::{checkpoint, OptimConfig, StepMetrics, Trainer, TrainingSet};
 use metrics::CsvLog;
 
@@ -100,6 +101,31 @@ pub enum TrialStop {
     },
 }
 
+/// Receives what a trial produces as it goes; the results store implements it.
+pub trait TrialObserver {
+    /// A row of `metrics.csv` was written.
+    fn metrics(&mut self, row: &MetricsRow) -> Result<()>;
+    /// A checkpoint was saved.
+    fn checkpoint(&mut self, files: &CheckpointFiles) -> Result<()>;
+    /// An evaluation finished (periodic or final).
+    fn evaluation(&mut self, summary: &EvalSummary, episodes: &[EpisodeRecord]) -> Result<()>;
+}
+
+/// An observer that keeps nothing (the trial's files are still written).
+pub struct NoObserver;
+
+impl TrialObserver for NoObserver {
+    fn metrics(&mut self, _: &MetricsRow) -> Result<()> {
+        Ok(())
+    }
+    fn checkpoint(&mut self, _: &CheckpointFiles) -> Result<()> {
+        Ok(())
+    }
+    fn evaluation(&mut self, _: &EvalSummary, _: &[EpisodeRecord]) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// Settings of a run that do not change what a trial computes.
 #[derive(Debug, Clone, Default)]
 pub struct TrialOptions {
@@ -153,6 +179,7 @@ pub fn run_trial(
     runs_root: &Path,
     options: &TrialOptions,
     cancel: &AtomicBool,
+    observer: &mut dyn TrialObserver,
 ) -> Result<TrialReport> {
     let paths = TrialPaths::new(runs_root, spec);
     if let Some(done) = completed_report(&paths, spec) {
@@ -199,7 +226,7 @@ pub fn run_trial(
     let ckpt_dir = paths.checkpoints();
     let resumed_from = match checkpoint::saved_steps(&ckpt_dir)?.last() {
         Some(&step) => {
-            trainer.restore(&checkpoint::CheckpointFiles::in_dir(&ckpt_dir, step))?;
+            trainer.restore(&CheckpointFiles::in_dir(&ckpt_dir, step))?;
             info!(step, "resumed from checkpoint");
             Some(step)
         }
@@ -216,7 +243,8 @@ pub fn run_trial(
     let mut window_start = (Instant::now(), start_step);
     while trainer.step() < iterations {
         if cancel.load(Ordering::Relaxed) {
-            trainer.save_checkpoint(&ckpt_dir)?;
+            let files = trainer.save_checkpoint(&ckpt_dir)?;
+            observer.checkpoint(&files)?;
             metrics_log.flush()?;
             return Err(TrialStop::Cancelled {
                 step: trainer.step(),
@@ -239,12 +267,15 @@ pub fn run_trial(
             let (t0, s0) = window_start;
             let rate = (step - s0) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
             window_start = (Instant::now(), step);
-            metrics_log.append(&metrics_row(&m, started.elapsed().as_secs_f64(), rate))?;
+            let row = metrics_row(&m, started.elapsed().as_secs_f64(), rate);
+            metrics_log.append(&row)?;
+            observer.metrics(&row)?;
             bar.set_message(format!("loss {:.4}  {:.1} it/s", m.loss, rate));
         }
         // Evaluate before checkpointing: a trial killed in between redoes the evaluation.
         if spec.train.eval_every > 0 && step % spec.train.eval_every == 0 && step != iterations {
-            let summary = evaluate(spec, &task, &trainer, None)?;
+            let (summary, episodes) = evaluate(spec, &task, &trainer, None)?;
+            observer.evaluation(&summary, &episodes)?;
             bar.println(format!(
                 "step {step}: success {:.1}% [{:.1}, {:.1}]",
                 100.0 * summary.success_rate,
@@ -256,7 +287,8 @@ pub fn run_trial(
         }
         if step % spec.train.checkpoint_every == 0 || step == iterations {
             metrics_log.flush()?;
-            trainer.save_checkpoint(&ckpt_dir)?;
+            let files = trainer.save_checkpoint(&ckpt_dir)?;
+            observer.checkpoint(&files)?;
             last_good = Some(step);
         }
         bar.set_position(step);
@@ -266,7 +298,8 @@ pub fn run_trial(
     let train_seconds = started.elapsed().as_secs_f64();
     let trained = trainer.step() - start_step;
 
-    let summary = evaluate(spec, &task, &trainer, Some(&paths))?;
+    let (summary, episodes) = evaluate(spec, &task, &trainer, Some(&paths))?;
+    observer.evaluation(&summary, &episodes)?;
     eval_log.append(&summary)?;
     eval_log.flush()?;
     let report = TrialReport {
@@ -304,7 +337,7 @@ fn evaluate(
     task: &ParticleTask,
     trainer: &Trainer,
     paths: Option<&TrialPaths>,
-) -> Result<EvalSummary> {
+) -> Result<(EvalSummary, Vec<EpisodeRecord>)> {
     let started = Instant::now();
     let seeds = episode_seeds(spec.eval.seed, spec.eval.episodes);
     let records = rollout(task, &trainer.policy_view(), &seeds, spec.eval.seed)?;
@@ -327,7 +360,7 @@ fn evaluate(
     if summary.success_rate == 0.0 {
         warn!(step = summary.step, "no episode succeeded");
     }
-    Ok(summary)
+    Ok((summary, records))
 }
 
 fn metrics_row(m: &StepMetrics, wall_seconds: f64, rate: f64) -> MetricsRow {

@@ -1,0 +1,244 @@
+//! Experiment, trial, checkpoint and evaluation rows.
+
+use anyhow::{Context, Result};
+use sqlx::QueryBuilder;
+
+use super::Store;
+use crate::eval::{EpisodeRecord, EvalSummary};
+
+/// Trial states, as stored (`trials.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrialStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Killed,
+}
+
+impl TrialStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrialStatus::Pending => "pending",
+            TrialStatus::Running => "running",
+            TrialStatus::Completed => "completed",
+            TrialStatus::Failed => "failed",
+            TrialStatus::Killed => "killed",
+        }
+    }
+}
+
+/// Current UTC time as ISO-8601 text (portable between SQLite and PostgreSQL).
+pub fn now() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+impl Store {
+    pub async fn upsert_experiment(&self, name: &str, spec_path: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO experiments (name, spec_path, created_at) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET spec_path = excluded.spec_path",
+        )
+        .bind(name)
+        .bind(spec_path)
+        .bind(now())
+        .execute(self.pool())
+        .await
+        .context("recording the experiment")?;
+        Ok(())
+    }
+
+    /// Records a trial as pending unless it is already known.
+    pub async fn add_trial(
+        &self,
+        experiment: &str,
+        id: &str,
+        overrides_json: &str,
+        config_json: &str,
+        iterations: u64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO trials (experiment, id, overrides, config, status, iterations) \
+             VALUES (?, ?, ?, ?, 'pending', ?) ON CONFLICT (experiment, id) DO NOTHING",
+        )
+        .bind(experiment)
+        .bind(id)
+        .bind(overrides_json)
+        .bind(config_json)
+        .bind(iterations as i64)
+        .execute(self.pool())
+        .await
+        .context("recording the trial")?;
+        Ok(())
+    }
+
+    /// Marks a trial running in this process (one more attempt).
+    pub async fn start_trial(&self, experiment: &str, id: &str, device: &str) -> Result<()> {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        let now = now();
+        sqlx::query(
+            "UPDATE trials SET status = 'running', attempt = attempt + 1, pid = ?, host = ?, \
+             device = ?, started_at = ?, heartbeat_at = ?, finished_at = NULL, error = NULL \
+             WHERE experiment = ? AND id = ?",
+        )
+        .bind(std::process::id() as i64)
+        .bind(host)
+        .bind(device)
+        .bind(&now)
+        .bind(&now)
+        .bind(experiment)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn heartbeat(&self, experiment: &str, id: &str, step: u64) -> Result<()> {
+        sqlx::query("UPDATE trials SET heartbeat_at = ?, step = ? WHERE experiment = ? AND id = ?")
+            .bind(now())
+            .bind(step as i64)
+            .bind(experiment)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn finish_trial(
+        &self,
+        experiment: &str,
+        id: &str,
+        status: TrialStatus,
+        error: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE trials SET status = ?, error = ?, finished_at = ?, pid = NULL \
+             WHERE experiment = ? AND id = ?",
+        )
+        .bind(status.as_str())
+        .bind(error)
+        .bind(now())
+        .bind(experiment)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn add_checkpoint(
+        &self,
+        experiment: &str,
+        trial: &str,
+        step: u64,
+        path: &str,
+        sha256: &str,
+        bytes: u64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO checkpoints (experiment, trial, step, path, sha256, bytes, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (experiment, trial, step) DO UPDATE \
+             SET path = excluded.path, sha256 = excluded.sha256, bytes = excluded.bytes",
+        )
+        .bind(experiment)
+        .bind(trial)
+        .bind(step as i64)
+        .bind(path)
+        .bind(sha256)
+        .bind(bytes as i64)
+        .bind(now())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Records an evaluation (replacing one of the same step) and its episodes.
+    pub async fn add_evaluation(
+        &self,
+        experiment: &str,
+        trial: &str,
+        summary: &EvalSummary,
+        episodes: &[EpisodeRecord],
+    ) -> Result<i64> {
+        self.write(async |conn| {
+            let old: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM evaluations WHERE experiment = ? AND trial = ? AND step = ?",
+            )
+            .bind(experiment)
+            .bind(trial)
+            .bind(summary.step as i64)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(old) = old {
+                sqlx::query("DELETE FROM episodes WHERE evaluation = ?")
+                    .bind(old)
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("DELETE FROM evaluations WHERE id = ?")
+                    .bind(old)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO evaluations (experiment, trial, step, episodes, successes, success_rate, \
+                 ci_low, ci_high, mean_min_distance_first_goal, mean_min_distance_second_goal, \
+                 wall_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(experiment)
+            .bind(trial)
+            .bind(summary.step as i64)
+            .bind(summary.episodes as i64)
+            .bind(summary.successes as i64)
+            .bind(summary.success_rate)
+            .bind(summary.ci_low)
+            .bind(summary.ci_high)
+            .bind(summary.mean_min_distance_first_goal)
+            .bind(summary.mean_min_distance_second_goal)
+            .bind(summary.wall_seconds)
+            .fetch_one(&mut *conn)
+            .await?;
+            for (chunk_index, chunk) in episodes.chunks(500).enumerate() {
+                let mut insert = QueryBuilder::new(
+                    "INSERT INTO episodes (evaluation, idx, seed, success, steps, \
+                     min_distance_first_goal, min_distance_second_goal, \
+                     final_distance_first_goal, final_distance_second_goal) ",
+                );
+                insert.push_values(chunk.iter().enumerate(), |mut b, (i, e)| {
+                    let o = &e.outcome;
+                    b.push_bind(id)
+                        .push_bind((chunk_index * 500 + i) as i64)
+                        .push_bind(o.seed.to_string())
+                        .push_bind(o.success)
+                        .push_bind(o.steps as i64)
+                        .push_bind(o.min_goal_distances[0] as f64)
+                        .push_bind(o.min_goal_distances[1] as f64)
+                        .push_bind(o.final_goal_distances[0] as f64)
+                        .push_bind(o.final_goal_distances[1] as f64);
+                });
+                insert.build().execute(&mut *conn).await?;
+            }
+            Ok(id)
+        })
+        .await
+    }
+}
