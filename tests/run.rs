@@ -155,6 +155,26 @@ fn a_failed_trial_is_recorded_while_the_rest_complete_and_nothing_reruns() {
         "step,episodes,COUNT(p.idx)\n6,4,4\n6,4,4\n"
     );
 
+    let out = ebmlab(&["status", "tiny-sweep", "--db", db.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert_eq!(
+        table
+            .lines()
+            .filter(|l| l.contains(" completed ") && l.contains("6/6 100%"))
+            .count(),
+        2,
+        "{table}"
+    );
+    assert_eq!(
+        table.lines().filter(|l| l.contains(" failed ")).count(),
+        2,
+        "{table}"
+    );
+    assert_eq!(table.matches("loss became").count(), 2, "{table}");
+    let out = ebmlab(&["status", "other", "--db", db.to_str().unwrap()]);
+    assert!(stdout(&out).contains("no trials recorded"));
+
     // Again: the completed trials are not trained a second time.
     let before: Vec<u8> = fs::read(
         runs.join("tiny-sweep")

@@ -5,6 +5,7 @@ mod data;
 mod eval;
 mod query;
 mod run;
+mod status;
 mod train;
 
 use std::process::ExitCode;
@@ -54,6 +55,8 @@ enum Command {
     Run(run::RunArgs),
     /// Evaluate a checkpoint or trial with batched rollouts.
     Eval(eval::EvalArgs),
+    /// Trials, their states, progress and latest numbers.
+    Status(status::StatusArgs),
     /// Read-only SQL over the results database.
     Query(query::QueryArgs),
     /// Throughput figures as JSON lines, beside a PyTorch eager reference.
@@ -105,6 +108,7 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Run(args) => run::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Status(args) => status::run(args),
         Command::Query(args) => query::run(args),
         Command::Bench(args) => bench::run_bench(args),
     };

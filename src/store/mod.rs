@@ -5,9 +5,11 @@
 mod query;
 mod recorder;
 mod records;
+mod status;
 
 pub use recorder::TrialRecorder;
 pub use records::{now, TrialStatus};
+pub use status::{parse_timestamp, TrialStatusRow};
 
 pub use query::QueryResult;
 

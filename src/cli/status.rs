@@ -1,0 +1,102 @@
+//! `ebmlab status [EXPERIMENT]`: trials, states, progress and latest numbers.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::store::{block_on, parse_timestamp, Store, DEFAULT_DB};
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this experiment.
+    experiment: Option<String>,
+    /// The results database.
+    #[arg(long, default_value = DEFAULT_DB)]
+    db: PathBuf,
+}
+
+fn age(timestamp: Option<&str>) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    match timestamp.and_then(parse_timestamp) {
+        None => "-".into(),
+        Some(t) => {
+            let s = (now - t).max(0.0) as u64;
+            match s {
+                0..=119 => format!("{s}s"),
+                120..=7199 => format!("{}m", s / 60),
+                _ => format!("{}h", s / 3600),
+            }
+        }
+    }
+}
+
+pub fn run(args: StatusArgs) -> Result<ExitCode> {
+    let rows = block_on(async {
+        let store = Store::open_read_only(&args.db).await?;
+        store.trial_status(args.experiment.as_deref()).await
+    })?;
+    if rows.is_empty() {
+        println!("no trials recorded in {}", args.db.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:16} {:12} {:9} {:>15} {:8} {:>9} {:>22} {:>9}  settings",
+        "experiment",
+        "trial",
+        "status",
+        "progress",
+        "device",
+        "loss",
+        "success [95% CI]",
+        "heartbeat"
+    );
+    for r in &rows {
+        let progress = format!(
+            "{}/{} {:3.0}%",
+            r.step,
+            r.iterations,
+            100.0 * r.step as f64 / r.iterations.max(1) as f64
+        );
+        let success = match (r.success_rate, r.ci_low, r.ci_high) {
+            (Some(s), Some(lo), Some(hi)) => {
+                format!(
+                    "{:5.1}% [{:4.1}, {:4.1}]",
+                    100.0 * s,
+                    100.0 * lo,
+                    100.0 * hi
+                )
+            }
+            _ => "-".into(),
+        };
+        let settings = if r.overrides == "{}" {
+            String::new()
+        } else {
+            r.overrides.clone()
+        };
+        println!(
+            "{:16} {:12} {:9} {:>15} {:8} {:>9} {:>22} {:>9}  {}",
+            r.experiment,
+            r.id,
+            r.status,
+            progress,
+            r.device.as_deref().unwrap_or("-"),
+            r.loss.map_or("-".into(), |l| format!("{l:.4}")),
+            success,
+            if r.status == "running" {
+                age(r.heartbeat_at.as_deref())
+            } else {
+                "-".into()
+            },
+            settings
+        );
+        if let Some(error) = r.error.as_deref().filter(|_| r.status == "failed") {
+            println!("{:30}{}", "", error.lines().next().unwrap_or_default());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

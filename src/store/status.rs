@@ -1,0 +1,110 @@
+//! What `ebmlab status` lists: one row per trial with its latest numbers.
+
+use anyhow::Result;
+use sqlx::Row;
+
+use super::Store;
+
+/// A trial's state as the store knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialStatusRow {
+    pub experiment: String,
+    pub id: String,
+    pub overrides: String,
+    pub status: String,
+    pub step: i64,
+    pub iterations: i64,
+    pub device: Option<String>,
+    pub attempt: i64,
+    pub heartbeat_at: Option<String>,
+    pub error: Option<String>,
+    pub loss: Option<f64>,
+    pub success_rate: Option<f64>,
+    pub ci_low: Option<f64>,
+    pub ci_high: Option<f64>,
+}
+
+impl Store {
+    /// Every trial (of one experiment, or all), with its latest loss and success rate.
+    pub async fn trial_status(&self, experiment: Option<&str>) -> Result<Vec<TrialStatusRow>> {
+        let sql = "SELECT t.experiment, t.id, t.overrides, t.status, t.iterations, t.device, \
+             t.attempt, t.heartbeat_at, t.error, \
+             COALESCE((SELECT MAX(l.step) FROM metrics_latest l \
+                       WHERE l.experiment = t.experiment AND l.trial = t.id), t.step) AS step, \
+             (SELECT l.value FROM metrics_latest l WHERE l.experiment = t.experiment \
+                 AND l.trial = t.id AND l.name = 'loss') AS loss, \
+             e.success_rate, e.ci_low, e.ci_high \
+             FROM trials t LEFT JOIN evaluations e ON e.id = ( \
+                 SELECT e2.id FROM evaluations e2 WHERE e2.experiment = t.experiment \
+                 AND e2.trial = t.id ORDER BY e2.step DESC LIMIT 1) \
+             WHERE (? IS NULL OR t.experiment = ?) ORDER BY t.experiment, t.overrides, t.id";
+        let rows = sqlx::query(sql)
+            .bind(experiment)
+            .bind(experiment)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TrialStatusRow {
+                    experiment: r.try_get("experiment")?,
+                    id: r.try_get("id")?,
+                    overrides: r.try_get("overrides")?,
+                    status: r.try_get("status")?,
+                    step: r.try_get("step")?,
+                    iterations: r.try_get("iterations")?,
+                    device: r.try_get("device")?,
+                    attempt: r.try_get("attempt")?,
+                    heartbeat_at: r.try_get("heartbeat_at")?,
+                    error: r.try_get("error")?,
+                    loss: r.try_get("loss")?,
+                    success_rate: r.try_get("success_rate")?,
+                    ci_low: r.try_get("ci_low")?,
+                    ci_high: r.try_get("ci_high")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Seconds since the Unix epoch of a timestamp written by [`super::now`].
+pub fn parse_timestamp(text: &str) -> Option<f64> {
+    let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (hh, mm) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let ss: f64 = t.next()?.parse().ok()?;
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3600 + mm * 60) as f64 + ss)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let parsed = parse_timestamp(&super::super::now()).unwrap();
+        assert!((parsed - now).abs() < 1.0, "{parsed} vs {now}");
+        assert_eq!(parse_timestamp("1970-01-01T00:00:00.000Z"), Some(0.0));
+        assert_eq!(
+            parse_timestamp("2000-03-01T00:00:01.500Z"),
+            Some(951_868_801.5)
+        );
+        assert_eq!(parse_timestamp("garbage"), None);
+    }
+}
