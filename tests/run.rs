@@ -217,3 +217,108 @@ fn a_failed_trial_is_recorded_while_the_rest_complete_and_nothing_reruns() {
         stdout(&out)
     );
 }
+
+#[test]
+fn sigterm_kills_a_sweep_and_resume_completes_it_with_the_same_weights() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.toml");
+    let long = TINY
+        .replace("iterations = 6", "iterations = 300")
+        .replace("checkpoint_every = 3", "checkpoint_every = 1000");
+    fs::write(&file, format!("{long}[sweep]\n\"train.seed\" = [0, 1]\n")).unwrap();
+    let run = |runs: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_ebmlab"))
+            .args([
+                "run",
+                file.to_str().unwrap(),
+                "--quiet",
+                "--runs",
+                runs.to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let killed = dir.path().join("killed");
+    let child = run(&killed);
+    let db = killed.join("ebmlab.sqlite");
+    let query = |sql: &str| {
+        let out = ebmlab(&["query", sql, "--csv", "--db", db.to_str().unwrap()]);
+        if out.status.success() {
+            stdout(&out)
+        } else {
+            String::new()
+        }
+    };
+    let started = Instant::now();
+    while !query("SELECT MAX(step) FROM metrics")
+        .lines()
+        .nth(1)
+        .is_some_and(|s| s.parse::<i64>().is_ok_and(|n| n >= 20))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "training did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(child.wait_with_output().unwrap().status.code(), Some(130));
+    // The trial that was training is killed with a checkpoint; the other finished before
+    // or still waits.
+    let statuses = query("SELECT status FROM trials ORDER BY overrides");
+    assert_eq!(statuses.matches("killed").count(), 1, "{statuses}");
+    assert!(
+        !statuses.contains("running") && statuses.lines().count() == 3,
+        "{statuses}"
+    );
+    let killed_checkpoints = query(
+        "SELECT COUNT(*) FROM checkpoints c JOIN trials t ON t.id = c.trial WHERE t.status = 'killed'",
+    );
+    assert_eq!(killed_checkpoints, "COUNT(*)\n1\n");
+
+    let out = ebmlab(&[
+        "resume",
+        "tiny-sweep",
+        "--quiet",
+        "--runs",
+        killed.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        query("SELECT status FROM trials"),
+        "status\ncompleted\ncompleted\n"
+    );
+    assert_eq!(
+        query("SELECT COUNT(*), COUNT(DISTINCT trial || '/' || step) FROM metrics WHERE name = 'loss'"),
+        "COUNT(*),COUNT(DISTINCT trial || '/' || step)\n600,600\n"
+    );
+
+    let straight = dir.path().join("straight");
+    assert!(run(&straight).wait().unwrap().success());
+    for seed in 0..2 {
+        let spec =
+            ebmlab::spec::load_spec_with_env(&file, &[format!("train.seed={seed}")], Vec::new())
+                .unwrap()
+                .spec;
+        let mut spec = spec;
+        spec.sweep.clear();
+        let weights = |runs: &std::path::Path| {
+            fs::read(
+                runs.join("tiny-sweep")
+                    .join(spec.trial_id())
+                    .join("checkpoints/step_0000300.safetensors"),
+            )
+            .unwrap()
+        };
+        assert_eq!(weights(&killed), weights(&straight), "seed {seed}");
+    }
+}

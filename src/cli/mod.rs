@@ -4,6 +4,7 @@ mod bench;
 mod data;
 mod eval;
 mod query;
+mod resume;
 mod run;
 mod status;
 mod train;
@@ -55,6 +56,8 @@ enum Command {
     Run(run::RunArgs),
     /// Evaluate a checkpoint or trial with batched rollouts.
     Eval(eval::EvalArgs),
+    /// Finish every trial of an experiment that is not completed.
+    Resume(resume::ResumeArgs),
     /// Trials, their states, progress and latest numbers.
     Status(status::StatusArgs),
     /// Read-only SQL over the results database.
@@ -108,6 +111,7 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Run(args) => run::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Resume(args) => resume::run(args),
         Command::Status(args) => status::run(args),
         Command::Query(args) => query::run(args),
         Command::Bench(args) => bench::run_bench(args),

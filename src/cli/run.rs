@@ -15,6 +15,7 @@ use super::{
     cancel_on_signals, database_path, run_recorded_trial, EXIT_CANCELLED, EXIT_FAILED_CHECK,
 };
 use crate::spec::{expand_trials, load_spec};
+use crate::store::{block_on, Store};
 use crate::trial::{completed_report, TrialOptions, TrialPaths, TrialReport, TrialStop};
 
 #[derive(Debug, Args)]
@@ -69,6 +70,25 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
     let cancel = cancel_on_signals()?;
     let db = database_path(&args.runs, &args.db);
+    // Every trial is known (pending) before the first starts: status and resume see them all.
+    block_on(async {
+        let store = Store::open(&db).await?;
+        store
+            .upsert_experiment(&loaded.spec.name, &args.spec.display().to_string())
+            .await?;
+        for plan in &plans {
+            store
+                .add_trial(
+                    &plan.spec.name,
+                    &plan.id(),
+                    &serde_json::to_string(&plan.overrides)?,
+                    &serde_json::to_string(&plan.spec)?,
+                    plan.spec.train.iterations,
+                )
+                .await?;
+        }
+        anyhow::Ok(())
+    })?;
     let options = TrialOptions {
         progress: !args.quiet,
     };

@@ -9,7 +9,7 @@ mod status;
 
 pub use recorder::TrialRecorder;
 pub use records::{now, TrialStatus};
-pub use status::{parse_timestamp, TrialStatusRow};
+pub use status::{parse_timestamp, StoredTrial, TrialStatusRow};
 
 pub use query::QueryResult;
 

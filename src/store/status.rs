@@ -108,3 +108,38 @@ mod tests {
         assert_eq!(parse_timestamp("garbage"), None);
     }
 }
+
+/// A recorded trial with what is needed to run it again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTrial {
+    pub id: String,
+    pub status: String,
+    pub overrides_json: String,
+    pub config_json: String,
+    pub spec_path: Option<String>,
+}
+
+impl Store {
+    /// The trials of `experiment`, in listing order.
+    pub async fn experiment_trials(&self, experiment: &str) -> Result<Vec<StoredTrial>> {
+        let rows = sqlx::query(
+            "SELECT t.id, t.status, t.overrides, t.config, x.spec_path FROM trials t \
+             JOIN experiments x ON x.name = t.experiment WHERE t.experiment = ? \
+             ORDER BY t.overrides, t.id",
+        )
+        .bind(experiment)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredTrial {
+                    id: r.try_get("id")?,
+                    status: r.try_get("status")?,
+                    overrides_json: r.try_get("overrides")?,
+                    config_json: r.try_get("config")?,
+                    spec_path: r.try_get("spec_path")?,
+                })
+            })
+            .collect()
+    }
+}
