@@ -104,6 +104,12 @@ pub fn database_path(
 
 /// Parses the arguments, runs the verb and maps the outcome to an exit status.
 pub fn main() -> ExitCode {
+    // Output piped into `head` and the like: stop quietly when the reader goes away,
+    // as command-line tools do, instead of panicking on a broken pipe.
+    // SAFETY: setting a signal's disposition to its default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {

@@ -258,33 +258,21 @@ impl Default for ResourcesSpec {
 impl Spec {
     /// The policy this spec trains, with shapes taken from the task.
     pub fn policy_spec(&self) -> PolicySpec {
-        let obs_seq_len = self.data.obs_seq_len as i64;
-        let obs_dim = self.task.particle.obs_dim() as i64;
-        let action_dim = self.task.particle.n_dim as i64;
         let p = &self.policy;
+        let net = NetConfig {
+            obs_seq_len: self.data.obs_seq_len as i64,
+            obs_dim: self.task.particle.obs_dim() as i64,
+            action_dim: self.task.particle.n_dim as i64,
+            hidden: p.hidden,
+            blocks: p.blocks,
+            dropout: p.dropout,
+            layer_norm: p.layer_norm,
+        };
         if p.kind == "mse" {
-            PolicySpec::Mse {
-                net: NetConfig {
-                    obs_seq_len,
-                    obs_dim,
-                    action_dim,
-                    hidden: p.hidden,
-                    blocks: p.blocks,
-                    dropout: p.dropout,
-                    layer_norm: p.layer_norm,
-                },
-            }
+            PolicySpec::Mse { net }
         } else {
             PolicySpec::Ebm {
-                net: NetConfig {
-                    obs_seq_len,
-                    obs_dim,
-                    action_dim,
-                    hidden: p.hidden,
-                    blocks: p.blocks,
-                    dropout: p.dropout,
-                    layer_norm: p.layer_norm,
-                },
+                net,
                 loss: EbmLossConfig {
                     temperature: self.train.temperature,
                     negatives: self.train.negatives.clone(),
