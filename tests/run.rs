@@ -172,6 +172,32 @@ fn a_failed_trial_is_recorded_while_the_rest_complete_and_nothing_reruns() {
         "{table}"
     );
     assert_eq!(table.matches("loss became").count(), 2, "{table}");
+    // Export: one CSV per table, the same rows as the database holds.
+    let export = dir.path().join("export");
+    let out = ebmlab(&[
+        "export",
+        "tiny-sweep",
+        "--csv",
+        export.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (table, sql) in [
+        ("trials", "SELECT COUNT(*) FROM trials"),
+        ("metrics", "SELECT COUNT(*) FROM metrics"),
+        ("checkpoints", "SELECT COUNT(*) FROM checkpoints"),
+        ("evaluations", "SELECT COUNT(*) FROM evaluations"),
+        ("episodes", "SELECT COUNT(*) FROM episodes"),
+    ] {
+        let rows = fs::read_to_string(export.join(format!("{table}.csv")))
+            .unwrap()
+            .lines()
+            .count()
+            - 1;
+        let expected: usize = query(sql).lines().nth(1).unwrap().parse().unwrap();
+        assert_eq!(rows, expected, "{table}");
+    }
     let out = ebmlab(&["status", "other", "--db", db.to_str().unwrap()]);
     assert!(stdout(&out).contains("no trials recorded"));
 

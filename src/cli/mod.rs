@@ -3,6 +3,7 @@
 mod bench;
 mod data;
 mod eval;
+mod export;
 mod query;
 mod resume;
 mod run;
@@ -60,6 +61,8 @@ enum Command {
     Resume(resume::ResumeArgs),
     /// Trials, their states, progress and latest numbers.
     Status(status::StatusArgs),
+    /// An experiment's tables as CSV files.
+    Export(export::ExportArgs),
     /// Read-only SQL over the results database.
     Query(query::QueryArgs),
     /// Throughput figures as JSON lines, beside a PyTorch eager reference.
@@ -120,6 +123,7 @@ pub fn main() -> ExitCode {
         Command::Resume(args) => resume::run(args),
         Command::Status(args) => status::run(args),
         Command::Query(args) => query::run(args),
+        Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run_bench(args),
     };
     match result {

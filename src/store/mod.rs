@@ -174,7 +174,12 @@ impl Store {
 
     /// Runs one SQL statement and returns its rows as text (for `ebmlab query`).
     pub async fn query(&self, sql: &str) -> Result<QueryResult> {
-        query::run(&self.pool, sql).await
+        query::run(&self.pool, sql, None).await
+    }
+
+    /// [`Store::query`] with one bound parameter (`?`).
+    pub async fn query_with(&self, sql: &str, value: &str) -> Result<QueryResult> {
+        query::run(&self.pool, sql, Some(value)).await
     }
 }
 

@@ -25,15 +25,27 @@ fn cell(row: &SqliteRow, i: usize) -> Result<String> {
     })
 }
 
-pub async fn run(pool: &SqlitePool, sql: &str) -> Result<QueryResult> {
-    let rows = sqlx::query(sql)
+pub async fn run(pool: &SqlitePool, sql: &str, bind: Option<&str>) -> Result<QueryResult> {
+    let mut query = sqlx::query(sql);
+    if let Some(value) = bind {
+        query = query.bind(value);
+    }
+    let rows = query
         .fetch_all(pool)
         .await
         .with_context(|| format!("query failed: {sql}"))?;
-    let columns = rows
-        .first()
-        .map(|r| r.columns().iter().map(|c| c.name().to_owned()).collect())
-        .unwrap_or_default();
+    // Column names come from the statement, so an empty result still has its header.
+    let columns = match rows.first() {
+        Some(r) => r.columns().iter().map(|c| c.name().to_owned()).collect(),
+        None => {
+            let described = sqlx::Executor::describe(pool, sql).await?;
+            described
+                .columns()
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect()
+        }
+    };
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
         out.push(

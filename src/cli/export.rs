@@ -1,0 +1,79 @@
+//! `ebmlab export EXPERIMENT --csv DIR`: an experiment's tables as CSV files.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::store::{block_on, Store, DEFAULT_DB};
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Experiment name (as in `ebmlab status`).
+    experiment: String,
+    /// Folder to write `trials.csv`, `metrics.csv`, `checkpoints.csv`, `evaluations.csv`
+    /// and `episodes.csv` into (created if missing).
+    #[arg(long = "csv", value_name = "DIR")]
+    dir: PathBuf,
+    /// The results database.
+    #[arg(long, default_value = DEFAULT_DB)]
+    db: PathBuf,
+}
+
+/// Each exported file and the query that fills it (`?` is the experiment).
+const TABLES: &[(&str, &str)] = &[
+    (
+        "trials",
+        "SELECT * FROM trials WHERE experiment = ? ORDER BY overrides, id",
+    ),
+    (
+        "metrics",
+        "SELECT * FROM metrics WHERE experiment = ? ORDER BY trial, step, name",
+    ),
+    (
+        "checkpoints",
+        "SELECT * FROM checkpoints WHERE experiment = ? ORDER BY trial, step",
+    ),
+    (
+        "evaluations",
+        "SELECT * FROM evaluations WHERE experiment = ? ORDER BY trial, step",
+    ),
+    (
+        "episodes",
+        "SELECT e.trial, e.step, p.* FROM episodes p JOIN evaluations e ON e.id = p.evaluation \
+         WHERE e.experiment = ? ORDER BY e.trial, e.step, p.idx",
+    ),
+];
+
+pub fn run(args: ExportArgs) -> Result<ExitCode> {
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let results = block_on(async {
+        let store = Store::open_read_only(&args.db).await?;
+        let mut results = Vec::new();
+        for (name, sql) in TABLES {
+            results.push((*name, store.query_with(sql, &args.experiment).await?));
+        }
+        anyhow::Ok(results)
+    })?;
+    if results[0].1.rows.is_empty() {
+        bail!(
+            "no trials of experiment `{}` in {}",
+            args.experiment,
+            args.db.display()
+        );
+    }
+    for (name, result) in &results {
+        let path = args.dir.join(format!("{name}.csv"));
+        let mut out = csv::Writer::from_path(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        out.write_record(&result.columns)?;
+        for row in &result.rows {
+            out.write_record(row)?;
+        }
+        out.flush()?;
+        println!("{:>8} rows  {}", result.rows.len(), path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
