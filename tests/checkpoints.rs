@@ -120,6 +120,33 @@ fn pytorch_loads_the_checkpoint_and_computes_the_same_energies() {
     }
 }
 
+/// A 2-D residual MLP of the given width, without normalization layers.
+fn small_net(hidden: i64, dropout: f64) -> NetConfig {
+    NetConfig {
+        hidden,
+        dropout,
+        layer_norm: false,
+        ..Default::default()
+    }
+}
+
+fn small_mse(hidden: i64, dropout: f64) -> PolicySpec {
+    PolicySpec::Mse {
+        net: small_net(hidden, dropout),
+    }
+}
+
+fn small_ebm(negatives: NegativesConfig, inference: ebmlab::policy::InferenceConfig) -> PolicySpec {
+    PolicySpec::Ebm {
+        net: small_net(32, 0.0),
+        loss: EbmLossConfig {
+            negatives,
+            ..Default::default()
+        },
+        inference,
+    }
+}
+
 fn small_demos() -> Vec<ParticleDemo> {
     let task = ParticleTask::new(ParticleConfig::default()).unwrap();
     record_oracle_demos(&task, &episode_seeds(0, 12))
@@ -167,36 +194,18 @@ fn weights(t: &Trainer) -> BTreeMap<String, Vec<f32>> {
 fn save_load_continue_equals_an_uninterrupted_run() {
     let _torch = common::torch_lock();
     let demos = small_demos();
-    let ebm = PolicySpec::Ebm {
-        net: NetConfig {
-            hidden: 32,
-            layer_norm: false,
-            ..Default::default()
-        },
-        loss: EbmLossConfig {
-            negatives: NegativesConfig {
-                kind: NegativeKind::Langevin,
-                count: 4,
-                langevin: LangevinConfig {
-                    steps: 10,
-                    ..Default::default()
-                },
+    let ebm = small_ebm(
+        NegativesConfig {
+            kind: NegativeKind::Langevin,
+            count: 4,
+            langevin: LangevinConfig {
+                steps: 10,
+                ..Default::default()
             },
-            ..Default::default()
         },
-        inference: Default::default(),
-    };
-    let mse = PolicySpec::Mse {
-        net: NetConfig {
-            obs_seq_len: 2,
-            obs_dim: 8,
-            action_dim: 2,
-            hidden: 32,
-            blocks: 1,
-            dropout: 0.1,
-            layer_norm: false,
-        },
-    };
+        Default::default(),
+    );
+    let mse = small_mse(32, 0.1);
     for spec in [ebm, mse] {
         let mut straight = trainer(&spec, &demos);
         for _ in 0..8 {
@@ -250,17 +259,7 @@ fn save_load_continue_equals_an_uninterrupted_run() {
 fn restore_refuses_a_checkpoint_of_another_shape() {
     let _torch = common::torch_lock();
     let demos = small_demos();
-    let spec = |hidden| PolicySpec::Mse {
-        net: NetConfig {
-            obs_seq_len: 2,
-            obs_dim: 8,
-            action_dim: 2,
-            hidden,
-            blocks: 1,
-            dropout: 0.0,
-            layer_norm: false,
-        },
-    };
+    let spec = |hidden| small_mse(hidden, 0.0);
     let dir = tempfile::tempdir().unwrap();
     let mut small = trainer(&spec(16), &demos);
     small.train_step();
@@ -273,43 +272,25 @@ fn restore_refuses_a_checkpoint_of_another_shape() {
 fn a_loaded_checkpoint_acts_within_the_task_bounds() {
     let _torch = common::torch_lock();
     let demos = small_demos();
-    let ebm = PolicySpec::Ebm {
-        net: NetConfig {
-            hidden: 32,
-            layer_norm: false,
+    let ebm = small_ebm(
+        NegativesConfig {
+            kind: NegativeKind::Uniform,
+            count: 16,
             ..Default::default()
         },
-        loss: EbmLossConfig {
-            negatives: NegativesConfig {
-                kind: NegativeKind::Uniform,
-                count: 16,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-        inference: ebmlab::policy::InferenceConfig {
+        ebmlab::policy::InferenceConfig {
             samples: 256,
             chunk_rows: 100, // forces pieces of a batch of 5 x 256 samples
             ..Default::default()
         },
-    };
+    );
     let mut langevin_inference = ebm.clone();
     if let PolicySpec::Ebm { inference, .. } = &mut langevin_inference {
         inference.kind = ebmlab::policy::InferenceKind::Langevin;
         inference.langevin_samples = 64;
         inference.langevin_steps = 20;
     }
-    let mse = PolicySpec::Mse {
-        net: NetConfig {
-            obs_seq_len: 2,
-            obs_dim: 8,
-            action_dim: 2,
-            hidden: 32,
-            blocks: 1,
-            dropout: 0.0,
-            layer_norm: false,
-        },
-    };
+    let mse = small_mse(32, 0.0);
     let windows = Windows::from_demos(&demos, 2);
     let batch = 5;
     let obs = &windows.observations[..batch * 16];
@@ -329,14 +310,11 @@ fn a_loaded_checkpoint_acts_within_the_task_bounds() {
             "{actions:?}"
         );
         tch::manual_seed(1);
-        let again = {
-            tch::manual_seed(1);
-            policy.view().act(obs, batch)
-        };
+        let first = policy.view().act(obs, batch);
         tch::manual_seed(1);
         assert_eq!(
             policy.view().act(obs, batch),
-            again,
+            first,
             "same seed, same actions"
         );
     }

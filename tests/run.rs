@@ -123,11 +123,7 @@ fn a_failed_trial_is_recorded_while_the_rest_complete_and_nothing_reruns() {
 
     // The results store holds the same story.
     let db = runs.join("ebmlab.sqlite");
-    let query = |sql: &str| {
-        let out = ebmlab(&["query", sql, "--csv", "--db", db.to_str().unwrap()]);
-        assert!(out.status.success(), "{sql}: {}", stderr(&out));
-        stdout(&out)
-    };
+    let query = |sql: &str| common::query_csv(&db, sql);
     assert_eq!(
         query("SELECT status, COUNT(*) FROM trials GROUP BY status ORDER BY status"),
         "status,COUNT(*)\ncompleted,2\nfailed,2\n"
@@ -272,20 +268,14 @@ fn sigterm_kills_a_sweep_and_resume_completes_it_with_the_same_weights() {
     let killed = dir.path().join("killed");
     let child = run(&killed);
     let db = killed.join("ebmlab.sqlite");
-    let query = |sql: &str| {
-        let out = ebmlab(&["query", sql, "--csv", "--db", db.to_str().unwrap()]);
-        if out.status.success() {
-            stdout(&out)
-        } else {
-            String::new()
-        }
-    };
+    let query = |sql: &str| common::query_csv(&db, sql);
     let started = Instant::now();
-    while !query("SELECT MAX(step) FROM metrics")
-        .lines()
-        .nth(1)
-        .is_some_and(|s| s.parse::<i64>().is_ok_and(|n| n >= 20))
-    {
+    let steps_so_far = || {
+        common::try_query_csv(&db, "SELECT MAX(step) FROM metrics")
+            .and_then(|csv| csv.lines().nth(1).and_then(|s| s.parse::<i64>().ok()))
+            .unwrap_or(0)
+    };
+    while steps_so_far() < 20 {
         assert!(
             started.elapsed() < Duration::from_secs(120),
             "training did not start"

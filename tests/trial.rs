@@ -340,11 +340,7 @@ fn sigterm_saves_a_checkpoint_and_the_continued_trial_equals_an_uninterrupted_on
     );
     assert!(saved[0] > 0 && saved[0] < 400, "{saved:?}");
     let db = interrupted.join("ebmlab.sqlite");
-    let query = |sql: &str| {
-        let out = ebmlab(&["query", sql, "--csv", "--db", db.to_str().unwrap()]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        stdout(&out)
-    };
+    let query = |sql: &str| common::query_csv(&db, sql);
     assert_eq!(query("SELECT status FROM trials"), "status\nkilled\n");
 
     // Continue it, and run the same trial without interruption elsewhere.

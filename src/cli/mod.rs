@@ -105,6 +105,28 @@ pub fn database_path(
     db.clone().unwrap_or_else(|| runs.join("ebmlab.sqlite"))
 }
 
+/// What `train` and `run` read: a spec, its overrides, and where results go.
+#[derive(Debug, clap::Args)]
+pub struct SpecArgs {
+    /// Experiment spec (TOML).
+    pub spec: std::path::PathBuf,
+    /// Override a spec key, e.g. `--set train.iterations=2000` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Where runs are written.
+    #[arg(long, default_value = "runs")]
+    pub runs: std::path::PathBuf,
+    /// Results database (default: RUNS/ebmlab.sqlite).
+    #[arg(long)]
+    pub db: Option<std::path::PathBuf>,
+}
+
+impl SpecArgs {
+    pub fn database(&self) -> std::path::PathBuf {
+        database_path(&self.runs, &self.db)
+    }
+}
+
 /// Parses the arguments, runs the verb and maps the outcome to an exit status.
 pub fn main() -> ExitCode {
     // Output piped into `head` and the like: stop quietly when the reader goes away,

@@ -4,32 +4,21 @@
 //! processes are the scheduler's job, which replaces this loop.)
 
 use std::fs;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
 use tracing::warn;
 
-use super::{
-    cancel_on_signals, database_path, run_recorded_trial, EXIT_CANCELLED, EXIT_FAILED_CHECK,
-};
+use super::{cancel_on_signals, run_recorded_trial, SpecArgs, EXIT_CANCELLED, EXIT_FAILED_CHECK};
 use crate::spec::{expand_trials, load_spec};
 use crate::store::{block_on, Store};
 use crate::trial::{completed_report, TrialOptions, TrialPaths, TrialReport, TrialStop};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Experiment spec (TOML).
-    spec: PathBuf,
-    /// Override a spec key for every trial (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    overrides: Vec<String>,
-    #[arg(long, default_value = "runs")]
-    runs: PathBuf,
-    /// Results database (default: RUNS/ebmlab.sqlite).
-    #[arg(long)]
-    db: Option<PathBuf>,
+    #[command(flatten)]
+    input: SpecArgs,
     /// List the trials and stop.
     #[arg(long)]
     dry_run: bool,
@@ -52,12 +41,12 @@ enum Outcome {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
-    let loaded = load_spec(&args.spec, &args.overrides)?;
+    let loaded = load_spec(&args.input.spec, &args.input.overrides)?;
     let plans = expand_trials(&loaded.spec)?;
     println!("{}: {} trials", loaded.spec.name, plans.len());
     if args.dry_run {
         for plan in &plans {
-            let done = completed_report(&TrialPaths::new(&args.runs, &plan.spec), &plan.spec);
+            let done = completed_report(&TrialPaths::new(&args.input.runs, &plan.spec), &plan.spec);
             let state = if done.is_some() {
                 "completed"
             } else {
@@ -69,12 +58,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
 
     let cancel = cancel_on_signals()?;
-    let db = database_path(&args.runs, &args.db);
+    let db = args.input.database();
     // Every trial is known (pending) before the first starts: status and resume see them all.
     block_on(async {
         let store = Store::open(&db).await?;
         store
-            .upsert_experiment(&loaded.spec.name, &args.spec.display().to_string())
+            .upsert_experiment(&loaded.spec.name, &args.input.spec.display().to_string())
             .await?;
         for plan in &plans {
             store
@@ -95,7 +84,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let mut outcomes: Vec<Outcome> = plans.iter().map(|_| Outcome::NotRun).collect();
     let mut cancelled = false;
     'trials: for (i, plan) in plans.iter().enumerate() {
-        let paths = TrialPaths::new(&args.runs, &plan.spec);
+        let paths = TrialPaths::new(&args.input.runs, &plan.spec);
         if let Some(done) = completed_report(&paths, &plan.spec) {
             outcomes[i] = Outcome::Skipped(done);
             continue;
@@ -110,9 +99,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         for attempt in 0..=args.max_retries {
             let result = run_recorded_trial(
                 &plan.spec,
-                &args.spec,
+                &args.input.spec,
                 &plan.overrides,
-                &args.runs,
+                &args.input.runs,
                 &db,
                 &options,
                 &cancel,

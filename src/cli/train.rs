@@ -1,28 +1,18 @@
 //! `ebmlab train SPEC`: one trial, end to end.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::{cancel_on_signals, database_path, run_recorded_trial, EXIT_CANCELLED};
+use super::{cancel_on_signals, run_recorded_trial, SpecArgs, EXIT_CANCELLED};
 use crate::spec::load_spec;
 use crate::trial::{TrialOptions, TrialPaths, TrialStop};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Experiment spec (TOML).
-    spec: PathBuf,
-    /// Override a spec key, e.g. `--set train.iterations=2000` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    overrides: Vec<String>,
-    /// Where runs are written.
-    #[arg(long, default_value = "runs")]
-    runs: PathBuf,
-    /// Results database (default: RUNS/ebmlab.sqlite).
-    #[arg(long)]
-    db: Option<PathBuf>,
+    #[command(flatten)]
+    input: SpecArgs,
     /// Print the resolved spec and where the trial would run, then stop.
     #[arg(long)]
     dry_run: bool,
@@ -32,16 +22,16 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
-    let loaded = load_spec(&args.spec, &args.overrides)?;
+    let loaded = load_spec(&args.input.spec, &args.input.overrides)?;
     let spec = loaded.spec;
     if !spec.sweep.is_empty() {
         bail!(
             "{} has a [sweep] of {} keys: `ebmlab train` runs one trial; use `ebmlab run`",
-            args.spec.display(),
+            args.input.spec.display(),
             spec.sweep.len()
         );
     }
-    let paths = TrialPaths::new(&args.runs, &spec);
+    let paths = TrialPaths::new(&args.input.runs, &spec);
     if args.dry_run {
         println!("# trial {} -> {}", spec.trial_id(), paths.dir.display());
         print!("{}", spec.to_toml());
@@ -51,13 +41,13 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let options = TrialOptions {
         progress: !args.quiet,
     };
-    let db = database_path(&args.runs, &args.db);
+    let db = args.input.database();
     let no_overrides = Default::default();
     let report = match run_recorded_trial(
         &spec,
-        &args.spec,
+        &args.input.spec,
         &no_overrides,
-        &args.runs,
+        &args.input.runs,
         &db,
         &options,
         &cancel,

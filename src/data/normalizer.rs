@@ -130,14 +130,6 @@ impl Normalizer {
         }
     }
 
-    pub fn obs_dim(&self) -> usize {
-        self.obs_mean.len()
-    }
-
-    pub fn action_dim(&self) -> usize {
-        self.action_min.len()
-    }
-
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)?;
         fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))

@@ -96,10 +96,6 @@ impl Store {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }

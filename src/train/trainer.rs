@@ -142,14 +142,6 @@ impl Trainer {
         &self.spec
     }
 
-    pub fn normalizer(&self) -> &Normalizer {
-        &self.normalizer
-    }
-
-    pub fn bounds(&self) -> &Bounds {
-        &self.bounds
-    }
-
     /// The current weights as a policy that can act (for evaluation during training).
     pub fn policy_view(&self) -> PolicyView<'_> {
         PolicyView {
@@ -175,41 +167,60 @@ impl Trainer {
         let actions = self.data.actions.index_select(0, &index);
 
         self.adam.zero_grad();
-        let mut metrics = StepMetrics {
-            lr,
-            ..Default::default()
-        };
-        let loss = match (&self.net, &self.spec) {
+        // Scalars are gathered as tensors and copied to the host once per step: each
+        // `double_value` would be a device synchronisation on a GPU.
+        let (loss, parts) = match (&self.net, &self.spec) {
             (PolicyNet::Ebm(model), PolicySpec::Ebm { loss, .. }) => {
-                let parts = ebm_loss(model, &obs, &actions, &self.bounds, loss);
-                metrics.info_nce = parts.info_nce.double_value(&[]);
-                metrics.grad_penalty = parts.grad_penalty.double_value(&[]);
-                metrics.energy_positive = parts.energy_positive.double_value(&[]);
-                metrics.energy_negative = parts.energy_negative.double_value(&[]);
-                parts.total
+                let l = ebm_loss(model, &obs, &actions, &self.bounds, loss);
+                let parts = [
+                    l.info_nce.detach(),
+                    l.grad_penalty.detach(),
+                    l.energy_positive,
+                    l.energy_negative,
+                ];
+                (l.total, parts)
             }
-            (PolicyNet::Mse(model), PolicySpec::Mse { .. }) => model.loss(&obs, &actions),
+            (PolicyNet::Mse(model), PolicySpec::Mse { .. }) => {
+                let zero = || Tensor::zeros([], (Kind::Float, device));
+                (model.loss(&obs, &actions), [zero(), zero(), zero(), zero()])
+            }
             _ => unreachable!("the network is built from the spec"),
         };
         loss.backward();
-        metrics.loss = loss.double_value(&[]);
-        metrics.grad_norm = self.gradient_norm();
+        let mut scalars: Vec<Tensor> = vec![loss.detach()];
+        scalars.extend(parts);
+        scalars.push(self.gradient_norm());
+        let values = Vec::<f64>::try_from(
+            Tensor::stack(&scalars, 0)
+                .to_kind(Kind::Double)
+                .to_device(Device::Cpu),
+        )
+        .expect("scalar metrics convert");
         self.adam.step(lr);
         self.step += 1;
-        metrics.step = self.step;
-        metrics
+        StepMetrics {
+            step: self.step,
+            lr,
+            loss: values[0],
+            info_nce: values[1],
+            grad_penalty: values[2],
+            energy_positive: values[3],
+            energy_negative: values[4],
+            grad_norm: values[5],
+        }
     }
 
-    fn gradient_norm(&self) -> f64 {
-        let squares: f64 = self
+    /// L2 norm of all weight gradients, as a scalar tensor on the training device.
+    fn gradient_norm(&self) -> Tensor {
+        let squares: Vec<Tensor> = self
             .vs
             .trainable_variables()
             .iter()
             .map(|p| p.grad())
             .filter(|g| g.defined())
-            .map(|g| g.square().sum(Kind::Double).double_value(&[]))
-            .sum();
-        squares.sqrt()
+            .map(|g| g.square().sum(Kind::Float))
+            .collect();
+        Tensor::stack(&squares, 0).sum(Kind::Float).sqrt()
     }
 
     /// Writes the checkpoint of the current step into `dir` (plus the per-run files).

@@ -63,3 +63,17 @@ pub fn torch_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// `ebmlab query SQL --csv` on a results database, or `None` when the query fails
+/// (for polling a database that may not exist yet).
+pub fn try_query_csv(db: &std::path::Path, sql: &str) -> Option<String> {
+    let out = ebmlab(&["query", sql, "--csv", "--db", db.to_str().unwrap()]);
+    out.status.success().then(|| stdout(&out))
+}
+
+/// `ebmlab query SQL --csv` on a results database, which must succeed.
+pub fn query_csv(db: &std::path::Path, sql: &str) -> String {
+    let out = ebmlab(&["query", sql, "--csv", "--db", db.to_str().unwrap()]);
+    assert!(out.status.success(), "{sql}: {}", stderr(&out));
+    stdout(&out)
+}

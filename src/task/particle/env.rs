@@ -114,18 +114,9 @@ impl ParticleEpisodes {
         })
     }
 
-    pub fn config(&self) -> &ParticleConfig {
-        &self.cfg
-    }
-
     /// Current state of episode `i`.
     pub fn state(&self, i: usize) -> &ParticleState {
         &self.episodes[i].state
-    }
-
-    /// Goal bookkeeping of episode `i`.
-    pub fn goals(&self, i: usize) -> &GoalTracker {
-        &self.episodes[i].goals
     }
 }
 
