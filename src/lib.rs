@@ -9,6 +9,7 @@ pub mod data;
 pub mod eval;
 pub mod plot;
 pub mod policy;
+pub mod sched;
 pub mod spec;
 pub mod store;
 pub mod task;

@@ -104,23 +104,14 @@ fn a_failed_trial_is_recorded_while_the_rest_complete_and_nothing_reruns() {
         stderr(&out)
     );
     let text = stdout(&out);
+    assert!(text.contains("2 of 4 trials completed"), "{text}");
     assert_eq!(
-        text.lines().filter(|l| l.contains("completed")).count(),
+        text.lines()
+            .filter(|l| l.contains(" failed: loss became"))
+            .count(),
         2,
         "{text}"
     );
-    assert_eq!(
-        text.lines().filter(|l| l.contains("failed")).count(),
-        2,
-        "{text}"
-    );
-    assert!(text.contains("loss became"), "{text}");
-    let failures = fs::read_dir(runs.join("tiny-sweep"))
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().join("failure.txt").exists())
-        .count();
-    assert_eq!(failures, 2);
-
     // The results store holds the same story.
     let db = runs.join("ebmlab.sqlite");
     let query = |sql: &str| common::query_csv(&db, sql);
@@ -197,26 +188,20 @@ fn a_failed_trial_is_recorded_while_the_rest_complete_and_nothing_reruns() {
     let out = ebmlab(&["status", "other", "--db", db.to_str().unwrap()]);
     assert!(stdout(&out).contains("no trials recorded"));
 
-    // Again: the completed trials are not trained a second time.
-    let before: Vec<u8> = fs::read(
-        runs.join("tiny-sweep")
-            .read_dir()
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path()
-            .join("config.toml"),
-    )
-    .unwrap();
+    // Again: only the failed trials are started (and fail again); completed ones are not
+    // trained a second time.
+    let failed_ids = query("SELECT id FROM trials WHERE status = 'failed' ORDER BY id");
     let out = run();
+    assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
-    assert_eq!(
-        text.lines().filter(|l| l.contains("done before")).count(),
-        2,
-        "{text}"
-    );
-    assert!(!before.is_empty());
+    let started: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("start  train"))
+        .collect();
+    assert_eq!(started.len(), 2, "{text}");
+    for id in failed_ids.lines().skip(1) {
+        assert!(started.iter().any(|l| l.contains(id)), "{id}: {text}");
+    }
 
     // Without the diverging setting everything is done and a rerun starts nothing.
     fs::write(
@@ -226,17 +211,12 @@ fn a_failed_trial_is_recorded_while_the_rest_complete_and_nothing_reruns() {
     .unwrap();
     let out = run();
     assert!(out.status.success(), "{}", stdout(&out));
-    assert_eq!(
-        stdout(&out)
-            .lines()
-            .filter(|l| l.contains("done before"))
-            .count(),
-        2
-    );
+    let text = stdout(&out);
+    assert!(text.contains("nothing to run"), "{text}");
+    assert!(!text.contains("start "), "nothing started: {text}");
     assert!(
-        !stdout(&out).contains("[1/"),
-        "nothing started: {}",
-        stdout(&out)
+        text.contains("2 of 2 trials completed; 0 jobs run"),
+        "{text}"
     );
 }
 
@@ -248,8 +228,8 @@ fn sigterm_kills_a_sweep_and_resume_completes_it_with_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("s.toml");
     let long = TINY
-        .replace("iterations = 6", "iterations = 300")
-        .replace("checkpoint_every = 3", "checkpoint_every = 1000");
+        .replace("iterations = 6", "iterations = 1500")
+        .replace("checkpoint_every = 3", "checkpoint_every = 5000");
     fs::write(&file, format!("{long}[sweep]\n\"train.seed\" = [0, 1]\n")).unwrap();
     let run = |runs: &std::path::Path| {
         Command::new(env!("CARGO_BIN_EXE_ebmlab"))
@@ -257,9 +237,12 @@ fn sigterm_kills_a_sweep_and_resume_completes_it_with_the_same_weights() {
                 "run",
                 file.to_str().unwrap(),
                 "--quiet",
+                "--slots",
+                "1",
                 "--runs",
                 runs.to_str().unwrap(),
             ])
+            .env("EBMLAB_HEARTBEAT_SECONDS", "0.05")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -271,7 +254,7 @@ fn sigterm_kills_a_sweep_and_resume_completes_it_with_the_same_weights() {
     let query = |sql: &str| common::query_csv(&db, sql);
     let started = Instant::now();
     let steps_so_far = || {
-        common::try_query_csv(&db, "SELECT MAX(step) FROM metrics")
+        common::try_query_csv(&db, "SELECT MAX(step) FROM trials WHERE status = 'running'")
             .and_then(|csv| csv.lines().nth(1).and_then(|s| s.parse::<i64>().ok()))
             .unwrap_or(0)
     };
@@ -315,7 +298,7 @@ fn sigterm_kills_a_sweep_and_resume_completes_it_with_the_same_weights() {
     );
     assert_eq!(
         query("SELECT COUNT(*), COUNT(DISTINCT trial || '/' || step) FROM metrics WHERE name = 'loss'"),
-        "COUNT(*),COUNT(DISTINCT trial || '/' || step)\n600,600\n"
+        "COUNT(*),COUNT(DISTINCT trial || '/' || step)\n3000,3000\n"
     );
 
     let straight = dir.path().join("straight");
@@ -331,10 +314,185 @@ fn sigterm_kills_a_sweep_and_resume_completes_it_with_the_same_weights() {
             fs::read(
                 runs.join("tiny-sweep")
                     .join(spec.trial_id())
-                    .join("checkpoints/step_0000300.safetensors"),
+                    .join("checkpoints/step_0001500.safetensors"),
             )
             .unwrap()
         };
         assert_eq!(weights(&killed), weights(&straight), "seed {seed}");
     }
+}
+
+/// A sweep whose trials train long enough to be interrupted (tiny nets, many steps).
+fn long_sweep(dir: &std::path::Path) -> std::path::PathBuf {
+    let file = dir.join("long.toml");
+    let long = TINY
+        .replace("iterations = 6", "iterations = 1500")
+        .replace("checkpoint_every = 3", "checkpoint_every = 100")
+        .replace("eval_every = 0", "eval_every = 500");
+    fs::write(&file, format!("{long}[sweep]\n\"train.seed\" = [0, 1]\n")).unwrap();
+    file
+}
+
+fn spawn_run(file: &std::path::Path, runs: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ebmlab"))
+        .args(["run", file.to_str().unwrap(), "--quiet", "--slots", "2"])
+        .args(["--runs", runs.to_str().unwrap()])
+        .env("EBMLAB_HEARTBEAT_SECONDS", "0.2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn kill(signal: &str, pids: &[String]) {
+    let status = std::process::Command::new("kill")
+        .arg(signal)
+        .args(pids)
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pids:?}");
+}
+
+/// Polls `sql` (first value of the first row) until `done` says so, for at most 2 minutes.
+fn wait_for(db: &std::path::Path, sql: &str, done: impl Fn(&str) -> bool) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        let value = common::try_query_csv(db, sql)
+            .and_then(|csv| csv.lines().nth(1).map(str::to_owned))
+            .unwrap_or_default();
+        if done(&value) {
+            return value;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "{sql}: still {value:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn kill_9_of_the_run_and_a_worker_then_resume_gives_the_same_weights_and_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = long_sweep(dir.path());
+    let killed = dir.path().join("killed");
+    let db = killed.join("ebmlab.sqlite");
+    let mut child = spawn_run(&file, &killed);
+    // Both trials train at once (2 slots), each past a few checkpoints.
+    wait_for(
+        &db,
+        "SELECT COUNT(*) FROM trials t WHERE t.status = 'running' AND \
+         (SELECT COUNT(*) FROM checkpoints c WHERE c.trial = t.id) >= 3",
+        |v| v == "2",
+    );
+    let worker = query_one(&db, "SELECT pid FROM trials ORDER BY overrides LIMIT 1");
+    kill("-KILL", &[worker.clone(), child.id().to_string()]);
+    child.wait().unwrap();
+    // The other worker saw its scheduler die: it saves a checkpoint and records `killed`.
+    wait_for(
+        &db,
+        "SELECT COUNT(*) FROM trials WHERE status = 'killed'",
+        |v| v != "0",
+    );
+    let statuses = query_one(
+        &db,
+        "SELECT group_concat(status, ' ') FROM (SELECT status FROM trials ORDER BY overrides)",
+    );
+    eprintln!("after kill -9 of worker {worker} and the run: {statuses}");
+    assert!(
+        statuses == "running killed" || statuses == "killed killed",
+        "{statuses}"
+    );
+
+    let out = ebmlab(&[
+        "resume",
+        "tiny-sweep",
+        "--quiet",
+        "--runs",
+        killed.to_str().unwrap(),
+    ]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    if statuses.starts_with("running") {
+        // Nobody lived to record the first worker's end: its dead pid tells.
+        assert!(text.contains(&format!("(pid {worker}) ended")), "{text}");
+    }
+    assert!(text.contains("2 of 2 trials completed"), "{text}");
+
+    let straight = dir.path().join("straight");
+    assert!(spawn_run(&file, &straight).wait().unwrap().success());
+    let final_weights = "SELECT group_concat(sha256, ' ') FROM \
+        (SELECT sha256 FROM checkpoints WHERE step = 1500 ORDER BY trial)";
+    let resumed = query_one(&db, final_weights);
+    assert_eq!(resumed.split(' ').count(), 2);
+    assert_eq!(
+        resumed,
+        query_one(&straight.join("ebmlab.sqlite"), final_weights)
+    );
+    // Every (trial, step, metric) exactly once: 1500 steps x 8 metrics per trial.
+    assert_eq!(
+        common::query_csv(
+            &db,
+            "SELECT COUNT(*), COUNT(DISTINCT trial || '/' || step || '/' || name), \
+             MIN(step), MAX(step) FROM metrics GROUP BY trial"
+        ),
+        "COUNT(*),COUNT(DISTINCT trial || '/' || step || '/' || name),MIN(step),MAX(step)\n\
+         12000,12000,1,1500\n12000,12000,1,1500\n"
+    );
+    // The evaluation jobs covered steps 500 and 1000; the trials evaluated 1500.
+    assert_eq!(
+        query_one(
+            &db,
+            "SELECT group_concat(n, ' ') FROM (SELECT step || 'x' || COUNT(*) AS n \
+             FROM evaluations GROUP BY step ORDER BY step)"
+        ),
+        "500x2 1000x2 1500x2"
+    );
+}
+
+fn query_one(db: &std::path::Path, sql: &str) -> String {
+    common::query_csv(db, sql)
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn evaluation_jobs_give_the_evaluations_the_trial_would_have_made_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("one.toml");
+    let spec = TINY.replace("eval_every = 0", "eval_every = 2");
+    fs::write(&file, &spec).unwrap();
+    let runs = |name: &str| dir.path().join(name);
+    // Inline: `train` evaluates at steps 2 and 4 itself; `run` leaves them to jobs.
+    let out = ebmlab(
+        &["train", file.to_str().unwrap(), "--quiet", "--runs"]
+            .iter()
+            .copied()
+            .chain([runs("inline").to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ebmlab(
+        &["run", file.to_str().unwrap(), "--quiet", "--runs"]
+            .iter()
+            .copied()
+            .chain([runs("jobs").to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("start  evaluate").count(), 2, "{text}");
+    let evaluations = |name: &str| {
+        common::query_csv(
+            &runs(name).join("ebmlab.sqlite"),
+            "SELECT e.step, e.successes, e.mean_min_distance_first_goal, \
+             SUM(p.min_distance_second_goal) FROM evaluations e \
+             JOIN episodes p ON p.evaluation = e.id GROUP BY e.id ORDER BY e.step",
+        )
+    };
+    let inline = evaluations("inline");
+    assert_eq!(inline.lines().count(), 4, "{inline}");
+    assert_eq!(inline, evaluations("jobs"));
 }

@@ -9,6 +9,7 @@ mod resume;
 mod run;
 mod status;
 mod train;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -67,34 +68,9 @@ enum Command {
     Query(query::QueryArgs),
     /// Throughput figures as JSON lines, beside a PyTorch eager reference.
     Bench(bench::BenchArgs),
-}
-
-/// Runs one trial with its progress recorded in the results store at `db`: the trial is
-/// `running` while it trains, then `completed`, `killed` (cancelled, checkpoint saved) or
-/// `failed` with its reason.
-pub fn run_recorded_trial(
-    spec: &crate::spec::Spec,
-    spec_path: &std::path::Path,
-    overrides: &std::collections::BTreeMap<String, toml::Value>,
-    runs: &std::path::Path,
-    db: &std::path::Path,
-    options: &crate::trial::TrialOptions,
-    cancel: &std::sync::atomic::AtomicBool,
-) -> anyhow::Result<crate::trial::TrialReport> {
-    use crate::store::{TrialRecorder, TrialStatus};
-    use crate::trial::{run_trial, TrialStop};
-    let mut recorder = TrialRecorder::new(db, spec_path, spec, overrides)?;
-    let device = crate::spec::parse_device(&spec.resources.device)?.resolve()?;
-    recorder.started(&format!("{device:?}").to_lowercase())?;
-    let result = run_trial(spec, runs, options, cancel, &mut recorder);
-    match &result {
-        Ok(_) => recorder.finished(TrialStatus::Completed, None)?,
-        Err(e) if matches!(e.downcast_ref(), Some(TrialStop::Cancelled { .. })) => {
-            recorder.finished(TrialStatus::Killed, Some(&format!("{e:#}")))?
-        }
-        Err(e) => recorder.finished(TrialStatus::Failed, Some(&format!("{e:#}")))?,
-    }
-    result
+    /// One job of a run (started by the scheduler, not by hand).
+    #[command(hide = true)]
+    Worker(worker::WorkerArgs),
 }
 
 /// The database of a runs folder unless `--db` names another.
@@ -119,6 +95,87 @@ pub struct SpecArgs {
     /// Results database (default: RUNS/ebmlab.sqlite).
     #[arg(long)]
     pub db: Option<std::path::PathBuf>,
+}
+
+/// How `run` and `resume` schedule their jobs.
+#[derive(Debug, clap::Args)]
+pub struct SchedArgs {
+    /// Stop at the first failed job (running workers checkpoint and stop).
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Attempts after a failure, each continuing from the trial's latest checkpoint.
+    #[arg(long, default_value_t = 0)]
+    pub max_retries: u32,
+    /// Trials run at once on the CPU (default: `resources.cpu_slots`, else one per core).
+    #[arg(long)]
+    pub slots: Option<usize>,
+    /// Seconds without a heartbeat after which a `running` trial is taken as dead.
+    #[arg(long, default_value_t = 60)]
+    pub stale_after: u64,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl SchedArgs {
+    pub fn options(&self) -> crate::sched::RunOptions {
+        crate::sched::RunOptions {
+            fail_fast: self.fail_fast,
+            max_retries: self.max_retries,
+            stale_after: std::time::Duration::from_secs(self.stale_after),
+            cpu_slots: self.slots,
+            progress: !self.quiet,
+        }
+    }
+}
+
+/// Runs the jobs of `trials`, then prints the experiment's status table; the exit status
+/// says whether every trial completed (130 after a signal).
+pub fn schedule_and_report(
+    experiment: &crate::sched::Experiment,
+    trials: &[String],
+    args: &SchedArgs,
+) -> anyhow::Result<ExitCode> {
+    let summary = crate::sched::run_experiment(
+        experiment,
+        trials,
+        &args.options(),
+        &crate::sched::LocalBackend,
+    )?;
+    let rows = crate::store::block_on(async {
+        let store = crate::store::Store::open(&experiment.db).await?;
+        store.trial_status(Some(&experiment.name)).await
+    })?;
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| trials.contains(&r.id))
+        .collect();
+    println!();
+    status::print_trials(&rows);
+    let completed = rows.iter().filter(|r| r.status == "completed").count();
+    println!(
+        "{completed} of {} trials completed; {} jobs run, {} failed{}",
+        rows.len(),
+        summary.launched,
+        summary.failures.len(),
+        if summary.running_elsewhere.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} running in another process",
+                summary.running_elsewhere.len()
+            )
+        }
+    );
+    Ok(if summary.cancelled {
+        ExitCode::from(EXIT_CANCELLED)
+    } else if !summary.failures.is_empty()
+        || completed + summary.running_elsewhere.len() < rows.len()
+    {
+        ExitCode::from(EXIT_FAILED_CHECK)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 impl SpecArgs {
@@ -147,6 +204,7 @@ pub fn main() -> ExitCode {
         Command::Query(args) => query::run(args),
         Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run_bench(args),
+        Command::Worker(args) => worker::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,19 +1,17 @@
-//! `ebmlab run SPEC`: every trial of an experiment (its `[sweep]` and `trials`), one after
-//! another in this process on the spec's device. Finished trials are reported, not rerun;
-//! interrupted ones continue from their latest checkpoint. (Device slots and worker
-//! processes are the scheduler's job, which replaces this loop.)
+//! `ebmlab run SPEC`: every trial of an experiment (its `[sweep]` and `trials`), each in a
+//! worker process on a device slot. Finished trials are not rerun; interrupted ones
+//! continue from their latest checkpoint; finished trials' checkpoints are evaluated.
 
-use std::fs;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use tracing::warn;
 
-use super::{cancel_on_signals, run_recorded_trial, SpecArgs, EXIT_CANCELLED, EXIT_FAILED_CHECK};
+use super::{schedule_and_report, SchedArgs, SpecArgs};
+use crate::sched::Experiment;
 use crate::spec::{expand_trials, load_spec};
 use crate::store::{block_on, Store};
-use crate::trial::{completed_report, TrialOptions, TrialPaths, TrialReport, TrialStop};
+use crate::trial::{completed_report, TrialPaths};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -22,22 +20,8 @@ pub struct RunArgs {
     /// List the trials and stop.
     #[arg(long)]
     dry_run: bool,
-    /// Stop at the first failed trial.
-    #[arg(long)]
-    fail_fast: bool,
-    /// Attempts after a failure, each continuing from the trial's latest checkpoint.
-    #[arg(long, default_value_t = 0)]
-    max_retries: u32,
-    /// No progress bars.
-    #[arg(long)]
-    quiet: bool,
-}
-
-enum Outcome {
-    Completed(TrialReport),
-    Skipped(TrialReport),
-    Failed(String),
-    NotRun,
+    #[command(flatten)]
+    sched: SchedArgs,
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
@@ -57,7 +41,6 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let cancel = cancel_on_signals()?;
     let db = args.input.database();
     // Every trial is known (pending) before the first starts: status and resume see them all.
     block_on(async {
@@ -78,107 +61,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         }
         anyhow::Ok(())
     })?;
-    let options = TrialOptions {
-        progress: !args.quiet,
+    let experiment = Experiment {
+        name: loaded.spec.name.clone(),
+        runs: args.input.runs.clone(),
+        db,
     };
-    let mut outcomes: Vec<Outcome> = plans.iter().map(|_| Outcome::NotRun).collect();
-    let mut cancelled = false;
-    'trials: for (i, plan) in plans.iter().enumerate() {
-        let paths = TrialPaths::new(&args.input.runs, &plan.spec);
-        if let Some(done) = completed_report(&paths, &plan.spec) {
-            outcomes[i] = Outcome::Skipped(done);
-            continue;
-        }
-        println!(
-            "[{}/{}] trial {}  {}",
-            i + 1,
-            plans.len(),
-            plan.id(),
-            plan.describe()
-        );
-        for attempt in 0..=args.max_retries {
-            let result = run_recorded_trial(
-                &plan.spec,
-                &args.input.spec,
-                &plan.overrides,
-                &args.input.runs,
-                &db,
-                &options,
-                &cancel,
-            );
-            match result {
-                Ok(report) => {
-                    let _ = fs::remove_file(paths.dir.join("failure.txt"));
-                    outcomes[i] = Outcome::Completed(report);
-                    continue 'trials;
-                }
-                Err(e) if matches!(e.downcast_ref(), Some(TrialStop::Cancelled { .. })) => {
-                    warn!("{e:#}");
-                    cancelled = true;
-                    break 'trials;
-                }
-                Err(e) => {
-                    let reason = format!("attempt {}: {e:#}", attempt + 1);
-                    eprintln!("trial {} failed: {reason}", plan.id());
-                    fs::create_dir_all(&paths.dir)?;
-                    fs::write(paths.dir.join("failure.txt"), format!("{reason}\n"))?;
-                    outcomes[i] = Outcome::Failed(reason);
-                }
-            }
-        }
-        if args.fail_fast {
-            break;
-        }
-    }
-
-    println!(
-        "\n{:12}  {:10}  {:>22}  {:>8}  settings",
-        "trial", "status", "success [95% CI]", "it/s"
-    );
-    for (plan, outcome) in plans.iter().zip(&outcomes) {
-        let (status, result, rate) = match outcome {
-            Outcome::Completed(r) | Outcome::Skipped(r) => {
-                let e = &r.final_evaluation;
-                (
-                    if matches!(outcome, Outcome::Completed(_)) {
-                        "completed"
-                    } else {
-                        "done before"
-                    },
-                    format!(
-                        "{:5.1}% [{:5.1}, {:5.1}]",
-                        100.0 * e.success_rate,
-                        100.0 * e.ci_low,
-                        100.0 * e.ci_high
-                    ),
-                    format!("{:.1}", r.iterations_per_second),
-                )
-            }
-            Outcome::Failed(reason) => ("failed", String::new(), reason.clone()),
-            Outcome::NotRun => (
-                if cancelled { "killed" } else { "not run" },
-                String::new(),
-                String::new(),
-            ),
-        };
-        println!(
-            "{:12}  {:10}  {:>22}  {:>8}  {}",
-            plan.id(),
-            status,
-            result,
-            rate,
-            plan.describe()
-        );
-    }
-    if cancelled {
-        return Ok(ExitCode::from(EXIT_CANCELLED));
-    }
-    let failed = outcomes
-        .iter()
-        .any(|o| matches!(o, Outcome::Failed(_) | Outcome::NotRun));
-    Ok(if failed {
-        ExitCode::from(EXIT_FAILED_CHECK)
-    } else {
-        ExitCode::SUCCESS
-    })
+    let trials: Vec<String> = plans.iter().map(|p| p.id()).collect();
+    schedule_and_report(&experiment, &trials, &args.sched)
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use crate::store::{block_on, parse_timestamp, Store, DEFAULT_DB};
+use crate::store::{block_on, parse_timestamp, Store, TrialStatusRow, DEFAULT_DB};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -44,6 +44,12 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
         println!("no trials recorded in {}", args.db.display());
         return Ok(ExitCode::SUCCESS);
     }
+    print_trials(&rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The status table: one line per trial (and its error under a failed or killed one).
+pub fn print_trials(rows: &[TrialStatusRow]) {
     println!(
         "{:16} {:12} {:9} {:>15} {:8} {:>9} {:>22} {:>9}  settings",
         "experiment",
@@ -55,7 +61,7 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
         "success [95% CI]",
         "heartbeat"
     );
-    for r in &rows {
+    for r in rows {
         let progress = format!(
             "{}/{} {:3.0}%",
             r.step,
@@ -94,9 +100,12 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
             },
             settings
         );
-        if let Some(error) = r.error.as_deref().filter(|_| r.status == "failed") {
+        if let Some(error) = r
+            .error
+            .as_deref()
+            .filter(|_| matches!(r.status.as_str(), "failed" | "killed"))
+        {
             println!("{:30}{}", "", error.lines().next().unwrap_or_default());
         }
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::{cancel_on_signals, run_recorded_trial, SpecArgs, EXIT_CANCELLED};
+use super::{cancel_on_signals, SpecArgs, EXIT_CANCELLED};
+use crate::sched::run_recorded_trial;
 use crate::spec::load_spec;
 use crate::trial::{TrialOptions, TrialPaths, TrialStop};
 
@@ -40,6 +41,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let cancel = cancel_on_signals()?;
     let options = TrialOptions {
         progress: !args.quiet,
+        defer_evaluations: false,
     };
     let db = args.input.database();
     let no_overrides = Default::default();

@@ -21,7 +21,7 @@ const FREE_TABLES: &[&str] = &["sweep", "trials"];
 /// Optional keys that have no default value.
 const OPTIONAL_KEYS: &[&str] = &["extends", "data.path"];
 /// `EBMLAB_*` variables that are not spec keys.
-const NON_SPEC_VARIABLES: &[&str] = &["LOG"];
+const NON_SPEC_VARIABLES: &[&str] = &["LOG", "HEARTBEAT_SECONDS"];
 
 /// A resolved spec and where it came from.
 #[derive(Debug, Clone)]

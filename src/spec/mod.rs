@@ -26,6 +26,9 @@ impl Spec {
         identity.sweep.clear();
         identity.trials.clear();
         identity.eval.plots = false;
+        // Where a trial runs (device, slots, threads) is the scheduler's choice, not
+        // part of what it computes.
+        identity.resources = Default::default();
         let canonical = serde_json::to_string(&identity).expect("a spec serializes");
         let digest = Sha256::digest(canonical.as_bytes());
         digest.iter().take(6).map(|b| format!("{b:02x}")).collect()

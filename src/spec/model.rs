@@ -240,8 +240,11 @@ impl EvalSpec {
 pub struct ResourcesSpec {
     /// `auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// Trials run at once on each GPU.
     pub slots_per_gpu: usize,
-    /// libtorch intra-op threads per trial (0: libtorch's default).
+    /// Trials run at once on the CPU (0: one per core, never more than there are trials).
+    pub cpu_slots: usize,
+    /// libtorch intra-op threads per trial (0: the cores shared among the slots in use).
     pub threads: usize,
 }
 
@@ -250,6 +253,7 @@ impl Default for ResourcesSpec {
         Self {
             device: "auto".into(),
             slots_per_gpu: 2,
+            cpu_slots: 0,
             threads: 0,
         }
     }

@@ -44,6 +44,10 @@ pub fn validate(spec: &Spec) -> Result<()> {
         ("eval.episodes", spec.eval.episodes as i64),
         ("eval.samples", spec.eval.samples),
         ("eval.langevin_samples", spec.eval.langevin_samples),
+        (
+            "resources.slots_per_gpu",
+            spec.resources.slots_per_gpu as i64,
+        ),
     ];
     for (key, value) in positive {
         ensure!(value >= 1, "{key} must be at least 1, got {value}");

@@ -7,9 +7,9 @@ mod recorder;
 mod records;
 mod status;
 
-pub use recorder::TrialRecorder;
-pub use records::{now, TrialStatus};
-pub use status::{parse_timestamp, StoredTrial, TrialStatusRow};
+pub use recorder::{heartbeat_interval, TrialRecorder};
+pub use records::{hostname, now, TrialStatus};
+pub use status::{parse_timestamp, RunningTrial, StoredTrial, TrialStatusRow};
 
 pub use query::QueryResult;
 

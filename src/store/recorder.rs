@@ -1,28 +1,85 @@
 //! Records one trial into the results store as it runs: its status, batched metric rows,
-//! checkpoints (with sha256), evaluations and their episodes.
+//! checkpoints (with sha256), evaluations and their episodes, and a heartbeat from a
+//! thread of its own while the trial runs (so a process that dies without a word is seen).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
 use tokio::runtime::Runtime;
+use tracing::warn;
 
 use super::{MetricRow, Store, TrialStatus};
 use crate::eval::{EpisodeRecord, EvalSummary};
 use crate::spec::Spec;
+use crate::train::checkpoint::file_sha256;
 use crate::train::CheckpointFiles;
 use crate::trial::{MetricsRow, TrialObserver};
 
 /// Metric rows buffered before a write (a write also happens at every checkpoint).
 const FLUSH_ROWS: usize = 2000;
+/// Seconds between heartbeats unless `EBMLAB_HEARTBEAT_SECONDS` says otherwise.
+const HEARTBEAT_SECONDS: f64 = 5.0;
+
+/// How often running trials write their heartbeat.
+pub fn heartbeat_interval() -> Duration {
+    let seconds = std::env::var("EBMLAB_HEARTBEAT_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .unwrap_or(HEARTBEAT_SECONDS);
+    Duration::from_secs_f64(seconds)
+}
 
 pub struct TrialRecorder {
     runtime: Runtime,
     store: Store,
+    db: PathBuf,
     experiment: String,
     trial: String,
     pending: Vec<MetricRow>,
+    /// The latest step seen, shared with the heartbeat thread.
+    step: Arc<AtomicU64>,
+    heartbeat: Option<Heartbeat>,
+}
+
+/// The thread that writes a trial's heartbeat and step until told to stop.
+struct Heartbeat {
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Heartbeat {
+    fn start(db: PathBuf, experiment: String, trial: String, step: Arc<AtomicU64>) -> Self {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let interval = heartbeat_interval();
+        let thread = std::thread::spawn(move || {
+            let beat = async {
+                let store = Store::open(&db).await?;
+                // Wake every interval until the sender says stop (or is dropped).
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    let step = step.load(Ordering::Relaxed);
+                    if let Err(e) = store.heartbeat(&experiment, &trial, step).await {
+                        warn!("heartbeat of trial {trial}: {e:#}");
+                    }
+                }
+                anyhow::Ok(())
+            };
+            if let Err(e) = super::block_on(beat) {
+                warn!("heartbeat thread: {e:#}");
+            }
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
 }
 
 impl TrialRecorder {
@@ -56,22 +113,35 @@ impl TrialRecorder {
         Ok(Self {
             runtime,
             store,
+            db: db.to_owned(),
             experiment,
             trial,
             pending: Vec::new(),
+            step: Arc::new(AtomicU64::new(0)),
+            heartbeat: None,
         })
     }
 
-    /// The trial starts running in this process on `device`.
+    /// The trial starts running in this process on `device`; heartbeats begin.
     pub fn started(&mut self, device: &str) -> Result<()> {
         self.runtime.block_on(
             self.store
                 .start_trial(&self.experiment, &self.trial, device),
-        )
+        )?;
+        self.heartbeat = Some(Heartbeat::start(
+            self.db.clone(),
+            self.experiment.clone(),
+            self.trial.clone(),
+            Arc::clone(&self.step),
+        ));
+        Ok(())
     }
 
     /// The trial ended with `status` (and the reason, when it failed).
     pub fn finished(&mut self, status: TrialStatus, error: Option<&str>) -> Result<()> {
+        if let Some(heartbeat) = self.heartbeat.take() {
+            heartbeat.stop();
+        }
         self.flush()?;
         self.runtime.block_on(
             self.store
@@ -87,6 +157,7 @@ impl TrialRecorder {
 
 impl TrialObserver for TrialRecorder {
     fn metrics(&mut self, row: &MetricsRow) -> Result<()> {
+        self.step.store(row.step, Ordering::Relaxed);
         let step = row.step as i64;
         let values = [
             ("lr", row.lr),
@@ -116,12 +187,11 @@ impl TrialObserver for TrialRecorder {
 
     fn checkpoint(&mut self, files: &CheckpointFiles) -> Result<()> {
         self.flush()?;
-        let bytes = std::fs::read(&files.model)
-            .with_context(|| format!("reading {}", files.model.display()))?;
-        let sha = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>();
+        self.step.store(files.step, Ordering::Relaxed);
+        let sha = file_sha256(&files.model)?;
+        let bytes = std::fs::metadata(&files.model)
+            .with_context(|| format!("reading {}", files.model.display()))?
+            .len();
         let (experiment, trial) = (&self.experiment, &self.trial);
         self.runtime.block_on(async {
             self.store
@@ -131,7 +201,7 @@ impl TrialObserver for TrialRecorder {
                     files.step,
                     &files.model.display().to_string(),
                     &sha,
-                    bytes.len() as u64,
+                    bytes,
                 )
                 .await?;
             self.store.heartbeat(experiment, trial, files.step).await
@@ -146,5 +216,20 @@ impl TrialObserver for TrialRecorder {
                     .add_evaluation(&self.experiment, &self.trial, summary, episodes),
             )
             .map(|_| ())
+    }
+
+    fn recorded_checkpoint(&mut self, step: u64) -> Result<Option<String>> {
+        self.runtime.block_on(
+            self.store
+                .checkpoint_sha256(&self.experiment, &self.trial, step),
+        )
+    }
+}
+
+impl Drop for TrialRecorder {
+    fn drop(&mut self) {
+        if let Some(heartbeat) = self.heartbeat.take() {
+            heartbeat.stop();
+        }
     }
 }

@@ -28,6 +28,18 @@ impl TrialStatus {
     }
 }
 
+/// This machine's name, as recorded beside a running trial's pid.
+pub fn hostname() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer we own.
+    let ok = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) } == 0;
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    match std::str::from_utf8(&buffer[..end]) {
+        Ok(name) if ok && !name.is_empty() => name.to_owned(),
+        _ => "localhost".into(),
+    }
+}
+
 /// Current UTC time as ISO-8601 text (portable between SQLite and PostgreSQL).
 pub fn now() -> String {
     let d = std::time::SystemTime::now()
@@ -95,7 +107,7 @@ impl Store {
 
     /// Marks a trial running in this process (one more attempt).
     pub async fn start_trial(&self, experiment: &str, id: &str, device: &str) -> Result<()> {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        let host = hostname();
         let now = now();
         sqlx::query(
             "UPDATE trials SET status = 'running', attempt = attempt + 1, pid = ?, host = ?, \
@@ -114,14 +126,19 @@ impl Store {
         Ok(())
     }
 
+    /// The trial is alive at `step` (0: no step yet, the recorded one stays).
     pub async fn heartbeat(&self, experiment: &str, id: &str, step: u64) -> Result<()> {
-        sqlx::query("UPDATE trials SET heartbeat_at = ?, step = ? WHERE experiment = ? AND id = ?")
-            .bind(now())
-            .bind(step as i64)
-            .bind(experiment)
-            .bind(id)
-            .execute(self.pool())
-            .await?;
+        sqlx::query(
+            "UPDATE trials SET heartbeat_at = ?, step = CASE WHEN ? > 0 THEN ? ELSE step END \
+             WHERE experiment = ? AND id = ? AND status = 'running'",
+        )
+        .bind(now())
+        .bind(step as i64)
+        .bind(step as i64)
+        .bind(experiment)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 
@@ -144,6 +161,60 @@ impl Store {
         .execute(self.pool())
         .await?;
         Ok(())
+    }
+
+    /// Ends a trial that is still `running` (a worker that died without recording its
+    /// end); returns whether it was.
+    pub async fn end_if_running(
+        &self,
+        experiment: &str,
+        id: &str,
+        status: TrialStatus,
+        error: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE trials SET status = ?, error = ?, finished_at = ?, pid = NULL \
+             WHERE experiment = ? AND id = ? AND status = 'running'",
+        )
+        .bind(status.as_str())
+        .bind(error)
+        .bind(now())
+        .bind(experiment)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The sha256 recorded for a trial's checkpoint at `step`.
+    pub async fn checkpoint_sha256(
+        &self,
+        experiment: &str,
+        trial: &str,
+        step: u64,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT sha256 FROM checkpoints WHERE experiment = ? AND trial = ? AND step = ?",
+        )
+        .bind(experiment)
+        .bind(trial)
+        .bind(step as i64)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Steps of a trial's recorded checkpoints that have no evaluation yet.
+    pub async fn unevaluated_checkpoints(&self, experiment: &str, trial: &str) -> Result<Vec<u64>> {
+        let steps: Vec<i64> = sqlx::query_scalar(
+            "SELECT c.step FROM checkpoints c WHERE c.experiment = ? AND c.trial = ? \
+             AND NOT EXISTS (SELECT 1 FROM evaluations e WHERE e.experiment = c.experiment \
+             AND e.trial = c.trial AND e.step = c.step) ORDER BY c.step",
+        )
+        .bind(experiment)
+        .bind(trial)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(steps.into_iter().map(|s| s as u64).collect())
     }
 
     pub async fn add_checkpoint(

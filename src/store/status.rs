@@ -143,3 +143,44 @@ impl Store {
             .collect()
     }
 }
+
+/// A trial recorded as running: where, and when it last gave a sign of life.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningTrial {
+    pub id: String,
+    pub pid: Option<i64>,
+    pub host: Option<String>,
+    pub heartbeat_at: Option<String>,
+}
+
+impl Store {
+    /// One recorded trial.
+    pub async fn stored_trial(&self, experiment: &str, id: &str) -> Result<StoredTrial> {
+        let trials = self.experiment_trials(experiment).await?;
+        trials
+            .into_iter()
+            .find(|t| t.id == id)
+            .ok_or_else(|| anyhow::anyhow!("no trial {id} of experiment `{experiment}`"))
+    }
+
+    /// The trials of `experiment` recorded as running.
+    pub async fn running_trials(&self, experiment: &str) -> Result<Vec<RunningTrial>> {
+        let rows = sqlx::query(
+            "SELECT id, pid, host, heartbeat_at FROM trials \
+             WHERE experiment = ? AND status = 'running' ORDER BY id",
+        )
+        .bind(experiment)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RunningTrial {
+                    id: r.try_get("id")?,
+                    pid: r.try_get("pid")?,
+                    host: r.try_get("host")?,
+                    heartbeat_at: r.try_get("heartbeat_at")?,
+                })
+            })
+            .collect()
+    }
+}

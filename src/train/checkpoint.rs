@@ -77,6 +77,16 @@ pub fn saved_steps(dir: &Path) -> Result<Vec<u64>> {
     Ok(steps)
 }
 
+/// Hex sha256 of a file (checkpoints are recorded and verified by it).
+pub fn file_sha256(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// The latest complete checkpoint in `dir`.
 pub fn latest(dir: &Path) -> Result<CheckpointFiles> {
     match saved_steps(dir)?.last() {

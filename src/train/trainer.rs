@@ -227,10 +227,17 @@ impl Trainer {
     pub fn save_checkpoint(&self, dir: &Path) -> Result<CheckpointFiles> {
         write_run_files(dir, &self.spec, &self.normalizer)?;
         let files = CheckpointFiles::in_dir(dir, self.step);
+        // Written under temporary names and renamed, the optimizer file last: a process
+        // killed mid-save leaves no half-written checkpoint that `saved_steps` would list.
+        let (model_tmp, optim_tmp) = (temporary(&files.model), temporary(&files.optimizer));
         self.vs
-            .save(&files.model)
-            .with_context(|| format!("writing {}", files.model.display()))?;
-        self.adam.save(&files.optimizer)?;
+            .save(&model_tmp)
+            .with_context(|| format!("writing {}", model_tmp.display()))?;
+        self.adam.save(&optim_tmp)?;
+        for (tmp, path) in [(&model_tmp, &files.model), (&optim_tmp, &files.optimizer)] {
+            std::fs::rename(tmp, path)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        }
         Ok(files)
     }
 
@@ -250,6 +257,13 @@ impl Trainer {
         self.step = files.step;
         Ok(())
     }
+}
+
+/// A sibling file name that `saved_steps` ignores (it keeps the `.safetensors` ending,
+/// which tells tch the format).
+fn temporary(path: &Path) -> std::path::PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".partial.{name}"))
 }
 
 /// libtorch takes a non-negative i64 seed.

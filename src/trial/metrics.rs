@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::warn;
 
 /// An append-only CSV file of serializable rows with a `step` column first.
 pub struct CsvLog {
@@ -15,7 +16,8 @@ pub struct CsvLog {
 }
 
 impl CsvLog {
-    /// Opens `path` for appending, first dropping rows whose step is past `keep_until`.
+    /// Opens `path` for appending, first dropping rows whose step is past `keep_until`
+    /// and a last row cut short (a process killed while writing it).
     pub fn open<T: Serialize + DeserializeOwned>(
         path: &Path,
         keep_until: u64,
@@ -25,24 +27,40 @@ impl CsvLog {
         if path.exists() {
             let mut reader = csv::Reader::from_path(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            for row in reader.deserialize::<T>() {
-                let row = row.with_context(|| format!("reading a row of {}", path.display()))?;
-                if step_of(&row) <= keep_until {
-                    kept.push(row);
+            let mut rows = reader.deserialize::<T>().peekable();
+            while let Some(row) = rows.next() {
+                match row {
+                    Ok(row) if step_of(&row) <= keep_until => kept.push(row),
+                    Ok(_) => {}
+                    Err(e) if rows.peek().is_none() => {
+                        warn!("{}: dropping a torn last row ({e})", path.display())
+                    }
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("reading a row of {}", path.display()))
+                    }
                 }
             }
         }
+        // The kept rows replace the file in one rename, so a kill cannot leave it half
+        // rewritten.
+        let partial = path.with_extension("csv.partial");
+        let mut rewrite = csv::Writer::from_path(&partial)
+            .with_context(|| format!("writing {}", partial.display()))?;
+        for row in &kept {
+            rewrite.serialize(row)?;
+        }
+        rewrite.flush()?;
+        drop(rewrite);
+        fs::rename(&partial, path).with_context(|| format!("replacing {}", path.display()))?;
         let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
+            .append(true)
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
-        let mut writer = csv::Writer::from_writer(file);
-        for row in &kept {
-            writer.serialize(row)?;
-        }
-        writer.flush()?;
+        // The header is written with the first row, so only when no row was kept.
+        let writer = csv::WriterBuilder::new()
+            .has_headers(kept.is_empty())
+            .from_writer(file);
         Ok(Self {
             path: path.to_owned(),
             writer,
@@ -59,5 +77,60 @@ impl CsvLog {
         self.writer
             .flush()
             .with_context(|| format!("writing {}", self.path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
+    struct Row {
+        step: u64,
+        value: f64,
+    }
+
+    #[test]
+    fn reopening_cuts_back_to_the_step_and_drops_a_torn_last_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.csv");
+        let mut log = CsvLog::open::<Row>(&path, 0, |r| r.step).unwrap();
+        for step in 1..=5 {
+            log.append(&Row { step, value: 0.5 }).unwrap();
+        }
+        log.flush().unwrap();
+        drop(log);
+        // A process killed mid-write leaves half a row.
+        let mut text = fs::read_to_string(&path).unwrap();
+        text.push_str("6,0.");
+        text.truncate(text.len() - 1);
+        fs::write(&path, format!("{text}\n7")).unwrap();
+        let mut log = CsvLog::open::<Row>(&path, 3, |r| r.step).unwrap();
+        log.append(&Row {
+            step: 4,
+            value: 1.0,
+        })
+        .unwrap();
+        log.flush().unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "step,value\n1,0.5\n2,0.5\n3,0.5\n4,1.0\n"
+        );
+        // A bad row in the middle is an error that names the file.
+        fs::write(&path, "step,value\n1,0.5\nx\n3,0.5\n").unwrap();
+        let err = CsvLog::open::<Row>(&path, 9, |r| r.step).err().unwrap();
+        assert!(format!("{err:#}").contains("m.csv"), "{err:#}");
+        // Nothing kept: the header comes with the first row.
+        let mut log = CsvLog::open::<Row>(&path.with_file_name("n.csv"), 0, |r| r.step).unwrap();
+        log.append(&Row {
+            step: 1,
+            value: 2.0,
+        })
+        .unwrap();
+        log.flush().unwrap();
+        assert_eq!(
+            fs::read_to_string(path.with_file_name("n.csv")).unwrap(),
+            "step,value\n1,2.0\n"
+        );
     }
 }

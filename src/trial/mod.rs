@@ -109,6 +109,11 @@ pub trait TrialObserver {
     fn checkpoint(&mut self, files: &CheckpointFiles) -> Result<()>;
     /// An evaluation finished (periodic or final).
     fn evaluation(&mut self, summary: &EvalSummary, episodes: &[EpisodeRecord]) -> Result<()>;
+    /// The sha256 recorded for the checkpoint at `step`, if one was recorded: a trial
+    /// resumes only from a checkpoint whose file still has it.
+    fn recorded_checkpoint(&mut self, _step: u64) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// An observer that keeps nothing (the trial's files are still written).
@@ -131,6 +136,9 @@ impl TrialObserver for NoObserver {
 pub struct TrialOptions {
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Leave the periodic evaluations (`train.eval_every`) to separate evaluation jobs:
+    /// the trial keeps a checkpoint at each evaluation step instead of evaluating.
+    pub defer_evaluations: bool,
 }
 
 /// The demonstrations a spec asks for.
@@ -224,11 +232,11 @@ pub fn run_trial(
 
     // Continue from the latest checkpoint, if the trial ran before.
     let ckpt_dir = paths.checkpoints();
-    let resumed_from = match checkpoint::saved_steps(&ckpt_dir)?.last() {
-        Some(&step) => {
-            trainer.restore(&CheckpointFiles::in_dir(&ckpt_dir, step))?;
-            info!(step, "resumed from checkpoint");
-            Some(step)
+    let resumed_from = match verified_latest(&ckpt_dir, observer)? {
+        Some(files) => {
+            trainer.restore(&files)?;
+            info!(step = files.step, "resumed from checkpoint");
+            Some(files.step)
         }
         None => None,
     };
@@ -273,7 +281,9 @@ pub fn run_trial(
             bar.set_message(format!("loss {:.4}  {:.1} it/s", m.loss, rate));
         }
         // Evaluate before checkpointing: a trial killed in between redoes the evaluation.
-        if spec.train.eval_every > 0 && step % spec.train.eval_every == 0 && step != iterations {
+        let eval_step =
+            spec.train.eval_every > 0 && step % spec.train.eval_every == 0 && step != iterations;
+        if eval_step && !options.defer_evaluations {
             let (summary, episodes) = evaluate(spec, &task, &trainer, None)?;
             observer.evaluation(&summary, &episodes)?;
             bar.println(format!(
@@ -285,7 +295,8 @@ pub fn run_trial(
             eval_log.append(&summary)?;
             eval_log.flush()?;
         }
-        if step % spec.train.checkpoint_every == 0 || step == iterations {
+        let keep_for_evaluation = eval_step && options.defer_evaluations;
+        if step % spec.train.checkpoint_every == 0 || step == iterations || keep_for_evaluation {
             metrics_log.flush()?;
             let files = trainer.save_checkpoint(&ckpt_dir)?;
             observer.checkpoint(&files)?;
@@ -319,6 +330,26 @@ pub fn run_trial(
     )
     .with_context(|| format!("writing {}", paths.summary().display()))?;
     Ok(report)
+}
+
+/// The latest checkpoint in `dir` whose model file still has the sha256 recorded for it
+/// (a checkpoint never recorded is taken as it is; a changed one is passed over).
+fn verified_latest(
+    dir: &Path,
+    observer: &mut dyn TrialObserver,
+) -> Result<Option<CheckpointFiles>> {
+    for &step in checkpoint::saved_steps(dir)?.iter().rev() {
+        let files = CheckpointFiles::in_dir(dir, step);
+        match observer.recorded_checkpoint(step)? {
+            Some(recorded) if recorded != checkpoint::file_sha256(&files.model)? => warn!(
+                step,
+                file = %files.model.display(),
+                "checkpoint differs from its recorded sha256; using an earlier one"
+            ),
+            _ => return Ok(Some(files)),
+        }
+    }
+    Ok(None)
 }
 
 /// The report of a trial that already finished all its iterations.
