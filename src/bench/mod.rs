@@ -18,6 +18,8 @@ use crate::task::episode_seeds;
 use crate::task::particle::{ParticleConfig, ParticleTask};
 use crate::train::{LrSchedule, OptimConfig, Trainer, TrainingSet};
 
+mod orchestration;
+
 const REFERENCE_SCRIPT: &str = include_str!("reference.py");
 
 /// What to measure, and how often.
@@ -42,6 +44,10 @@ pub struct BenchOptions {
     pub eval_samples: i64,
     /// Python with torch for the reference figures; `None` skips them.
     pub python: Option<PathBuf>,
+    /// Per-trial overhead of the scheduler, over this many trivial trials (0: skip).
+    pub overhead_trials: usize,
+    /// Metric rows written to a results store (0: skip).
+    pub ingest_rows: usize,
 }
 
 /// One figure.
@@ -56,6 +62,9 @@ pub struct BenchRecord {
     pub repeats: usize,
     pub median_ms: f64,
     pub min_ms: f64,
+    /// Items (rows) per second at the median, for throughput figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_second: Option<f64>,
 }
 
 fn time_ms(device: Device, warmup: usize, repeats: usize, mut work: impl FnMut()) -> Vec<f64> {
@@ -99,6 +108,7 @@ fn record(
         repeats: n,
         median_ms: median,
         min_ms: times[0],
+        per_second: None,
     }
 }
 
@@ -161,6 +171,15 @@ fn build_trainer(opts: &BenchOptions, spec: PolicySpec) -> Result<Trainer> {
 
 /// Runs the selected benchmarks, handing each figure to `emit` as soon as it is measured.
 pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()> {
+    if opts.overhead_trials > 0 {
+        orchestration::trial_overhead(opts.overhead_trials, &mut emit)?;
+    }
+    if opts.ingest_rows > 0 {
+        orchestration::metric_ingest(opts.ingest_rows, 8, &mut emit)?;
+    }
+    if !(opts.train_step || opts.dfo || opts.eval) {
+        return Ok(());
+    }
     let mut trainer = build_trainer(opts, ibc_spec(opts))?;
     let train_config = json!({
         "obs_dim": 8, "action_dim": 2, "hidden": opts.hidden, "blocks": 1,

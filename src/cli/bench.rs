@@ -16,6 +16,11 @@ pub enum BenchItem {
     Dfo,
     /// A whole evaluation: --eval-episodes episodes of 50 steps, DFO at every step.
     Eval,
+    /// The scheduler's per-trial overhead: --overhead-trials trivial trials, scheduled
+    /// on one CPU slot vs run in this process.
+    Orchestration,
+    /// Metric rows per second into a results store (one writer, then 8 at once).
+    Ingest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -62,6 +67,10 @@ pub struct BenchArgs {
     /// DFO samples per step in the evaluation.
     #[arg(long, default_value_t = 1024)]
     eval_samples: i64,
+    #[arg(long, default_value_t = 8)]
+    overhead_trials: usize,
+    #[arg(long, default_value_t = 200_000)]
+    ingest_rows: usize,
     /// Python with torch for the reference figures.
     #[arg(long, default_value = ".venv/bin/python")]
     python: PathBuf,
@@ -109,6 +118,16 @@ pub fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         eval_hidden: args.eval_hidden,
         eval_samples: args.eval_samples,
         python,
+        overhead_trials: if all || args.only.contains(&BenchItem::Orchestration) {
+            args.overhead_trials
+        } else {
+            0
+        },
+        ingest_rows: if all || args.only.contains(&BenchItem::Ingest) {
+            args.ingest_rows
+        } else {
+            0
+        },
     };
     run(&opts, |record| {
         println!(

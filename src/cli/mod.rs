@@ -125,6 +125,7 @@ impl SchedArgs {
             stale_after: std::time::Duration::from_secs(self.stale_after),
             cpu_slots: self.slots,
             progress: !self.quiet,
+            report_events: true,
         }
     }
 }

@@ -8,9 +8,8 @@ use anyhow::Result;
 use clap::Args;
 
 use super::{schedule_and_report, SchedArgs, SpecArgs};
-use crate::sched::Experiment;
+use crate::sched::{register_trials, Experiment};
 use crate::spec::{expand_trials, load_spec};
-use crate::store::{block_on, Store};
 use crate::trial::{completed_report, TrialPaths};
 
 #[derive(Debug, Args)]
@@ -42,25 +41,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
 
     let db = args.input.database();
-    // Every trial is known (pending) before the first starts: status and resume see them all.
-    block_on(async {
-        let store = Store::open(&db).await?;
-        store
-            .upsert_experiment(&loaded.spec.name, &args.input.spec.display().to_string())
-            .await?;
-        for plan in &plans {
-            store
-                .add_trial(
-                    &plan.spec.name,
-                    &plan.id(),
-                    &serde_json::to_string(&plan.overrides)?,
-                    &serde_json::to_string(&plan.spec)?,
-                    plan.spec.train.iterations,
-                )
-                .await?;
-        }
-        anyhow::Ok(())
-    })?;
+    register_trials(&db, &args.input.spec, &plans)?;
     let experiment = Experiment {
         name: loaded.spec.name.clone(),
         runs: args.input.runs.clone(),

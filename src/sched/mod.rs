@@ -3,12 +3,14 @@
 
 mod backend;
 mod jobs;
+mod register;
 mod slots;
 mod supervisor;
 mod worker;
 
 pub use backend::{Backend, Launch, LocalBackend, StopLevel, WorkerEnd, WorkerExit};
 pub use jobs::{evaluation_steps, liveness, pid_alive, Job, JobKind, Liveness};
+pub use register::register_trials;
 pub use slots::{plan_slots, Machine, Slot, SlotDevice};
 pub use supervisor::{
     describe_overrides, run_experiment, Experiment, RunOptions, RunSummary, WORKER_CANCELLED,

@@ -43,6 +43,8 @@ pub struct RunOptions {
     pub cpu_slots: Option<usize>,
     /// Progress bars on stderr.
     pub progress: bool,
+    /// A line on stdout for each job started and ended.
+    pub report_events: bool,
 }
 
 /// What a run did.
@@ -117,6 +119,9 @@ impl<'a> Dispatcher<'a> {
 
     /// A line for the user, above the progress bars when they are shown.
     fn say(&self, line: String) {
+        if !self.options.report_events {
+            return;
+        }
         if self.bars.is_hidden() {
             println!("{line}");
         } else {

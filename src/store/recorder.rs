@@ -20,8 +20,10 @@ use crate::train::checkpoint::file_sha256;
 use crate::train::CheckpointFiles;
 use crate::trial::{MetricsRow, TrialObserver};
 
-/// Metric rows buffered before a write (a write also happens at every checkpoint).
+/// Metric rows buffered before a write (a write also happens at every checkpoint, and
+/// after `FLUSH_SECONDS` so that listings of running trials stay current).
 const FLUSH_ROWS: usize = 2000;
+const FLUSH_SECONDS: u64 = 10;
 /// Seconds between heartbeats unless `EBMLAB_HEARTBEAT_SECONDS` says otherwise.
 const HEARTBEAT_SECONDS: f64 = 5.0;
 
@@ -42,6 +44,7 @@ pub struct TrialRecorder {
     experiment: String,
     trial: String,
     pending: Vec<MetricRow>,
+    last_flush: std::time::Instant,
     /// The latest step seen, shared with the heartbeat thread.
     step: Arc<AtomicU64>,
     heartbeat: Option<Heartbeat>,
@@ -117,6 +120,7 @@ impl TrialRecorder {
             experiment,
             trial,
             pending: Vec::new(),
+            last_flush: std::time::Instant::now(),
             step: Arc::new(AtomicU64::new(0)),
             heartbeat: None,
         })
@@ -150,6 +154,7 @@ impl TrialRecorder {
     }
 
     fn flush(&mut self) -> Result<()> {
+        self.last_flush = std::time::Instant::now();
         let rows = std::mem::take(&mut self.pending);
         self.runtime.block_on(self.store.insert_metrics(&rows))
     }
@@ -179,7 +184,9 @@ impl TrialObserver for TrialRecorder {
                 wall_time: row.wall_seconds,
             });
         }
-        if self.pending.len() >= FLUSH_ROWS {
+        if self.pending.len() >= FLUSH_ROWS
+            || self.last_flush.elapsed() >= Duration::from_secs(FLUSH_SECONDS)
+        {
             self.flush()?;
         }
         Ok(())

@@ -29,8 +29,9 @@ impl Store {
     pub async fn trial_status(&self, experiment: Option<&str>) -> Result<Vec<TrialStatusRow>> {
         let sql = "SELECT t.experiment, t.id, t.overrides, t.status, t.iterations, t.device, \
              t.attempt, t.heartbeat_at, t.error, \
-             COALESCE((SELECT MAX(l.step) FROM metrics_latest l \
-                       WHERE l.experiment = t.experiment AND l.trial = t.id), t.step) AS step, \
+             (SELECT CASE WHEN MAX(l.step) > t.step THEN MAX(l.step) ELSE t.step END \
+              FROM metrics_latest l WHERE l.experiment = t.experiment AND l.trial = t.id) \
+              AS step, \
              (SELECT l.value FROM metrics_latest l WHERE l.experiment = t.experiment \
                  AND l.trial = t.id AND l.name = 'loss') AS loss, \
              e.success_rate, e.ci_low, e.ci_high \

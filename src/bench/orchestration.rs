@@ -1,0 +1,177 @@
+//! What the orchestration costs: the time a scheduled trial spends outside its own work
+//! (worker process start, libtorch load, database open, recording), and how many metric
+//! rows per second the results store takes in.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{ensure, Result};
+use serde_json::json;
+
+use super::BenchRecord;
+use crate::sched::{register_trials, run_experiment, Experiment, LocalBackend, RunOptions};
+use crate::spec::{expand_trials, load_spec_with_env};
+use crate::store::{block_on, MetricRow, Store};
+use crate::trial::{run_trial, NoObserver, TrialOptions};
+
+/// A trial with almost no work: one iteration of a tiny net, one short episode.
+const TRIVIAL: &str = "name = \"bench-trivial\"\n\
+    [data]\ndemos = 2\n\
+    [policy]\nhidden = 8\n\
+    [train]\niterations = 1\nbatch_size = 4\ncheckpoint_every = 1\neval_every = 0\nlog_every = 1\n\
+    [train.negatives]\nkind = \"uniform\"\ncount = 4\n\
+    [eval]\nepisodes = 1\nsamples = 8\n\
+    [resources]\ndevice = \"cpu\"\n";
+
+fn figure(bench: &str, config: serde_json::Value, ms: f64, per_second: Option<f64>) -> BenchRecord {
+    BenchRecord {
+        bench: bench.into(),
+        implementation: "ebmlab".into(),
+        device: "cpu".into(),
+        threads: tch::get_num_threads() as i64,
+        config,
+        repeats: 1,
+        median_ms: ms,
+        min_ms: ms,
+        per_second,
+    }
+}
+
+/// `trials` trivial trials through the scheduler on one slot, against the same trials
+/// run in this process: the difference per trial is the orchestration's overhead.
+pub fn trial_overhead(trials: usize, emit: &mut dyn FnMut(&BenchRecord)) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec_path = dir.path().join("trivial.toml");
+    let seeds: Vec<String> = (0..trials).map(|s| s.to_string()).collect();
+    std::fs::write(
+        &spec_path,
+        format!(
+            "{TRIVIAL}[sweep]\n\"train.seed\" = [{}]\n",
+            seeds.join(", ")
+        ),
+    )?;
+    let spec = load_spec_with_env(&spec_path, &[], Vec::new())?.spec;
+    let plans = expand_trials(&spec)?;
+
+    // In this process, without a store: the trials' own work.
+    let inline_runs = dir.path().join("inline");
+    let started = Instant::now();
+    for plan in &plans {
+        run_trial(
+            &plan.spec,
+            &inline_runs,
+            &TrialOptions::default(),
+            &AtomicBool::new(false),
+            &mut NoObserver,
+        )?;
+    }
+    let inline_ms = started.elapsed().as_secs_f64() * 1e3 / trials as f64;
+
+    let experiment = Experiment {
+        name: spec.name.clone(),
+        runs: dir.path().join("scheduled"),
+        db: dir.path().join("scheduled/ebmlab.sqlite"),
+    };
+    register_trials(&experiment.db, &spec_path, &plans)?;
+    let options = RunOptions {
+        fail_fast: false,
+        max_retries: 0,
+        stale_after: std::time::Duration::from_secs(60),
+        cpu_slots: Some(1),
+        progress: false,
+        report_events: false,
+    };
+    let ids: Vec<String> = plans.iter().map(|p| p.id()).collect();
+    let started = Instant::now();
+    let summary = run_experiment(&experiment, &ids, &options, &LocalBackend)?;
+    let scheduled_ms = started.elapsed().as_secs_f64() * 1e3 / trials as f64;
+    ensure!(
+        summary.succeeded == trials && summary.failures.is_empty(),
+        "the trivial trials did not all complete: {:?}",
+        summary.failures
+    );
+    let config = json!({"trials": trials, "slots": 1, "iterations": 1, "hidden": 8});
+    emit(&figure("trial_in_process", config.clone(), inline_ms, None));
+    emit(&figure(
+        "trial_scheduled",
+        config.clone(),
+        scheduled_ms,
+        None,
+    ));
+    emit(&figure(
+        "trial_overhead",
+        config,
+        scheduled_ms - inline_ms,
+        None,
+    ));
+    Ok(())
+}
+
+/// Metric rows written the way a trial's recorder writes them (batches of 2,000), by one
+/// writer and by `writers` concurrent ones.
+pub fn metric_ingest(
+    rows: usize,
+    writers: usize,
+    emit: &mut dyn FnMut(&BenchRecord),
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let batch = |writer: usize, start: usize, n: usize| -> Vec<MetricRow> {
+        (start..start + n)
+            .map(|i| MetricRow {
+                experiment: "bench".into(),
+                trial: format!("w{writer}"),
+                step: (i / 8) as i64,
+                name: format!("m{}", i % 8),
+                value: i as f64,
+                wall_time: 0.0,
+            })
+            .collect()
+    };
+    let write_all = |db: &Path, writer: usize, n: usize| -> Result<()> {
+        block_on(async {
+            let store = Store::open(db).await?;
+            for start in (0..n).step_by(2000) {
+                store
+                    .insert_metrics(&batch(writer, start, 2000.min(n - start)))
+                    .await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let single = dir.path().join("single.sqlite");
+    block_on(Store::open(&single))?;
+    let started = Instant::now();
+    write_all(&single, 0, rows)?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    emit(&figure(
+        "metric_ingest",
+        json!({"rows": rows, "writers": 1, "batch": 2000}),
+        ms,
+        Some(rows as f64 / (ms / 1e3)),
+    ));
+
+    let shared = dir.path().join("shared.sqlite");
+    block_on(Store::open(&shared))?;
+    let per_writer = rows / writers;
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let shared = &shared;
+                scope.spawn(move || write_all(shared, w, per_writer))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().expect("writer thread"))
+    })?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    emit(&figure(
+        "metric_ingest",
+        json!({"rows": per_writer * writers, "writers": writers, "batch": 2000}),
+        ms,
+        Some((per_writer * writers) as f64 / (ms / 1e3)),
+    ));
+    Ok(())
+}
