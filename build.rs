@@ -6,6 +6,8 @@
 //! library (nothing references it by symbol) and `tch` would only ever see the CPU.
 
 fn main() {
+    // `sqlx::migrate!` embeds migrations/ at compile time; rebuild when they change.
+    println!("cargo:rerun-if-changed=migrations");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib_dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         println!("cargo:warning=torch-sys did not report a libtorch directory; no rpath embedded");

@@ -9,6 +9,7 @@ pub mod data;
 pub mod eval;
 pub mod plot;
 pub mod policy;
+pub mod report;
 pub mod sched;
 pub mod spec;
 pub mod store;

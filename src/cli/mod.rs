@@ -5,6 +5,7 @@ mod data;
 mod eval;
 mod export;
 mod query;
+mod report;
 mod resume;
 mod run;
 mod status;
@@ -66,6 +67,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Read-only SQL over the results database.
     Query(query::QueryArgs),
+    /// Markdown/HTML report of experiments beside IBC's published numbers.
+    Report(report::ReportArgs),
     /// Throughput figures as JSON lines, beside a PyTorch eager reference.
     Bench(bench::BenchArgs),
     /// One job of a run (started by the scheduler, not by hand).
@@ -204,6 +207,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Query(args) => query::run(args),
         Command::Export(args) => export::run(args),
+        Command::Report(args) => report::run(args),
         Command::Bench(args) => bench::run_bench(args),
         Command::Worker(args) => worker::run(args),
     };

@@ -306,7 +306,10 @@ impl<'a> Dispatcher<'a> {
         let spec = &self.specs[&job.trial];
         let dir = TrialPaths::new(&self.experiment.runs, spec).dir;
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let log = dir.join("worker.log");
+        let log = dir.join(match job.kind {
+            JobKind::Train => "worker.log".to_owned(),
+            JobKind::Evaluate { step } => format!("evaluate_step_{step:07}.log"),
+        });
         let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
         let (device, visible) = match &slot.device {
             SlotDevice::Cpu => ("cpu", String::new()),

@@ -5,10 +5,12 @@
 mod query;
 mod recorder;
 mod records;
+mod report;
 mod status;
 
 pub use recorder::{heartbeat_interval, TrialRecorder};
 pub use records::{hostname, now, TrialStatus};
+pub use report::{Baseline, CurvePoint, ReportEvaluation, ReportTrial};
 pub use status::{parse_timestamp, RunningTrial, StoredTrial, TrialStatusRow};
 
 pub use query::QueryResult;
@@ -29,8 +31,6 @@ pub const DEFAULT_DB: &str = "runs/ebmlab.sqlite";
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Rows per INSERT statement (SQLite allows 32,766 bound values).
 const ROWS_PER_STATEMENT: usize = 500;
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// One metric value of one trial at one step.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,7 +66,10 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("opening results database {}", path.display()))?;
-        MIGRATOR
+        // Migrations only add: a database already migrated by a newer ebmlab stays usable.
+        let mut migrator = sqlx::migrate!("./migrations");
+        migrator.set_ignore_missing(true);
+        migrator
             .run(&pool)
             .await
             .with_context(|| format!("migrating {}", path.display()))?;

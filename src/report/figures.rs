@@ -1,0 +1,294 @@
+//! The report's PNG figures (plotters): learning curves per setting, success rate against
+//! a swept key beside IBC's points, and a grid of evaluation trajectories.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+
+/// One seed's curves: (step, value) points.
+#[derive(Debug, Clone, Default)]
+pub struct SeedCurves {
+    pub label: String,
+    pub loss: Vec<(f64, f64)>,
+    pub success: Vec<(f64, f64)>,
+}
+
+/// A line of points with 95% intervals: (x, rate, low, high).
+#[derive(Debug, Clone)]
+pub struct RateSeries {
+    pub label: String,
+    pub points: Vec<(f64, f64, f64, f64)>,
+}
+
+/// One evaluation episode to draw: positions (first two dimensions), the goals, outcome.
+#[derive(Debug, Clone)]
+pub struct TrajectoryPanel {
+    pub title: String,
+    pub positions: Vec<(f64, f64)>,
+    pub first_goal: (f64, f64),
+    pub second_goal: (f64, f64),
+    pub success: bool,
+}
+
+type Fallible = Result<(), Box<dyn std::error::Error>>;
+
+fn wrap(path: &Path, draw: impl FnOnce() -> Fallible) -> Result<()> {
+    draw().map_err(|e| anyhow!("drawing {}: {e}", path.display()))
+}
+
+/// Mean and standard deviation over seeds at the steps every seed logged.
+fn mean_band(series: &[&[(f64, f64)]]) -> Vec<(f64, f64, f64)> {
+    let mut at: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+    for points in series {
+        for &(x, y) in points.iter() {
+            at.entry(x as i64).or_default().push(y);
+        }
+    }
+    at.into_iter()
+        .filter(|(_, ys)| ys.len() == series.len())
+        .map(|(x, ys)| {
+            let n = ys.len() as f64;
+            let mean = ys.iter().sum::<f64>() / n;
+            let var = ys.iter().map(|y| (y - mean).powi(2)).sum::<f64>() / n;
+            (x as f64, mean, var.sqrt())
+        })
+        .collect()
+}
+
+fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if lo > hi {
+        (0.0, 1.0)
+    } else if (hi - lo).abs() < 1e-12 {
+        (lo - 0.5, hi + 0.5)
+    } else {
+        (lo, hi)
+    }
+}
+
+/// Loss (left) and success rate (right) against step: one thin line per seed, the mean
+/// over seeds in black with a +-1 std band.
+pub fn learning_curves(path: &Path, title: &str, seeds: &[SeedCurves]) -> Result<()> {
+    wrap(path, || {
+        let root = BitMapBackend::new(path, (1100, 420)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let root = root.titled(title, ("sans-serif", 20))?;
+        let (left, right) = root.split_horizontally(550);
+        let max_step = range(
+            seeds
+                .iter()
+                .flat_map(|s| s.loss.iter().chain(&s.success).map(|p| p.0)),
+        )
+        .1
+        .max(1.0);
+        for (area, name, pick, log_y) in [
+            (&left, "loss", 0, true),
+            (&right, "success rate (evaluations)", 1, false),
+        ] {
+            let pick = |s: &SeedCurves| -> Vec<(f64, f64)> {
+                let points = if pick == 0 { &s.loss } else { &s.success };
+                points
+                    .iter()
+                    .filter(|p| !log_y || p.1 > 0.0)
+                    .map(|&(x, y)| (x, if log_y { y.log10() } else { y }))
+                    .collect()
+            };
+            let lines: Vec<Vec<(f64, f64)>> = seeds.iter().map(pick).collect();
+            let (y_lo, y_hi) = if log_y {
+                range(lines.iter().flatten().map(|p| p.1))
+            } else {
+                (0.0, 1.0)
+            };
+            let mut chart = ChartBuilder::on(area)
+                .caption(name, ("sans-serif", 16))
+                .margin(10)
+                .x_label_area_size(32)
+                .y_label_area_size(52)
+                .build_cartesian_2d(0f64..max_step, y_lo..y_hi + 1e-9)?;
+            chart
+                .configure_mesh()
+                .x_desc("step")
+                .y_desc(if log_y { "log10 loss" } else { "success" })
+                .draw()?;
+            let refs: Vec<&[(f64, f64)]> = lines.iter().map(|l| l.as_slice()).collect();
+            let band = mean_band(&refs);
+            if band.len() > 1 && seeds.len() > 1 {
+                let mut polygon: Vec<(f64, f64)> = band.iter().map(|b| (b.0, b.1 + b.2)).collect();
+                polygon.extend(band.iter().rev().map(|b| (b.0, b.1 - b.2)));
+                chart.draw_series(std::iter::once(Polygon::new(
+                    polygon,
+                    BLACK.mix(0.12).filled(),
+                )))?;
+            }
+            for (i, (line, seed)) in lines.iter().zip(seeds).enumerate() {
+                let color = Palette99::pick(i).to_rgba();
+                chart
+                    .draw_series(LineSeries::new(line.iter().copied(), color.stroke_width(1)))?
+                    .label(seed.label.clone())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+                if !log_y {
+                    chart.draw_series(line.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+                }
+            }
+            if seeds.len() > 1 && !band.is_empty() {
+                chart
+                    .draw_series(LineSeries::new(
+                        band.iter().map(|b| (b.0, b.1)),
+                        BLACK.stroke_width(2),
+                    ))?
+                    .label("mean over seeds")
+                    .legend(|(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 16, y)], BLACK.stroke_width(2))
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK.mix(0.3))
+                .draw()?;
+        }
+        root.present()?;
+        Ok(())
+    })
+}
+
+/// Success rate with 95% intervals against `x_label`, one line per series, IBC's
+/// published points as stars.
+pub fn success_against(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    series: &[RateSeries],
+    ibc: &[(String, f64, f64)],
+) -> Result<()> {
+    wrap(path, || {
+        let root = BitMapBackend::new(path, (760, 480)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let xs = series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.0))
+            .chain(ibc.iter().map(|p| p.1));
+        let (lo, hi) = range(xs);
+        let pad = (hi - lo).max(1.0) * 0.08;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(48)
+            .build_cartesian_2d(lo - pad..hi + pad, 0f64..1.05f64)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc("success rate")
+            .draw()?;
+        for (i, s) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(
+                    s.points.iter().map(|p| (p.0, p.1)),
+                    color.stroke_width(2),
+                ))?
+                .label(s.label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+            chart.draw_series(s.points.iter().map(|&(x, _, l, h)| {
+                ErrorBar::new_vertical(x, l, (l + h) / 2.0, h, color.stroke_width(2), 8)
+            }))?;
+            chart.draw_series(
+                s.points
+                    .iter()
+                    .map(|&(x, y, _, _)| Circle::new((x, y), 4, color.filled())),
+            )?;
+        }
+        if !ibc.is_empty() {
+            chart
+                .draw_series(ibc.iter().map(|(_, x, y)| {
+                    EmptyElement::at((*x, *y)) + Polygon::new(star(), RED.filled())
+                }))?
+                .label("IBC (published)")
+                .legend(|(x, y)| EmptyElement::at((x + 8, y)) + Polygon::new(star(), RED.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .draw()?;
+        root.present()?;
+        Ok(())
+    })
+}
+
+/// A five-pointed star in pixel offsets.
+fn star() -> Vec<(i32, i32)> {
+    (0..10)
+        .map(|k| {
+            let r = if k % 2 == 0 { 8.0 } else { 3.5 };
+            let a = std::f64::consts::PI * (k as f64 / 5.0 - 0.5);
+            ((r * a.cos()) as i32, (r * a.sin()) as i32)
+        })
+        .collect()
+}
+
+/// Episodes in a grid, four to a row: path, both goals, a green (success) or red
+/// (failure) frame.
+pub fn trajectory_grid(
+    path: &Path,
+    title: &str,
+    panels: &[TrajectoryPanel],
+    radius: f64,
+) -> Result<()> {
+    wrap(path, || {
+        let columns = 4;
+        let rows = panels.len().div_ceil(columns).max(1);
+        let root = BitMapBackend::new(path, (columns as u32 * 240, rows as u32 * 240 + 40))
+            .into_drawing_area();
+        root.fill(&WHITE)?;
+        let root = root.titled(title, ("sans-serif", 20))?;
+        let cells = root.split_evenly((rows, columns));
+        for (cell, panel) in cells.iter().zip(panels) {
+            let frame = if panel.success {
+                RGBColor(30, 150, 60)
+            } else {
+                RGBColor(210, 40, 40)
+            };
+            cell.draw(&Rectangle::new([(2, 2), (236, 236)], frame.stroke_width(3)))?;
+            let mut chart = ChartBuilder::on(cell)
+                .caption(&panel.title, ("sans-serif", 13))
+                .margin(8)
+                .build_cartesian_2d(-0.05f64..1.05f64, -0.05f64..1.05f64)?;
+            for (goal, color) in [
+                (panel.first_goal, RGBColor(34, 160, 60)),
+                (panel.second_goal, RGBColor(40, 90, 220)),
+            ] {
+                let circle: Vec<(f64, f64)> = (0..=32)
+                    .map(|k| {
+                        let a = k as f64 / 32.0 * std::f64::consts::TAU;
+                        (goal.0 + radius * a.cos(), goal.1 + radius * a.sin())
+                    })
+                    .collect();
+                chart.draw_series(std::iter::once(Polygon::new(
+                    circle,
+                    color.mix(0.35).filled(),
+                )))?;
+            }
+            chart.draw_series(LineSeries::new(
+                panel.positions.iter().copied(),
+                BLACK.stroke_width(2),
+            ))?;
+            if let Some(&start) = panel.positions.first() {
+                chart.draw_series(std::iter::once(TriangleMarker::new(start, 5, RED.filled())))?;
+            }
+        }
+        root.present()?;
+        Ok(())
+    })
+}

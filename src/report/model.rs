@@ -1,0 +1,313 @@
+//! The numbers of a report, computed from the store's rows alone: trials grouped into
+//! settings (their overrides without the seed), success pooled over the final evaluations'
+//! episodes with a Wilson interval, best checkpoints, speed, and the matching IBC number.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::eval::{wilson_interval, Z95};
+use crate::policy::ebm::NegativeKind;
+use crate::spec::Spec;
+use crate::store::{Baseline, CurvePoint, ReportEvaluation, ReportTrial};
+
+/// Everything the store holds about one experiment, as read for a report.
+#[derive(Debug, Clone)]
+pub struct ExperimentRows {
+    pub name: String,
+    pub trials: Vec<ReportTrial>,
+    pub evaluations: Vec<ReportEvaluation>,
+    pub curves: Vec<CurvePoint>,
+}
+
+/// One trial, digested.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrialDigest {
+    pub id: String,
+    pub status: String,
+    pub setting: String,
+    /// The trial's overrides without the seed.
+    pub overrides: BTreeMap<String, serde_json::Value>,
+    pub seed: u64,
+    pub policy: String,
+    pub variant: Option<String>,
+    pub n_dim: usize,
+    pub step: i64,
+    pub iterations: i64,
+    pub error: Option<String>,
+    /// The evaluation of the last step (only once the trial completed).
+    pub final_step_success: Option<(i64, i64)>,
+    /// The best evaluated checkpoint: (step, success rate).
+    pub best: Option<(i64, f64)>,
+    pub iterations_per_second: Option<f64>,
+}
+
+/// One setting (trials that differ only in their seed).
+#[derive(Debug, Clone, Serialize)]
+pub struct SettingRow {
+    pub experiment: String,
+    pub setting: String,
+    pub policy: String,
+    pub variant: Option<String>,
+    pub n_dim: usize,
+    pub trials: usize,
+    pub completed: usize,
+    pub seeds: Vec<u64>,
+    /// Episodes and successes of the completed trials' final evaluations, pooled.
+    pub episodes: i64,
+    pub successes: i64,
+    pub success_rate: Option<f64>,
+    pub ci_low: Option<f64>,
+    pub ci_high: Option<f64>,
+    /// Best checkpoint over the setting's trials: (trial, step, success rate).
+    pub best: Option<(String, i64, f64)>,
+    pub final_step: i64,
+    pub train_seconds: Option<f64>,
+    pub iterations_per_second: Option<f64>,
+    pub ibc: Option<IbcNumber>,
+    /// Percentage points from the IBC number.
+    pub difference_pp: Option<f64>,
+    /// Trials not completed, as `id (status)`.
+    pub unfinished: Vec<String>,
+}
+
+/// The published number a setting is compared with.
+#[derive(Debug, Clone, Serialize)]
+pub struct IbcNumber {
+    pub source: String,
+    pub success_rate: f64,
+    pub variant: Option<String>,
+    pub steps: Option<i64>,
+    pub note: String,
+}
+
+/// The spec keys a setting is named by (the seed is what varies within a setting).
+const SEED_KEY: &str = "train.seed";
+
+pub fn digest_trials(rows: &ExperimentRows) -> Result<Vec<TrialDigest>> {
+    let mut by_trial: BTreeMap<&str, Vec<&ReportEvaluation>> = BTreeMap::new();
+    for e in &rows.evaluations {
+        by_trial.entry(&e.trial).or_default().push(e);
+    }
+    let mut speed: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
+    for p in rows
+        .curves
+        .iter()
+        .filter(|p| p.name == "iterations_per_second")
+    {
+        let entry = speed.entry(&p.trial).or_default();
+        entry.0 += p.value;
+        entry.1 += 1;
+    }
+    rows.trials
+        .iter()
+        .map(|t| {
+            let spec: Spec = serde_json::from_str(&t.config_json)
+                .with_context(|| format!("trial {}: its recorded config", t.id))?;
+            let mut overrides: BTreeMap<String, serde_json::Value> =
+                serde_json::from_str(&t.overrides_json).unwrap_or_default();
+            overrides.remove(SEED_KEY);
+            let setting = if overrides.is_empty() {
+                "(base spec)".to_owned()
+            } else {
+                overrides
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.to_string().trim_matches('"')))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let evaluations = by_trial.get(t.id.as_str()).cloned().unwrap_or_default();
+            let final_step_success = evaluations
+                .iter()
+                .find(|e| e.step == t.iterations && t.status == "completed")
+                .map(|e| (e.successes, e.episodes));
+            let best = evaluations
+                .iter()
+                .max_by(|a, b| {
+                    a.success_rate
+                        .total_cmp(&b.success_rate)
+                        .then(b.step.cmp(&a.step))
+                })
+                .map(|e| (e.step, e.success_rate));
+            let variant = (spec.policy.kind == "ebm").then(|| {
+                match spec.train.negatives.kind {
+                    NegativeKind::Langevin => "langevin",
+                    NegativeKind::Uniform => "uniform",
+                }
+                .to_owned()
+            });
+            Ok(TrialDigest {
+                id: t.id.clone(),
+                status: t.status.clone(),
+                setting,
+                overrides,
+                seed: spec.train.seed,
+                policy: spec.policy.kind.clone(),
+                variant,
+                n_dim: spec.task.particle.n_dim,
+                step: t.step,
+                iterations: t.iterations,
+                error: t.error.clone(),
+                final_step_success,
+                best,
+                iterations_per_second: speed.get(t.id.as_str()).map(|(sum, n)| sum / *n as f64),
+            })
+        })
+        .collect()
+}
+
+/// The IBC number to put beside a setting: same task dimension and method with a stated
+/// success rate, preferring the same EBM variant (IBC's DFO-trained EBM uses uniform
+/// counter-examples) and a source with a step count.
+pub fn matching_baseline(
+    baselines: &[Baseline],
+    policy: &str,
+    variant: Option<&str>,
+    n_dim: usize,
+) -> Option<IbcNumber> {
+    let wanted = variant.map(|v| if v == "uniform" { "dfo" } else { v });
+    baselines
+        .iter()
+        .filter(|b| b.task == "particle" && b.n_dim == n_dim as i64 && b.method == policy)
+        .filter(|b| b.success_rate.is_some())
+        .min_by_key(|b| (b.variant.as_deref() != wanted, b.steps.is_none()))
+        .map(|b| IbcNumber {
+            source: b.source.clone(),
+            success_rate: b.success_rate.unwrap_or_default(),
+            variant: b.variant.clone(),
+            steps: b.steps,
+            note: b.note.clone(),
+        })
+}
+
+/// The setting rows of an experiment, in the order their first trial is listed.
+pub fn setting_rows(
+    experiment: &str,
+    trials: &[TrialDigest],
+    baselines: &[Baseline],
+) -> Vec<SettingRow> {
+    let mut order: Vec<&str> = Vec::new();
+    let mut groups: BTreeMap<&str, Vec<&TrialDigest>> = BTreeMap::new();
+    for t in trials {
+        if !groups.contains_key(t.setting.as_str()) {
+            order.push(&t.setting);
+        }
+        groups.entry(&t.setting).or_default().push(t);
+    }
+    order
+        .into_iter()
+        .map(|setting| {
+            let group = &groups[setting];
+            let first = group[0];
+            let finals: Vec<(i64, i64)> =
+                group.iter().filter_map(|t| t.final_step_success).collect();
+            let successes: i64 = finals.iter().map(|f| f.0).sum();
+            let episodes: i64 = finals.iter().map(|f| f.1).sum();
+            let (rate, ci) = if episodes > 0 {
+                let ci = wilson_interval(successes as usize, episodes as usize, Z95);
+                (Some(successes as f64 / episodes as f64), Some(ci))
+            } else {
+                (None, None)
+            };
+            let best = group
+                .iter()
+                .filter_map(|t| t.best.map(|(s, r)| (t.id.clone(), s, r)))
+                .max_by(|a, b| a.2.total_cmp(&b.2).then(b.1.cmp(&a.1)));
+            let speeds: Vec<f64> = group
+                .iter()
+                .filter_map(|t| t.iterations_per_second)
+                .collect();
+            let its =
+                (!speeds.is_empty()).then(|| speeds.iter().sum::<f64>() / speeds.len() as f64);
+            let ibc = matching_baseline(
+                baselines,
+                &first.policy,
+                first.variant.as_deref(),
+                first.n_dim,
+            );
+            let mut seeds: Vec<u64> = group.iter().map(|t| t.seed).collect();
+            seeds.sort_unstable();
+            SettingRow {
+                experiment: experiment.to_owned(),
+                setting: setting.to_owned(),
+                policy: first.policy.clone(),
+                variant: first.variant.clone(),
+                n_dim: first.n_dim,
+                trials: group.len(),
+                completed: group.iter().filter(|t| t.status == "completed").count(),
+                seeds,
+                episodes,
+                successes,
+                success_rate: rate,
+                ci_low: ci.map(|c| c.0),
+                ci_high: ci.map(|c| c.1),
+                best,
+                final_step: first.iterations,
+                train_seconds: its.map(|s| first.iterations as f64 / s.max(1e-9)),
+                iterations_per_second: its,
+                difference_pp: match (rate, &ibc) {
+                    (Some(r), Some(b)) => Some(100.0 * (r - b.success_rate)),
+                    _ => None,
+                },
+                ibc,
+                unfinished: group
+                    .iter()
+                    .filter(|t| t.status != "completed")
+                    .map(|t| format!("{} ({})", t.id, t.status))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn baseline(
+        n_dim: i64,
+        method: &str,
+        variant: Option<&str>,
+        steps: Option<i64>,
+        rate: Option<f64>,
+    ) -> Baseline {
+        Baseline {
+            source: format!("{method}-{variant:?}-{steps:?}"),
+            task: "particle".into(),
+            n_dim,
+            method: method.into(),
+            variant: variant.map(str::to_owned),
+            steps,
+            episodes: None,
+            success_rate: rate,
+            note: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_closest_published_number_is_chosen() {
+        let all = [
+            baseline(2, "ebm", Some("langevin"), None, Some(0.95)),
+            baseline(2, "ebm", Some("langevin"), Some(10_000), Some(0.96)),
+            baseline(2, "mse", None, Some(10_000), Some(0.05)),
+            baseline(8, "mse", None, None, None),
+        ];
+        let ebm = matching_baseline(&all, "ebm", Some("langevin"), 2).unwrap();
+        assert_eq!((ebm.success_rate, ebm.steps), (0.96, Some(10_000)));
+        // No DFO-trained number at 2-D: the Langevin one stands in, labelled by its variant.
+        let uniform = matching_baseline(&all, "ebm", Some("uniform"), 2).unwrap();
+        assert_eq!(uniform.variant.as_deref(), Some("langevin"));
+        assert_eq!(
+            matching_baseline(&all, "mse", None, 2)
+                .unwrap()
+                .success_rate,
+            0.05
+        );
+        assert!(
+            matching_baseline(&all, "mse", None, 8).is_none(),
+            "no stated rate"
+        );
+        assert!(matching_baseline(&all, "ebm", None, 32).is_none());
+    }
+}
