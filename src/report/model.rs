@@ -90,15 +90,19 @@ pub fn digest_trials(rows: &ExperimentRows) -> Result<Vec<TrialDigest>> {
     for e in &rows.evaluations {
         by_trial.entry(&e.trial).or_default().push(e);
     }
-    let mut speed: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
+    // Training time: each logged window's steps at that window's rate, summed (a plain
+    // mean of the rates would overweight fast windows).
+    let mut seconds: BTreeMap<&str, (f64, i64)> = BTreeMap::new();
     for p in rows
         .curves
         .iter()
         .filter(|p| p.name == "iterations_per_second")
     {
-        let entry = speed.entry(&p.trial).or_default();
-        entry.0 += p.value;
-        entry.1 += 1;
+        let (time, last_step) = seconds.entry(&p.trial).or_default();
+        if p.value > 0.0 {
+            *time += (p.step - *last_step) as f64 / p.value;
+        }
+        *last_step = p.step;
     }
     rows.trials
         .iter()
@@ -151,7 +155,10 @@ pub fn digest_trials(rows: &ExperimentRows) -> Result<Vec<TrialDigest>> {
                 error: t.error.clone(),
                 final_step_success,
                 best,
-                iterations_per_second: speed.get(t.id.as_str()).map(|(sum, n)| sum / *n as f64),
+                iterations_per_second: seconds
+                    .get(t.id.as_str())
+                    .filter(|(time, _)| *time > 0.0)
+                    .map(|(time, steps)| *steps as f64 / time),
             })
         })
         .collect()
@@ -283,6 +290,38 @@ mod tests {
             success_rate: rate,
             note: String::new(),
         }
+    }
+
+    #[test]
+    fn training_speed_sums_each_windows_time() {
+        let point = |step, value| CurvePoint {
+            trial: "t".into(),
+            name: "iterations_per_second".into(),
+            step,
+            value,
+        };
+        let rows = ExperimentRows {
+            name: "e".into(),
+            trials: vec![ReportTrial {
+                experiment: "e".into(),
+                id: "t".into(),
+                overrides_json: r#"{"train.seed":3,"policy.kind":"mse"}"#.into(),
+                config_json: serde_json::to_string(&Spec::default()).unwrap(),
+                status: "completed".into(),
+                step: 30,
+                iterations: 30,
+                error: None,
+            }],
+            evaluations: Vec::new(),
+            // 10 steps at 10 it/s, 20 at 5 it/s: 5 s for 30 steps (the mean rate says 7.5).
+            curves: vec![point(10, 10.0), point(30, 5.0)],
+        };
+        let digest = digest_trials(&rows).unwrap();
+        assert_eq!(digest[0].iterations_per_second, Some(6.0));
+        assert_eq!(
+            digest[0].setting, "policy.kind=mse",
+            "the seed is not part of a setting"
+        );
     }
 
     #[test]
