@@ -356,10 +356,20 @@ impl<'a> Dispatcher<'a> {
                 );
                 bar
             }
-            JobKind::Evaluate { .. } => ProgressBar::new_spinner(),
+            JobKind::Evaluate { .. } => {
+                let bar = ProgressBar::new_spinner();
+                bar.set_style(
+                    ProgressStyle::with_template("{prefix} {spinner} {msg}")
+                        .expect("valid template"),
+                );
+                bar
+            }
         };
         bar.set_prefix(format!("{} {}", slot.label(), job.trial));
-        bar.set_message(self.settings[&job.trial].clone());
+        bar.set_message(match job.kind {
+            JobKind::Train => self.settings[&job.trial].clone(),
+            JobKind::Evaluate { step } => format!("evaluating step {step}"),
+        });
         let bar = self.bars.add(bar);
         self.say(format!(
             "start  {}  on {} (pid {pid})  {}",
