@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::{database_path, schedule_and_report, SchedArgs};
+use super::database_path;
+use super::schedule::{schedule_and_report, SchedArgs};
 use crate::sched::Experiment;
 use crate::store::{block_on, Store};
 

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use super::{schedule_and_report, SchedArgs, SpecArgs};
+use super::schedule::{schedule_and_report, SchedArgs};
+use super::SpecArgs;
 use crate::sched::{register_trials, Experiment};
 use crate::spec::{expand_trials, load_spec};
 use crate::trial::{completed_report, TrialPaths};

@@ -8,7 +8,8 @@ mod render;
 mod trajectories;
 
 pub use model::{
-    digest_trials, matching_baseline, setting_rows, ExperimentRows, SettingRow, TrialDigest,
+    digest_trials, matching_baseline, pooled_success, setting_rows, ExperimentRows, SettingRow,
+    TrialDigest,
 };
 pub use render::{html, markdown, ExperimentSection, Figure, Report};
 
@@ -18,7 +19,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use tracing::warn;
 
-use crate::eval::{wilson_interval, Z95};
 use crate::spec::Spec;
 use crate::store::{block_on, now, Baseline, Store};
 use figures::{RateSeries, SeedCurves};
@@ -220,7 +220,9 @@ fn experiment_section(
     }
     let mut series: BTreeMap<String, RateSeries> = BTreeMap::new();
     for ((label, _), (s, n, x)) in &pooled {
-        let (lo, hi) = wilson_interval(*s as usize, *n as usize, Z95);
+        let Some((rate, lo, hi)) = pooled_success(*s, *n) else {
+            continue;
+        };
         series
             .entry(label.clone())
             .or_insert_with(|| RateSeries {
@@ -228,7 +230,7 @@ fn experiment_section(
                 points: Vec::new(),
             })
             .points
-            .push((*x, *s as f64 / *n as f64, lo, hi));
+            .push((*x, rate, lo, hi));
     }
     if !series.is_empty() {
         let ibc: Vec<(String, f64, f64)> = if key == "task.n_dim" {

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::eval::{wilson_interval, Z95};
 use crate::policy::ebm::NegativeKind;
-use crate::spec::Spec;
+use crate::spec::{describe_settings, Spec};
 use crate::store::{Baseline, CurvePoint, ReportEvaluation, ReportTrial};
 
 /// Everything the store holds about one experiment, as read for a report.
@@ -112,15 +112,7 @@ pub fn digest_trials(rows: &ExperimentRows) -> Result<Vec<TrialDigest>> {
             let mut overrides: BTreeMap<String, serde_json::Value> =
                 serde_json::from_str(&t.overrides_json).unwrap_or_default();
             overrides.remove(SEED_KEY);
-            let setting = if overrides.is_empty() {
-                "(base spec)".to_owned()
-            } else {
-                overrides
-                    .iter()
-                    .map(|(k, v)| format!("{k}={}", v.to_string().trim_matches('"')))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            };
+            let setting = describe_settings(&serde_json::to_value(&overrides)?);
             let evaluations = by_trial.get(t.id.as_str()).cloned().unwrap_or_default();
             let final_step_success = evaluations
                 .iter()
@@ -188,6 +180,14 @@ pub fn matching_baseline(
         })
 }
 
+/// Success rate and Wilson 95% interval of pooled episodes: (rate, low, high).
+pub fn pooled_success(successes: i64, episodes: i64) -> Option<(f64, f64, f64)> {
+    (episodes > 0).then(|| {
+        let (low, high) = wilson_interval(successes as usize, episodes as usize, Z95);
+        (successes as f64 / episodes as f64, low, high)
+    })
+}
+
 /// The setting rows of an experiment, in the order their first trial is listed.
 pub fn setting_rows(
     experiment: &str,
@@ -211,12 +211,8 @@ pub fn setting_rows(
                 group.iter().filter_map(|t| t.final_step_success).collect();
             let successes: i64 = finals.iter().map(|f| f.0).sum();
             let episodes: i64 = finals.iter().map(|f| f.1).sum();
-            let (rate, ci) = if episodes > 0 {
-                let ci = wilson_interval(successes as usize, episodes as usize, Z95);
-                (Some(successes as f64 / episodes as f64), Some(ci))
-            } else {
-                (None, None)
-            };
+            let pooled = pooled_success(successes, episodes);
+            let (rate, ci) = (pooled.map(|p| p.0), pooled.map(|p| (p.1, p.2)));
             let best = group
                 .iter()
                 .filter_map(|t| t.best.map(|(s, r)| (t.id.clone(), s, r)))

@@ -7,12 +7,11 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::figures::TrajectoryPanel;
-use crate::eval::rollout;
 use crate::policy::LoadedPolicy;
 use crate::spec::Spec;
-use crate::task::episode_seeds;
 use crate::task::particle::ParticleTask;
 use crate::train::checkpoint::{file_sha256, CheckpointFiles};
+use crate::trial::evaluate_actor;
 
 /// Replays the evaluation of the checkpoint at `model` (`step_NNNNNNN.safetensors`) and
 /// returns up to `count` episodes, half successes and half failures where there are both,
@@ -33,8 +32,7 @@ pub fn replay(
     let dir = model.parent().context("a checkpoint lies in a folder")?;
     let policy = LoadedPolicy::load(&CheckpointFiles::in_dir(dir, step), tch::Device::Cpu)?;
     let task = ParticleTask::new(spec.task.particle.clone())?;
-    let seeds = episode_seeds(spec.eval.seed, spec.eval.episodes);
-    let records = rollout(&task, &policy.view(), &seeds, spec.eval.seed)?;
+    let (_, records) = evaluate_actor(spec, &task, &policy.view(), step)?;
     let successes = records.iter().filter(|r| r.outcome.success).count();
     let wanted_failures = (count / 2).min(records.len() - successes);
     let wanted_successes = count - wanted_failures.min(count);

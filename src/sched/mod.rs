@@ -12,7 +12,5 @@ pub use backend::{Backend, Launch, LocalBackend, StopLevel, WorkerEnd, WorkerExi
 pub use jobs::{evaluation_steps, liveness, pid_alive, Job, JobKind, Liveness};
 pub use register::register_trials;
 pub use slots::{plan_slots, Machine, Slot, SlotDevice};
-pub use supervisor::{
-    describe_overrides, run_experiment, Experiment, RunOptions, RunSummary, WORKER_CANCELLED,
-};
+pub use supervisor::{run_experiment, Experiment, RunOptions, RunSummary, WORKER_CANCELLED};
 pub use worker::{run_recorded_trial, WorkerJob};

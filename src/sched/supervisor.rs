@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, watch};
 use super::backend::{Backend, Launch, StopLevel, WorkerEnd, WorkerExit};
 use super::jobs::{evaluation_steps, liveness, Job, JobKind, Liveness};
 use super::slots::{plan_slots, Machine, Slot, SlotDevice};
-use crate::spec::Spec;
-use crate::store::{hostname, now, parse_timestamp, Store, TrialStatus};
+use crate::spec::{describe_settings, Spec};
+use crate::store::{hostname, now, parse_timestamp, EndWhen, Store, TrialStatus};
 use crate::trial::TrialPaths;
 
 /// Exit status with which a worker reports a cancelled (checkpointed) trial.
@@ -253,7 +253,13 @@ impl<'a> Dispatcher<'a> {
                 Liveness::Stale(reason) => {
                     let reason = format!("{reason}; resumable from its latest checkpoint");
                     store
-                        .end_if_running(&self.experiment.name, &t.id, TrialStatus::Killed, &reason)
+                        .end_trial(
+                            &self.experiment.name,
+                            &t.id,
+                            TrialStatus::Killed,
+                            Some(&reason),
+                            EndWhen::Running,
+                        )
                         .await?;
                     self.say(format!("trial {}: marked killed: {reason}", t.id));
                 }
@@ -270,8 +276,12 @@ impl<'a> Dispatcher<'a> {
             let spec: Spec = serde_json::from_str(&stored.config_json)
                 .with_context(|| format!("trial {id}: its recorded config"))?;
             self.specs.insert(id.clone(), spec);
-            self.settings
-                .insert(id.clone(), describe_overrides(&stored.overrides_json));
+            self.settings.insert(
+                id.clone(),
+                describe_settings(
+                    &serde_json::from_str(&stored.overrides_json).unwrap_or_default(),
+                ),
+            );
             if summary.running_elsewhere.contains(id) {
                 self.say(format!(
                     "trial {id}: running in another process; left to it"
@@ -403,7 +413,13 @@ impl<'a> Dispatcher<'a> {
                 let reason = format!("worker ended by signal {signal}");
                 if done.job.kind == JobKind::Train {
                     store
-                        .end_if_running(experiment, trial, TrialStatus::Killed, &reason)
+                        .end_trial(
+                            experiment,
+                            trial,
+                            TrialStatus::Killed,
+                            Some(&reason),
+                            EndWhen::Running,
+                        )
                         .await?;
                 }
                 if stopping {
@@ -414,26 +430,24 @@ impl<'a> Dispatcher<'a> {
             }
             WorkerEnd::Exited(code) => {
                 let stored = store.stored_trial(experiment, trial).await?;
-                let recorded = store
-                    .trial_status(Some(experiment))
-                    .await?
-                    .into_iter()
-                    .find(|r| &r.id == trial)
-                    .and_then(|r| r.error)
-                    .filter(|_| stored.status == TrialStatus::Failed.as_str());
-                let reason = match (done.job.kind, recorded) {
-                    (JobKind::Train, Some(error)) => error,
+                // A trial that failed in its worker carries the reason; anything else
+                // (a worker that could not start, an evaluation) is told by its log.
+                let reason = match (done.job.kind, stored.status.as_str(), stored.error) {
+                    (JobKind::Train, "failed", Some(error)) => error,
                     _ => format!(
                         "worker exited with status {code}: {}",
                         log_tail(&done.log, done.log_start)
                     ),
                 };
-                if done.job.kind == JobKind::Train
-                    && stored.status != TrialStatus::Failed.as_str()
-                    && stored.status != TrialStatus::Completed.as_str()
-                {
+                if done.job.kind == JobKind::Train {
                     store
-                        .finish_trial(experiment, trial, TrialStatus::Failed, Some(&reason))
+                        .end_trial(
+                            experiment,
+                            trial,
+                            TrialStatus::Failed,
+                            Some(&reason),
+                            EndWhen::Unfinished,
+                        )
                         .await?;
                 }
                 JobResult::Failed(reason)
@@ -498,19 +512,6 @@ fn escalate(level: &mut StopLevel, to: StopLevel) -> bool {
     } else {
         false
     }
-}
-
-/// `key=value` pairs of a trial's overrides JSON.
-pub fn describe_overrides(json: &str) -> String {
-    let map: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(json).unwrap_or_default();
-    if map.is_empty() {
-        return "(base spec)".into();
-    }
-    map.iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn path_arg(path: &Path) -> String {

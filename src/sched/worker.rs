@@ -5,18 +5,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::eval::{rollout, EvalSummary};
+use crate::eval::EvalSummary;
 use crate::policy::LoadedPolicy;
 use crate::spec::{parse_device, Spec};
 use crate::store::{block_on, Store, TrialRecorder, TrialStatus};
-use crate::task::episode_seeds;
 use crate::task::particle::ParticleTask;
 use crate::train::checkpoint::{file_sha256, CheckpointFiles};
-use crate::trial::{run_trial, TrialOptions, TrialPaths, TrialReport, TrialStop};
+use crate::trial::{evaluate_actor, run_trial, TrialOptions, TrialPaths, TrialReport, TrialStop};
 
 /// Runs one trial with its progress recorded in the results store at `db`: the trial is
 /// `running` (with heartbeats) while it trains, then `completed`, `killed` (cancelled,
@@ -118,10 +116,7 @@ impl WorkerJob {
         let device = parse_device(&self.device)?.resolve()?;
         let policy = LoadedPolicy::load(&files, device)?;
         let task = ParticleTask::new(spec.task.particle.clone()).context("[task]")?;
-        let seeds = episode_seeds(spec.eval.seed, spec.eval.episodes);
-        let started = Instant::now();
-        let records = rollout(&task, &policy.view(), &seeds, spec.eval.seed)?;
-        let summary = EvalSummary::from_records(step, &records, started.elapsed().as_secs_f64());
+        let (summary, records) = evaluate_actor(&spec, &task, &policy.view(), step)?;
         block_on(async {
             let store = Store::open(&self.db).await?;
             store

@@ -22,14 +22,26 @@ impl TrialPlan {
 
     /// `key=value` pairs, for listings.
     pub fn describe(&self) -> String {
-        if self.overrides.is_empty() {
-            return "(base spec)".into();
-        }
-        self.overrides
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ")
+        describe_settings(&serde_json::to_value(&self.overrides).unwrap_or_default())
+    }
+}
+
+/// `key=value key=value` for a trial's settings (a JSON object of dotted keys, as the
+/// store records them; strings unquoted), or `(base spec)` when there are none.
+pub fn describe_settings(settings: &serde_json::Value) -> String {
+    let pairs: Vec<String> = settings
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(text) => format!("{k}={text}"),
+            other => format!("{k}={other}"),
+        })
+        .collect();
+    if pairs.is_empty() {
+        "(base spec)".into()
+    } else {
+        pairs.join(" ")
     }
 }
 
@@ -111,4 +123,20 @@ pub fn expand_trials(spec: &Spec) -> Result<Vec<TrialPlan>> {
         }
     }
     Ok(plans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_settings;
+
+    #[test]
+    fn settings_read_as_key_value_pairs() {
+        let settings =
+            serde_json::json!({"policy.kind": "mse", "train.lr": 0.001, "task.n_dim": 4});
+        assert_eq!(
+            describe_settings(&settings),
+            "policy.kind=mse task.n_dim=4 train.lr=0.001"
+        );
+        assert_eq!(describe_settings(&serde_json::json!({})), "(base spec)");
+    }
 }

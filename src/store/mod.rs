@@ -9,7 +9,7 @@ mod report;
 mod status;
 
 pub use recorder::{heartbeat_interval, TrialRecorder};
-pub use records::{hostname, now, TrialStatus};
+pub use records::{hostname, now, EndWhen, TrialStatus};
 pub use report::{Baseline, CurvePoint, ReportEvaluation, ReportTrial};
 pub use status::{parse_timestamp, RunningTrial, StoredTrial, TrialStatusRow};
 

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use tokio::runtime::Runtime;
 use tracing::warn;
 
-use super::{MetricRow, Store, TrialStatus};
+use super::{EndWhen, MetricRow, Store, TrialStatus};
 use crate::eval::{EpisodeRecord, EvalSummary};
 use crate::spec::Spec;
 use crate::train::checkpoint::file_sha256;
@@ -147,10 +147,14 @@ impl TrialRecorder {
             heartbeat.stop();
         }
         self.flush()?;
-        self.runtime.block_on(
-            self.store
-                .finish_trial(&self.experiment, &self.trial, status, error),
-        )
+        self.runtime.block_on(self.store.end_trial(
+            &self.experiment,
+            &self.trial,
+            status,
+            error,
+            EndWhen::Always,
+        ))?;
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {

@@ -40,6 +40,17 @@ pub fn hostname() -> String {
     }
 }
 
+/// Which trials [`Store::end_trial`] may end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndWhen {
+    /// Whatever its state (its own process records its end).
+    Always,
+    /// Only one still `running`: a worker that died without recording its end.
+    Running,
+    /// Only one not already `completed` or `failed` (which its worker recorded).
+    Unfinished,
+}
+
 /// Current UTC time as ISO-8601 text (portable between SQLite and PostgreSQL).
 pub fn now() -> String {
     let d = std::time::SystemTime::now()
@@ -142,40 +153,25 @@ impl Store {
         Ok(())
     }
 
-    pub async fn finish_trial(
+    /// Ends a trial with `status` (and the reason) if it is in a state `when` allows;
+    /// returns whether it was.
+    pub async fn end_trial(
         &self,
         experiment: &str,
         id: &str,
         status: TrialStatus,
         error: Option<&str>,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE trials SET status = ?, error = ?, finished_at = ?, pid = NULL \
-             WHERE experiment = ? AND id = ?",
-        )
-        .bind(status.as_str())
-        .bind(error)
-        .bind(now())
-        .bind(experiment)
-        .bind(id)
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
-    /// Ends a trial that is still `running` (a worker that died without recording its
-    /// end); returns whether it was.
-    pub async fn end_if_running(
-        &self,
-        experiment: &str,
-        id: &str,
-        status: TrialStatus,
-        error: &str,
+        when: EndWhen,
     ) -> Result<bool> {
-        let done = sqlx::query(
+        let condition = match when {
+            EndWhen::Always => "",
+            EndWhen::Running => " AND status = 'running'",
+            EndWhen::Unfinished => " AND status NOT IN ('completed', 'failed')",
+        };
+        let done = sqlx::query(&format!(
             "UPDATE trials SET status = ?, error = ?, finished_at = ?, pid = NULL \
-             WHERE experiment = ? AND id = ? AND status = 'running'",
-        )
+             WHERE experiment = ? AND id = ?{condition}"
+        ))
         .bind(status.as_str())
         .bind(error)
         .bind(now())

@@ -115,20 +115,23 @@ mod tests {
 pub struct StoredTrial {
     pub id: String,
     pub status: String,
+    pub error: Option<String>,
     pub overrides_json: String,
     pub config_json: String,
     pub spec_path: Option<String>,
 }
 
 impl Store {
-    /// The trials of `experiment`, in listing order.
-    pub async fn experiment_trials(&self, experiment: &str) -> Result<Vec<StoredTrial>> {
+    /// The trials of `experiment` (only trial `id`, if given), in listing order.
+    async fn stored_trials(&self, experiment: &str, id: Option<&str>) -> Result<Vec<StoredTrial>> {
         let rows = sqlx::query(
-            "SELECT t.id, t.status, t.overrides, t.config, x.spec_path FROM trials t \
-             JOIN experiments x ON x.name = t.experiment WHERE t.experiment = ? \
-             ORDER BY t.overrides, t.id",
+            "SELECT t.id, t.status, t.error, t.overrides, t.config, x.spec_path FROM trials t \
+             JOIN experiments x ON x.name = t.experiment \
+             WHERE t.experiment = ? AND (? IS NULL OR t.id = ?) ORDER BY t.overrides, t.id",
         )
         .bind(experiment)
+        .bind(id)
+        .bind(id)
         .fetch_all(self.pool())
         .await?;
         rows.iter()
@@ -136,12 +139,26 @@ impl Store {
                 Ok(StoredTrial {
                     id: r.try_get("id")?,
                     status: r.try_get("status")?,
+                    error: r.try_get("error")?,
                     overrides_json: r.try_get("overrides")?,
                     config_json: r.try_get("config")?,
                     spec_path: r.try_get("spec_path")?,
                 })
             })
             .collect()
+    }
+
+    /// The trials of `experiment`, in listing order.
+    pub async fn experiment_trials(&self, experiment: &str) -> Result<Vec<StoredTrial>> {
+        self.stored_trials(experiment, None).await
+    }
+
+    /// One recorded trial.
+    pub async fn stored_trial(&self, experiment: &str, id: &str) -> Result<StoredTrial> {
+        self.stored_trials(experiment, Some(id))
+            .await?
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("no trial {id} of experiment `{experiment}`"))
     }
 }
 
@@ -155,15 +172,6 @@ pub struct RunningTrial {
 }
 
 impl Store {
-    /// One recorded trial.
-    pub async fn stored_trial(&self, experiment: &str, id: &str) -> Result<StoredTrial> {
-        let trials = self.experiment_trials(experiment).await?;
-        trials
-            .into_iter()
-            .find(|t| t.id == id)
-            .ok_or_else(|| anyhow::anyhow!("no trial {id} of experiment `{experiment}`"))
-    }
-
     /// The trials of `experiment` recorded as running.
     pub async fn running_trials(&self, experiment: &str) -> Result<Vec<RunningTrial>> {
         let rows = sqlx::query(

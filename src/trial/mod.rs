@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::data::{demo_files, read_demo, record_oracle_demos, Normalizer, ParticleDemo, Windows};
-use crate::eval::{plot_episodes, rollout, write_episodes_csv, EpisodeRecord, EvalSummary};
+use crate::eval::{plot_episodes, rollout, write_episodes_csv, Actor, EpisodeRecord, EvalSummary};
 use crate::spec::{parse_device, Spec};
 use crate::task::particle::ParticleTask;
 use crate::task::{episode_seeds, Task};
@@ -361,6 +361,22 @@ pub fn completed_report(paths: &TrialPaths, spec: &Spec) -> Option<TrialReport> 
         .then_some(report)
 }
 
+/// A trial's evaluation of `actor` (weights of `step`): `eval.episodes` episodes from
+/// `eval.seed` and the same sampling stream, wherever it runs (in the trial, in an
+/// evaluation job, in a report's replay), so all of them give the same episodes.
+pub fn evaluate_actor(
+    spec: &Spec,
+    task: &ParticleTask,
+    actor: &dyn Actor,
+    step: u64,
+) -> Result<(EvalSummary, Vec<EpisodeRecord>)> {
+    let started = Instant::now();
+    let seeds = episode_seeds(spec.eval.seed, spec.eval.episodes);
+    let records = rollout(task, actor, &seeds, spec.eval.seed)?;
+    let summary = EvalSummary::from_records(step, &records, started.elapsed().as_secs_f64());
+    Ok((summary, records))
+}
+
 /// Evaluates the trainer's current weights on the spec's episodes; with `paths`, also
 /// writes the per-episode rows (and plots if `eval.plots`).
 fn evaluate(
@@ -369,11 +385,7 @@ fn evaluate(
     trainer: &Trainer,
     paths: Option<&TrialPaths>,
 ) -> Result<(EvalSummary, Vec<EpisodeRecord>)> {
-    let started = Instant::now();
-    let seeds = episode_seeds(spec.eval.seed, spec.eval.episodes);
-    let records = rollout(task, &trainer.policy_view(), &seeds, spec.eval.seed)?;
-    let summary =
-        EvalSummary::from_records(trainer.step(), &records, started.elapsed().as_secs_f64());
+    let (summary, records) = evaluate_actor(spec, task, &trainer.policy_view(), trainer.step())?;
     if let Some(paths) = paths {
         write_episodes_csv(&paths.episodes(), &records)?;
         if spec.eval.plots {
