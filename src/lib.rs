@@ -4,9 +4,11 @@
 //! the orchestrator use the same code.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod data;
 pub mod eval;
+pub mod exit;
 pub mod plot;
 pub mod policy;
 pub mod report;

@@ -4,15 +4,17 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use ebmlab::data::{record_oracle_demos, Normalizer, ParticleDemo, Windows};
+use ebmlab::data::{Normalizer, Windows};
 use ebmlab::policy::ebm::{
     EbmLossConfig, LangevinConfig, NegativeKind, NegativesConfig, SequenceEbm,
 };
+use ebmlab::task::{record_demos, Demo};
 
+use ebmlab::checkpoint;
 use ebmlab::policy::{NetConfig, PolicySpec};
 use ebmlab::task::episode_seeds;
 use ebmlab::task::particle::{ParticleConfig, ParticleTask};
-use ebmlab::train::{checkpoint, LrSchedule, OptimConfig, Trainer, TrainingSet};
+use ebmlab::train::{LrSchedule, OptimConfig, Trainer, TrainingSet};
 use tch::{nn, Device, Kind, Tensor};
 
 /// The seed's PyTorch SequenceEBM, written from the seed document, loading our file strictly.
@@ -147,16 +149,16 @@ fn small_ebm(negatives: NegativesConfig, inference: ebmlab::policy::InferenceCon
     }
 }
 
-fn small_demos() -> Vec<ParticleDemo> {
+fn small_demos() -> Vec<Demo> {
     let task = ParticleTask::new(ParticleConfig::default()).unwrap();
-    record_oracle_demos(&task, &episode_seeds(0, 12))
+    record_demos(&task, &episode_seeds(0, 12))
         .unwrap()
         .into_iter()
         .map(|r| r.demo)
         .collect()
 }
 
-fn trainer(spec: &PolicySpec, demos: &[ParticleDemo]) -> Trainer {
+fn trainer(spec: &PolicySpec, demos: &[Demo]) -> Trainer {
     let windows = Windows::from_demos(demos, 2);
     let obs_rows: Vec<f32> = windows.observations.clone();
     let norm = Normalizer::fit(
@@ -217,13 +219,13 @@ fn save_load_continue_equals_an_uninterrupted_run() {
         for _ in 0..3 {
             first.train_step();
         }
-        let files = first.save_checkpoint(dir.path()).unwrap();
+        let files = first.save_checkpoint(dir.path()).unwrap().files;
         drop(first);
 
         let mut resumed = trainer(&spec, &demos);
         let fresh = weights(&resumed);
         resumed
-            .restore(&checkpoint::latest(dir.path()).unwrap())
+            .restore(&checkpoint::verify(&checkpoint::latest(dir.path()).unwrap(), None).unwrap())
             .unwrap();
         assert_eq!(resumed.step(), 3);
         assert_ne!(weights(&resumed), fresh, "restore loaded nothing");
@@ -263,9 +265,10 @@ fn restore_refuses_a_checkpoint_of_another_shape() {
     let dir = tempfile::tempdir().unwrap();
     let mut small = trainer(&spec(16), &demos);
     small.train_step();
-    let files = small.save_checkpoint(dir.path()).unwrap();
+    let saved = small.save_checkpoint(dir.path()).unwrap();
     let mut big = trainer(&spec(32), &demos);
-    assert!(big.restore(&files).is_err());
+    let checked = checkpoint::verify(&saved.files, Some(&saved.model_sha256)).unwrap();
+    assert!(big.restore(&checked).is_err());
 }
 
 #[test]
@@ -300,8 +303,9 @@ fn a_loaded_checkpoint_acts_within_the_task_bounds() {
             t.train_step();
         }
         let dir = tempfile::tempdir().unwrap();
-        let files = t.save_checkpoint(dir.path()).unwrap();
-        let policy = ebmlab::policy::LoadedPolicy::load(&files, Device::Cpu).unwrap();
+        let saved = t.save_checkpoint(dir.path()).unwrap();
+        let checked = checkpoint::verify(&saved.files, None).unwrap();
+        let policy = ebmlab::policy::LoadedPolicy::load(&checked, Device::Cpu).unwrap();
         assert_eq!(policy.step, 20);
         let actions = policy.view().act(obs, batch);
         assert_eq!(actions.len(), batch * 2);

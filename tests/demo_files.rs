@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use common::{ebmlab, stderr, stdout};
-use ebmlab::data::{parse_demo, read_demo, write_demo, ParticleDemo};
+use ebmlab::task::particle::{parse_demo, read_demo, write_demo, ParticleDemo};
 use serde_json::Value;
 
 fn generate(dir: &Path, episodes: usize, extra: &[&str]) {

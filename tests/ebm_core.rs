@@ -2,12 +2,13 @@
 
 mod common;
 
-use ebmlab::data::{Normalizer, ParticleDemo, Windows};
+use ebmlab::data::{Normalizer, Windows};
 use ebmlab::policy::ebm::{
     dfo_minimize, gradient_penalty, info_nce, langevin, Bounds, DfoConfig, GradNorm,
     GradPenaltyConfig, LangevinConfig, SequenceEbm,
 };
 use ebmlab::policy::{parameter_count, NetConfig, PolicyNet, PolicySpec};
+use ebmlab::task::particle::ParticleDemo;
 use tch::{nn, Device, Kind, Tensor};
 
 fn ebm_spec(net: NetConfig) -> PolicySpec {
@@ -289,7 +290,7 @@ fn demo(t: usize) -> ParticleDemo {
 
 #[test]
 fn windows_look_back_and_tile_the_first_observation() {
-    let w = Windows::from_demos(&[demo(3), demo(2)], 2);
+    let w = Windows::from_demos(&[demo(3).to_demo(), demo(2).to_demo()], 2);
     assert_eq!((w.len(), w.seq_len, w.obs_dim, w.action_dim), (5, 2, 8, 2));
     let window = |i: usize| &w.observations[i * 16..(i + 1) * 16];
     let obs = |t: usize| {
@@ -302,7 +303,7 @@ fn windows_look_back_and_tile_the_first_observation() {
     assert_eq!(&w.actions[4..6], &[0.2f32, 0.9]);
     // The second demo starts over.
     assert_eq!(window(3), [obs(0), obs(0)].concat());
-    let w3 = Windows::from_demos(&[demo(3)], 3);
+    let w3 = Windows::from_demos(&[demo(3).to_demo()], 3);
     assert_eq!(&w3.observations[24..48], [obs(0), obs(0), obs(1)].concat());
 }
 
@@ -348,7 +349,7 @@ fn normalizer_round_trips_and_widens_bounds() {
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("norm_params.json");
-    norm.save(&path).unwrap();
+    std::fs::write(&path, norm.to_json().unwrap()).unwrap();
     assert_eq!(Normalizer::load(&path).unwrap(), norm);
     let keys: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();

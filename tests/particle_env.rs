@@ -5,7 +5,16 @@ mod common;
 use ebmlab::task::particle::{
     env_step, substep, GoalTracker, ParticleConfig, ParticleState, ParticleTask, SuccessRule,
 };
-use ebmlab::task::{episode_seeds, from_kind, Episodes, Task};
+use ebmlab::task::{episode_seeds, Episodes, Task, TaskConfig};
+
+/// The particle task with `n_dim` dimensions, through the registry.
+fn particle(n_dim: usize) -> anyhow::Result<Box<dyn Task>> {
+    TaskConfig::Particle(ParticleConfig {
+        n_dim,
+        ..Default::default()
+    })
+    .build()
+}
 
 /// IBC's update, written independently in float32 numpy.
 const NUMPY_STEP: &str = r#"
@@ -170,7 +179,7 @@ fn batched_env_judges_episodes_it_drives() {
 #[test]
 fn n_dimensional_shapes() {
     for n_dim in [1usize, 3, 16, 32] {
-        let task = from_kind("particle", n_dim).unwrap();
+        let task = particle(n_dim).unwrap();
         let info = task.info().clone();
         assert_eq!((info.obs_dim, info.action_dim), (4 * n_dim, n_dim));
         assert_eq!(info.action_low, vec![0.0; n_dim]);
@@ -189,13 +198,13 @@ fn n_dimensional_shapes() {
         assert_eq!(outcomes.len(), 7);
         assert!(outcomes.iter().all(|o| o.min_goal_distances.len() == 2));
     }
-    assert!(from_kind("particle", 0).is_err());
-    assert!(from_kind("pendulum", 2).is_err());
+    assert!(particle(0).is_err());
+    assert!(TaskConfig::default_for("pendulum").is_err());
 }
 
 #[test]
 fn episodes_depend_only_on_their_seed() {
-    let task = from_kind("particle", 4).unwrap();
+    let task = particle(4).unwrap();
     let seeds = episode_seeds(11, 6);
     let batch = task.reset(&seeds).observations();
     let alone = task.reset(&seeds[3..4]).observations();
@@ -221,7 +230,7 @@ fn expert_success_rate(task: &dyn Task, episodes: usize, base_seed: u64) -> f64 
 #[test]
 fn oracle_succeeds_in_2d_and_16d() {
     for n_dim in [2, 16] {
-        let task = from_kind("particle", n_dim).unwrap();
+        let task = particle(n_dim).unwrap();
         let rate = expert_success_rate(task.as_ref(), 500, 2024);
         println!("oracle success at N = {n_dim}: {:.1}%", 100.0 * rate);
         assert!(rate >= 0.99, "oracle success {rate} at N = {n_dim}");

@@ -69,16 +69,7 @@ fn report_numbers_are_the_databases_and_unfinished_trials_are_marked() {
     });
 
     let out_dir = dir.path().join("report");
-    let out = ebmlab(&[
-        "report",
-        "tiny-report",
-        "--db",
-        db.to_str().unwrap(),
-        "--out",
-        out_dir.to_str().unwrap(),
-        "--trajectories",
-        "4",
-    ]);
+    let out = common::report(&db, &["tiny-report"], &out_dir, 4);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
 
     let settings: Vec<serde_json::Value> =
@@ -174,31 +165,14 @@ fn report_numbers_are_the_databases_and_unfinished_trials_are_marked() {
     fs::write(&other, TINY.replace("tiny-report", "tiny-other")).unwrap();
     assert!(run(&other).status.success());
     let both = dir.path().join("both");
-    let out = ebmlab(&[
-        "report",
-        "tiny-report",
-        "tiny-other",
-        "--db",
-        db.to_str().unwrap(),
-        "--out",
-        both.to_str().unwrap(),
-        "--trajectories",
-        "0",
-    ]);
+    let out = common::report(&db, &["tiny-report", "tiny-other"], &both, 0);
     assert!(out.status.success(), "{}", stderr(&out));
     let markdown = fs::read_to_string(both.join("report.md")).unwrap();
     assert!(
         markdown.contains("## All experiments") && markdown.contains("| tiny-other: (base spec) |"),
         "{markdown}"
     );
-    let out = ebmlab(&[
-        "report",
-        "nope",
-        "--db",
-        db.to_str().unwrap(),
-        "--out",
-        both.to_str().unwrap(),
-    ]);
+    let out = common::report(&db, &["nope"], &both, 0);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("no trials of experiment `nope`"),

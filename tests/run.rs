@@ -4,16 +4,8 @@ mod common;
 
 use std::fs;
 
-use common::{ebmlab, stderr, stdout};
+use common::{ebmlab, stderr, stdout, TINY};
 use ebmlab::spec::{expand_trials, load_spec_with_env};
-
-const TINY: &str = "name = \"tiny-sweep\"\n\
-    [data]\ndemos = 10\n\
-    [policy]\nhidden = 16\n\
-    [train]\niterations = 6\nbatch_size = 16\ncheckpoint_every = 3\neval_every = 0\nlog_every = 1\n\
-    [train.negatives]\nkind = \"uniform\"\ncount = 8\n\
-    [eval]\nepisodes = 4\nsamples = 64\n\
-    [resources]\ndevice = \"cpu\"\n";
 
 #[test]
 fn the_dry_run_counts_the_product_of_the_sweep_lists() {
@@ -31,9 +23,11 @@ fn the_dry_run_counts_the_product_of_the_sweep_lists() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 12, "every trial has its own id");
-    assert!(plans.iter().any(|p| p.spec.task.particle.n_dim == 4
-        && p.spec.policy.kind == "mse"
-        && p.spec.train.seed == 2));
+    assert!(plans.iter().any(
+        |p| matches!(&p.spec.task, ebmlab::task::TaskConfig::Particle(c) if c.n_dim == 4)
+            && p.spec.policy.kind == "mse"
+            && p.spec.train.seed == 2
+    ));
 
     let out = ebmlab(&[
         "run",
@@ -284,13 +278,7 @@ fn sigterm_kills_a_sweep_and_resume_completes_it_with_the_same_weights() {
     );
     assert_eq!(killed_checkpoints, "COUNT(*)\n1\n");
 
-    let out = ebmlab(&[
-        "resume",
-        "tiny-sweep",
-        "--quiet",
-        "--runs",
-        killed.to_str().unwrap(),
-    ]);
+    let out = common::resume("tiny-sweep", &killed);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert_eq!(
         query("SELECT status FROM trials"),
@@ -404,13 +392,7 @@ fn kill_9_of_the_run_and_a_worker_then_resume_gives_the_same_weights_and_rows() 
         "{statuses}"
     );
 
-    let out = ebmlab(&[
-        "resume",
-        "tiny-sweep",
-        "--quiet",
-        "--runs",
-        killed.to_str().unwrap(),
-    ]);
+    let out = common::resume("tiny-sweep", &killed);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}{}", stderr(&out));
     if statuses.starts_with("running") {

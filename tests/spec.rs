@@ -140,7 +140,7 @@ fn spec_errors_name_the_file_and_the_key() {
             vec![],
             vec![
                 "type.toml".into(),
-                "train.iterations".into(),
+                "key `train.iterations`".into(),
                 "invalid type".into(),
             ],
         ),
@@ -207,7 +207,10 @@ fn spec_errors_name_the_file_and_the_key() {
             d.join("ok.toml"),
             vec!["train.batch_size=big"],
             vec![],
-            vec!["train.batch_size".into(), "invalid type".into()],
+            vec![
+                "--set train.batch_size=big: key `train.batch_size`".into(),
+                "invalid type".into(),
+            ],
         ),
         (
             "unknown environment key",
@@ -247,7 +250,43 @@ fn spec_errors_name_the_file_and_the_key() {
         for part in expected {
             assert!(err.contains(&part), "{name}: `{part}` not in: {err}");
         }
+        // figment's profile is not a part of any key the user wrote.
+        assert!(!err.contains("default."), "{name}: {err}");
     }
+}
+
+#[test]
+fn the_task_kind_chooses_the_task_keys_and_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let toy = write(
+        dir.path(),
+        "toy.toml",
+        "name = \"toy\"\n[task]\nkind = \"point_mass\"\nn_steps = 9\n",
+    );
+    let spec = load(&toy, &[], &[]).unwrap();
+    assert_eq!(spec.task.kind(), "point_mass");
+    let json = serde_json::to_value(&spec.task).unwrap();
+    assert_eq!(
+        (json["n_steps"].as_i64(), json["gain"].as_f64()),
+        (Some(9), Some(0.6))
+    );
+    assert!(json.get("n_dim").is_none(), "no particle key: {json}");
+    // A particle key is unknown to the toy, and the other way round.
+    let err = error_of(&toy, &["task.n_dim=3"], &[]);
+    assert!(err.contains("unknown key `task.n_dim`"), "{err}");
+    let particle = write(dir.path(), "p.toml", "name = \"p\"\n[task]\ngain = 0.5\n");
+    assert!(error_of(&particle, &[], &[]).contains("unknown key `task.gain`"));
+    // --set may change the kind; an unknown kind names where it came from.
+    let spec = load(&particle, &["task.kind=point_mass"], &[]).unwrap();
+    assert_eq!(
+        serde_json::to_value(&spec.task).unwrap()["gain"].as_f64(),
+        Some(0.5)
+    );
+    let err = error_of(&toy, &["task.kind=pendulum"], &[]);
+    assert!(
+        err.contains("--set task.kind=pendulum") && err.contains("unknown task kind"),
+        "{err}"
+    );
 }
 
 #[test]

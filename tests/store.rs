@@ -114,15 +114,21 @@ fn query_reads_and_refuses_every_write() {
         "DELETE FROM metrics",
         "DROP TABLE metrics",
         "CREATE TABLE x (a INTEGER)",
+        // Once answered `disk I/O error`.
+        "PRAGMA journal_mode=DELETE",
+        "SELECT 1; DELETE FROM metrics",
     ] {
         let out = ebmlab(&["query", sql, "--db", db_arg]);
         assert_eq!(out.status.code(), Some(2), "{sql} was not refused");
-        let err = stderr(&out).to_lowercase();
+        let err = stderr(&out);
         assert!(
-            err.contains("readonly") || err.contains("read-only") || err.contains("read only"),
+            err.contains("`ebmlab query` is read-only") && err.contains(sql),
             "{sql}: {err}"
         );
     }
+    // Reading pragmas are reads.
+    let out = ebmlab(&["query", "PRAGMA table_info(metrics)", "--db", db_arg]);
+    assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         count(&db, "SELECT COUNT(*) FROM metrics"),
         3,
@@ -136,4 +142,33 @@ fn query_reads_and_refuses_every_write() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("no results database"));
+}
+
+#[test]
+fn a_corrupt_database_is_named_by_every_verb() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("broken.sqlite");
+    std::fs::write(&db, vec![b'x'; 8192]).unwrap();
+    let db_arg = db.to_str().unwrap();
+    for args in [
+        vec!["status", "--db", db_arg],
+        vec!["query", "SELECT 1", "--db", db_arg],
+        vec![
+            "export",
+            "e",
+            "--csv",
+            dir.path().to_str().unwrap(),
+            "--db",
+            db_arg,
+        ],
+        vec!["report", "e", "--db", db_arg],
+    ] {
+        let out = ebmlab(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(db_arg) && err.contains("not a database"),
+            "{args:?}: {err}"
+        );
+    }
 }

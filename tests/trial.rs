@@ -332,7 +332,7 @@ fn sigterm_saves_a_checkpoint_and_the_continued_trial_equals_an_uninterrupted_on
         .join("long")
         .join(spec.trial_id())
         .join("checkpoints");
-    let saved = ebmlab::train::checkpoint::saved_steps(&ckpts).unwrap();
+    let saved = ebmlab::checkpoint::saved_steps(&ckpts).unwrap();
     assert_eq!(
         saved.len(),
         1,

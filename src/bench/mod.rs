@@ -10,13 +10,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{record_oracle_demos, Normalizer, Windows};
 use crate::eval::rollout;
 use crate::policy::ebm::{Bounds, EbmLossConfig, LangevinConfig, NegativesConfig};
 use crate::policy::{infer_actions, InferenceConfig, NetConfig, PolicyNet, PolicySpec};
-use crate::task::episode_seeds;
-use crate::task::particle::{ParticleConfig, ParticleTask};
-use crate::train::{LrSchedule, OptimConfig, Trainer, TrainingSet};
+use crate::task::{episode_seeds, record_demos, TaskConfig};
+use crate::train::{LrSchedule, OptimConfig, Trainer};
+use crate::trial::training_set;
 
 mod orchestration;
 
@@ -140,22 +139,12 @@ fn ibc_spec(opts: &BenchOptions) -> PolicySpec {
 }
 
 fn build_trainer(opts: &BenchOptions, spec: PolicySpec) -> Result<Trainer> {
-    let task = ParticleTask::new(ParticleConfig::default())?;
-    let demos: Vec<_> = record_oracle_demos(&task, &episode_seeds(0, 200))?
+    let task = TaskConfig::default().build()?;
+    let demos: Vec<_> = record_demos(task.as_ref(), &episode_seeds(0, 200))?
         .into_iter()
         .map(|r| r.demo)
         .collect();
-    let windows = Windows::from_demos(&demos, 2);
-    let info = crate::task::Task::info(&task);
-    let norm = Normalizer::fit(
-        &windows.observations,
-        windows.obs_dim,
-        &windows.actions,
-        windows.action_dim,
-        0.05,
-        (&info.action_low, &info.action_high),
-    )?;
-    let data = TrainingSet::new(&windows, &norm, opts.device)?;
+    let (norm, data) = training_set(&demos, 2, 0.05, task.info(), opts.device)?;
     let optim = OptimConfig {
         batch_size: opts.batch_size,
         schedule: LrSchedule {
@@ -228,11 +217,11 @@ pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()
         }
         // Untrained weights of the same shape: the work is that of a trained policy.
         let policy = build_trainer(opts, spec)?;
-        let task = ParticleTask::new(ParticleConfig::default())?;
+        let task = TaskConfig::default().build()?;
         let seeds = episode_seeds(0, opts.eval_episodes);
         // A whole evaluation warms caches well enough after one run.
         let times = time_ms(opts.device, opts.warmup.min(1), opts.repeats, || {
-            rollout(&task, &policy.policy_view(), &seeds, 0).expect("rollout runs");
+            rollout(task.as_ref(), &policy.policy_view(), &seeds, 0).expect("rollout runs");
         });
         emit(&record("eval", opts.device, eval_config.clone(), times));
     }

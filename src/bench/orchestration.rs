@@ -10,7 +10,9 @@ use anyhow::{ensure, Result};
 use serde_json::json;
 
 use super::BenchRecord;
-use crate::sched::{register_trials, run_experiment, Experiment, LocalBackend, RunOptions};
+use crate::sched::{
+    register_trials, run_experiment, EventLog, Experiment, LocalBackend, RunOptions,
+};
 use crate::spec::{expand_trials, load_spec_with_env};
 use crate::store::{block_on, MetricRow, Store};
 use crate::trial::{run_trial, NoObserver, TrialOptions};
@@ -79,12 +81,16 @@ pub fn trial_overhead(trials: usize, emit: &mut dyn FnMut(&BenchRecord)) -> Resu
         max_retries: 0,
         stale_after: std::time::Duration::from_secs(60),
         cpu_slots: Some(1),
-        progress: false,
-        report_events: false,
     };
     let ids: Vec<String> = plans.iter().map(|p| p.id()).collect();
     let started = Instant::now();
-    let summary = run_experiment(&experiment, &ids, &options, &LocalBackend)?;
+    let summary = run_experiment(
+        &experiment,
+        &ids,
+        &options,
+        &LocalBackend,
+        &mut EventLog::default(),
+    )?;
     let scheduled_ms = started.elapsed().as_secs_f64() * 1e3 / trials as f64;
     ensure!(
         summary.succeeded == trials && summary.failures.is_empty(),

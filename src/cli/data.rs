@@ -9,13 +9,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use tracing::debug;
 
-use super::EXIT_FAILED_CHECK;
-use crate::data::{
-    demo_file_name, record_oracle_demos, validate_dir, write_demos, RecordedDemo, ValidationReport,
+use crate::exit::Exit;
+use crate::plot::{plot_episode, EpisodePlot};
+use crate::task::{
+    demo_file_name, episode_seeds, record_demos, validate_dir, write_demos, DemoFiles,
+    RecordedDemo, Task, TaskConfig, ValidationReport,
 };
-use crate::plot::{plot_particle_episode, EpisodePlot};
-use crate::task::particle::{self, ParticleConfig, ParticleTask};
-use crate::task::{episode_seeds, TASK_KINDS};
 
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
@@ -27,8 +26,8 @@ pub enum DataCommand {
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// Task whose oracle makes the demonstrations.
-    #[arg(long, default_value = particle::KIND)]
+    /// Task whose expert makes the demonstrations.
+    #[arg(long, default_value = "particle")]
     task: String,
     /// Number of episodes.
     #[arg(long)]
@@ -36,15 +35,19 @@ pub struct GenerateArgs {
     /// Output folder (created if missing).
     #[arg(long)]
     out: PathBuf,
-    /// Dimensions N of the particle task.
-    #[arg(long, default_value_t = 2)]
-    n_dim: usize,
+    /// Dimensions N of the task (its `n_dim` key).
+    #[arg(long)]
+    n_dim: Option<usize>,
     /// Base seed; episode i gets a seed derived from it.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Random goal order per episode (IBC's multimodal oracle).
+    /// Random goal order per episode (IBC's multimodal oracle; the task's `multimodal`
+    /// key, with `success_rule = "either_order"`).
     #[arg(long)]
     multimodal: bool,
+    /// Any other task key, e.g. `--set n_steps=100` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
     /// Also write one PNG per episode under OUT/plots.
     #[arg(long)]
     plots: bool,
@@ -54,6 +57,9 @@ pub struct GenerateArgs {
 pub struct ValidateArgs {
     /// Folder of demonstration JSON files.
     dir: PathBuf,
+    /// Task whose environment replays them (its file format and parameters).
+    #[arg(long, default_value = "particle")]
+    task: String,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -72,34 +78,55 @@ pub fn run(command: DataCommand) -> Result<ExitCode> {
 /// Episodes generated per batch: bounds memory and moves the progress bar.
 const GENERATE_CHUNK: usize = 512;
 
-fn generate(args: GenerateArgs) -> Result<ExitCode> {
-    if args.task != particle::KIND {
-        bail!(
-            "--task {}: demonstrations can be generated for: {}",
-            args.task,
-            TASK_KINDS.join(", ")
+/// The task `--task`, `--n-dim`, `--multimodal` and `--set` describe.
+fn task_config(args: &GenerateArgs) -> Result<TaskConfig> {
+    let mut params = toml::Table::new();
+    if let Some(n) = args.n_dim {
+        params.insert("n_dim".into(), toml::Value::Integer(n as i64));
+    }
+    if args.multimodal {
+        params.insert("multimodal".into(), toml::Value::Boolean(true));
+        params.insert(
+            "success_rule".into(),
+            toml::Value::String("either_order".into()),
         );
     }
+    for item in &args.set {
+        let (key, value) = item
+            .split_once('=')
+            .with_context(|| format!("--set {item}: expected KEY=VALUE"))?;
+        let value = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+        params.insert(key.trim().to_owned(), value);
+    }
+    TaskConfig::with_params(&args.task, &params)
+        .with_context(|| format!("--task {} with its settings", args.task))
+}
+
+fn demo_format<'a>(task: &'a dyn Task, kind: &str) -> Result<&'a dyn DemoFiles> {
+    task.demo_files()
+        .with_context(|| format!("--task {kind}: the task has no demonstration file format"))
+}
+
+fn generate(args: GenerateArgs) -> Result<ExitCode> {
     if args.episodes == 0 {
         bail!("--episodes must be at least 1");
     }
-    let mut cfg = ParticleConfig {
-        n_dim: args.n_dim,
-        ..Default::default()
-    };
-    if args.multimodal {
-        cfg = cfg.multimodal();
-    }
-    let task = ParticleTask::new(cfg).context("--n-dim")?;
+    let config = task_config(&args)?;
+    let task = config.build()?;
+    let format = demo_format(task.as_ref(), &args.task)?;
     let seeds = episode_seeds(args.seed, args.episodes);
     let bar = progress_bar(args.episodes as u64, "generating");
     let mut successes = 0;
     for (chunk_index, chunk) in seeds.chunks(GENERATE_CHUNK).enumerate() {
         let first = chunk_index * GENERATE_CHUNK;
-        let demos = record_oracle_demos(&task, chunk)?;
-        write_demos(&args.out, first, &demos)?;
+        let demos = record_demos(task.as_ref(), chunk)?;
+        write_demos(format, &args.out, first, &demos)?;
         if args.plots {
-            write_plots(&args.out.join("plots"), first, &demos, task.config())?;
+            write_plots(&args.out.join("plots"), first, &demos, task.as_ref())?;
         }
         successes += demos.iter().filter(|d| d.success).count();
         bar.inc(chunk.len() as u64);
@@ -107,9 +134,10 @@ fn generate(args: GenerateArgs) -> Result<ExitCode> {
     bar.finish_and_clear();
     debug!(seed = args.seed, plots = args.plots, "generation finished");
     println!(
-        "wrote {} episodes ({}-D{}) to {}; oracle success {}/{} ({:.1}%)",
+        "wrote {} episodes ({}, {}-D actions{}) to {}; expert success {}/{} ({:.1}%)",
         args.episodes,
-        args.n_dim,
+        config.kind(),
+        task.info().action_dim,
         if args.multimodal { ", multimodal" } else { "" },
         args.out.display(),
         successes,
@@ -123,22 +151,18 @@ fn write_plots(
     dir: &Path,
     first_index: usize,
     demos: &[RecordedDemo],
-    cfg: &ParticleConfig,
+    task: &dyn Task,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     demos.par_iter().enumerate().try_for_each(|(i, recorded)| {
         let name = demo_file_name(first_index + i);
         let stem = name.trim_end_matches(".json");
         let demo = &recorded.demo;
-        plot_particle_episode(
+        plot_episode(
             &dir.join(format!("{stem}.png")),
             &EpisodePlot {
                 title: stem,
-                positions: &demo.positions,
-                actions: &demo.actions,
-                first_goal: &demo.first_goal,
-                second_goal: &demo.second_goal,
-                goal_radius: cfg.goal_distance as f32,
+                sketch: &task.sketch(&demo.observations, &demo.actions),
                 success: Some(recorded.success),
             },
         )
@@ -152,7 +176,11 @@ fn validate(args: ValidateArgs) -> Result<ExitCode> {
             args.tolerance
         );
     }
-    let report = validate_dir(&args.dir, &ParticleConfig::default(), args.tolerance)?;
+    let task = TaskConfig::default_for(&args.task)
+        .and_then(|c| c.build())
+        .with_context(|| format!("--task {}", args.task))?;
+    let format = demo_format(task.as_ref(), &args.task)?;
+    let report = validate_dir(format, &args.dir, args.tolerance)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -161,7 +189,7 @@ fn validate(args: ValidateArgs) -> Result<ExitCode> {
     Ok(if report.passed {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(EXIT_FAILED_CHECK)
+        Exit::Failed.into()
     })
 }
 

@@ -1,4 +1,5 @@
-//! `ebmlab eval CHECKPOINT|TRIAL_DIR`: rollouts of a trained policy.
+//! `ebmlab eval CHECKPOINT|TRIAL_DIR`: rollouts of a trained policy. The checkpoint is
+//! checked against the sha256 written beside it before anything is loaded.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,12 +8,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use crate::checkpoint::{self, read_task_file, verify, CheckpointFiles};
 use crate::eval::{plot_episodes, rollout, write_episodes_csv, EvalSummary};
 use crate::policy::{InferenceKind, LoadedPolicy, PolicySpec};
-use crate::spec::{parse_device, Spec};
-use crate::task::episode_seeds;
-use crate::task::particle::{ParticleConfig, ParticleTask};
-use crate::train::checkpoint::{self, CheckpointFiles};
+use crate::spec::{parse_device, EvalSpec, Spec};
+use crate::task::{episode_seeds, TaskConfig};
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -47,19 +47,7 @@ pub struct EvalArgs {
 /// The checkpoint a target names.
 fn resolve(target: &Path) -> Result<CheckpointFiles> {
     if target.is_file() {
-        let name = target.file_name().unwrap_or_default().to_string_lossy();
-        let step = name
-            .strip_prefix("step_")
-            .and_then(|s| s.strip_suffix(".safetensors"))
-            .and_then(|s| s.parse::<u64>().ok())
-            .with_context(|| {
-                format!(
-                    "{}: not a step_NNNNNNN.safetensors model file",
-                    target.display()
-                )
-            })?;
-        let dir = target.parent().unwrap_or(Path::new("."));
-        return Ok(CheckpointFiles::in_dir(dir, step));
+        return CheckpointFiles::of_model_file(target);
     }
     if !target.is_dir() {
         bail!("{} does not exist", target.display());
@@ -68,28 +56,35 @@ fn resolve(target: &Path) -> Result<CheckpointFiles> {
     checkpoint::latest(if nested.is_dir() { &nested } else { target })
 }
 
-/// The trial's spec, when the checkpoint lies in a trial folder.
-fn trial_spec(files: &CheckpointFiles) -> Option<Spec> {
-    let trial = files.model.parent()?.parent()?;
-    let text = std::fs::read_to_string(trial.join("config.toml")).ok()?;
-    toml::from_str(&text).ok()
+/// The trial's spec, when the checkpoint lies in a trial folder (`config.toml` beside
+/// `checkpoints/`); a config that does not parse is an error, not a default.
+fn trial_spec(files: &CheckpointFiles) -> Result<Option<Spec>> {
+    let Some(trial) = files.dir().parent() else {
+        return Ok(None);
+    };
+    let path = trial.join("config.toml");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let spec =
+        toml::from_str(&text).with_context(|| format!("{}: not a trial config", path.display()))?;
+    Ok(Some(spec))
 }
 
 pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let files = resolve(&args.target)?;
-    let device = parse_device(&args.device)?.resolve()?;
-    let mut policy = LoadedPolicy::load(&files, device)?;
-    let spec = trial_spec(&files);
-    let (_, _, action_dim) = policy.spec().shapes();
-    let task_cfg = match &spec {
-        Some(spec) => spec.task.particle.clone(),
-        None => ParticleConfig {
-            n_dim: action_dim as usize,
-            ..Default::default()
-        },
+    let checkpoint = verify(&files, None)?;
+    let spec = trial_spec(&files)?;
+    let task_config = match read_task_file(files.dir())? {
+        Some(task) => task,
+        None => spec.as_ref().map(|s| s.task.clone()).unwrap_or_default(),
     };
-    let goal_radius = task_cfg.goal_distance;
-    let task = ParticleTask::new(task_cfg)?;
+    let task = task_config.build()?;
+    let device = parse_device(&args.device)?.resolve()?;
+    let mut policy = LoadedPolicy::load(&checkpoint, device)?;
+    check_shapes(&task_config, task.info(), policy.spec())?;
     if let PolicySpec::Ebm { inference, .. } = policy.spec_mut() {
         if let Some(kind) = &args.inference {
             inference.kind = if kind == "langevin" {
@@ -108,15 +103,14 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let seed = args
         .seed
         .or(spec.as_ref().map(|s| s.eval.seed))
-        .unwrap_or(crate::spec::EvalSpec::default().seed);
+        .unwrap_or(EvalSpec::default().seed);
     let seeds = episode_seeds(seed, args.episodes);
     let started = Instant::now();
-    let records = rollout(&task, &policy.view(), &seeds, seed)?;
+    let records = rollout(task.as_ref(), &policy.view(), &seeds, seed)?;
     let summary = EvalSummary::from_records(files.step, &records, started.elapsed().as_secs_f64());
 
     let out = args.out.clone().unwrap_or_else(|| {
-        let ckpt_dir = files.model.parent().unwrap_or(Path::new("."));
-        let base = ckpt_dir.parent().unwrap_or(ckpt_dir);
+        let base = files.dir().parent().unwrap_or(files.dir());
         base.join("eval").join(format!("step_{:07}", files.step))
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -126,7 +120,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         serde_json::to_string_pretty(&summary)? + "\n",
     )?;
     if args.plots {
-        plot_episodes(&out.join("plots"), &records, goal_radius as f32)?;
+        plot_episodes(&out.join("plots"), &records, task.as_ref())?;
     }
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
@@ -144,4 +138,23 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The policy must fit the task it is evaluated in.
+fn check_shapes(
+    task: &TaskConfig,
+    info: &crate::task::TaskInfo,
+    policy: &PolicySpec,
+) -> Result<()> {
+    let (_, obs_dim, action_dim) = policy.shapes();
+    if (obs_dim as usize, action_dim as usize) != (info.obs_dim, info.action_dim) {
+        bail!(
+            "the policy takes {obs_dim} observation values and gives {action_dim}-D actions; \
+             the {} task has {} and {}-D (evaluate the trial folder, whose config names its task)",
+            task.kind(),
+            info.obs_dim,
+            info.action_dim
+        );
+    }
+    Ok(())
 }

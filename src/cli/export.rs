@@ -21,41 +21,12 @@ pub struct ExportArgs {
     db: PathBuf,
 }
 
-/// Each exported file and the query that fills it (`?` is the experiment).
-const TABLES: &[(&str, &str)] = &[
-    (
-        "trials",
-        "SELECT * FROM trials WHERE experiment = ? ORDER BY overrides, id",
-    ),
-    (
-        "metrics",
-        "SELECT * FROM metrics WHERE experiment = ? ORDER BY trial, step, name",
-    ),
-    (
-        "checkpoints",
-        "SELECT * FROM checkpoints WHERE experiment = ? ORDER BY trial, step",
-    ),
-    (
-        "evaluations",
-        "SELECT * FROM evaluations WHERE experiment = ? ORDER BY trial, step",
-    ),
-    (
-        "episodes",
-        "SELECT e.trial, e.step, p.* FROM episodes p JOIN evaluations e ON e.id = p.evaluation \
-         WHERE e.experiment = ? ORDER BY e.trial, e.step, p.idx",
-    ),
-];
-
 pub fn run(args: ExportArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let results = block_on(async {
         let store = Store::open_read_only(&args.db).await?;
-        let mut results = Vec::new();
-        for (name, sql) in TABLES {
-            results.push((*name, store.query_with(sql, &args.experiment).await?));
-        }
-        anyhow::Ok(results)
+        store.export_experiment(&args.experiment).await
     })?;
     if results[0].1.rows.is_empty() {
         bail!(

@@ -4,6 +4,7 @@ mod bench;
 mod data;
 mod eval;
 mod export;
+mod progress;
 mod query;
 mod report;
 mod resume;
@@ -16,14 +17,9 @@ mod worker;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
-/// Exit status of a command that ran but found the work wanting (validation failed).
-pub const EXIT_FAILED_CHECK: u8 = 1;
-/// Exit status of a command that could not run (bad input, I/O error).
-pub const EXIT_ERROR: u8 = 2;
-/// Exit status after Ctrl-C or SIGTERM (checkpoints saved).
-pub const EXIT_CANCELLED: u8 = 130;
+use crate::exit::Exit;
+use tracing_subscriber::EnvFilter;
 
 /// A flag that SIGINT and SIGTERM raise; trials poll it between iterations, save a
 /// checkpoint and stop.
@@ -134,7 +130,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::from(EXIT_ERROR)
+            Exit::Error.into()
         }
     }
 }

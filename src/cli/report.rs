@@ -1,5 +1,6 @@
 //! `ebmlab report EXPERIMENT [EXPERIMENT...]`: report.md, report.html (self-contained),
-//! report.json and figures/, from the results database alone.
+//! report.json and figures/, from the results database alone. Exit 1 when a checkpoint it
+//! would replay was altered since it was written (the report is written without it).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
+use crate::exit::Exit;
 use crate::report::{write_report, ReportOptions};
 use crate::store::DEFAULT_DB;
 
@@ -46,5 +48,13 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
         files.json.display(),
         files.figures.len()
     );
-    Ok(ExitCode::SUCCESS)
+    for problem in &files.problems {
+        eprintln!("error: {problem}");
+    }
+    Ok(if files.problems.is_empty() {
+        Exit::Success
+    } else {
+        Exit::Failed
+    }
+    .into())
 }

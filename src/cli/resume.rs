@@ -11,7 +11,7 @@ use clap::Args;
 use super::database_path;
 use super::schedule::{schedule_and_report, SchedArgs};
 use crate::sched::Experiment;
-use crate::store::{block_on, Store};
+use crate::store::{block_on, Store, TrialStatus};
 
 #[derive(Debug, Args)]
 pub struct ResumeArgs {
@@ -39,7 +39,10 @@ pub fn run(args: ResumeArgs) -> Result<ExitCode> {
             db.display()
         );
     }
-    let open = trials.iter().filter(|t| t.status != "completed").count();
+    let open = trials
+        .iter()
+        .filter(|t| t.status != TrialStatus::Completed)
+        .count();
     println!(
         "{}: {} trials, {open} to finish",
         args.experiment,

@@ -2,7 +2,11 @@
 
 use std::process::ExitCode;
 
-use super::{status, EXIT_CANCELLED, EXIT_FAILED_CHECK};
+use super::progress::ConsoleReporter;
+use super::status;
+use crate::exit::Exit;
+use crate::sched::{Experiment, LocalBackend, RunOptions, RunOutcome};
+use crate::store::{block_on, Store, TrialStatus};
 
 /// How `run` and `resume` schedule their jobs.
 #[derive(Debug, clap::Args)]
@@ -25,33 +29,33 @@ pub struct SchedArgs {
 }
 
 impl SchedArgs {
-    pub fn options(&self) -> crate::sched::RunOptions {
-        crate::sched::RunOptions {
+    pub fn options(&self) -> RunOptions {
+        RunOptions {
             fail_fast: self.fail_fast,
             max_retries: self.max_retries,
             stale_after: std::time::Duration::from_secs(self.stale_after),
             cpu_slots: self.slots,
-            progress: !self.quiet,
-            report_events: true,
         }
     }
 }
 
-/// Runs the jobs of `trials`, then prints the experiment's status table; the exit status
-/// says whether every trial completed (130 after a signal).
+/// Runs the jobs of `trials`, then prints the experiment's status table and what failed.
+/// Exit: 0 when every trial completed, 1 when a job failed, 130 after a signal.
 pub fn schedule_and_report(
-    experiment: &crate::sched::Experiment,
+    experiment: &Experiment,
     trials: &[String],
     args: &SchedArgs,
 ) -> anyhow::Result<ExitCode> {
+    let mut reporter = ConsoleReporter::new(&experiment.name, !args.quiet);
     let summary = crate::sched::run_experiment(
         experiment,
         trials,
         &args.options(),
-        &crate::sched::LocalBackend,
+        &LocalBackend,
+        &mut reporter,
     )?;
-    let rows = crate::store::block_on(async {
-        let store = crate::store::Store::open(&experiment.db).await?;
+    let rows = block_on(async {
+        let store = Store::open(&experiment.db).await?;
         store.trial_status(Some(&experiment.name)).await
     })?;
     let rows: Vec<_> = rows
@@ -60,7 +64,10 @@ pub fn schedule_and_report(
         .collect();
     println!();
     status::print_trials(&rows);
-    let completed = rows.iter().filter(|r| r.status == "completed").count();
+    let completed = rows
+        .iter()
+        .filter(|r| r.status == TrialStatus::Completed)
+        .count();
     println!(
         "{completed} of {} trials completed; {} jobs run, {} failed{}",
         rows.len(),
@@ -75,13 +82,21 @@ pub fn schedule_and_report(
             )
         }
     );
-    Ok(if summary.cancelled {
-        ExitCode::from(EXIT_CANCELLED)
-    } else if !summary.failures.is_empty()
-        || completed + summary.running_elsewhere.len() < rows.len()
-    {
-        ExitCode::from(EXIT_FAILED_CHECK)
-    } else {
-        ExitCode::SUCCESS
-    })
+    for failure in &summary.failures {
+        println!(
+            "failed: {} ({}): {}",
+            failure.job.describe(),
+            failure.settings,
+            failure.reason
+        );
+    }
+    let exit = match summary.outcome() {
+        RunOutcome::Cancelled => Exit::Cancelled,
+        RunOutcome::Failed => Exit::Failed,
+        RunOutcome::Completed if completed + summary.running_elsewhere.len() < rows.len() => {
+            Exit::Failed
+        }
+        RunOutcome::Completed => Exit::Success,
+    };
+    Ok(exit.into())
 }

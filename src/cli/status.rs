@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use crate::store::{block_on, parse_timestamp, Store, TrialStatusRow, DEFAULT_DB};
+use crate::store::{block_on, parse_timestamp, Store, TrialStatus, TrialStatusRow, DEFAULT_DB};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -93,7 +93,7 @@ pub fn print_trials(rows: &[TrialStatusRow]) {
             r.device.as_deref().unwrap_or("-"),
             r.loss.map_or("-".into(), |l| format!("{l:.4}")),
             success,
-            if r.status == "running" {
+            if r.status == TrialStatus::Running {
                 age(r.heartbeat_at.as_deref())
             } else {
                 "-".into()
@@ -103,7 +103,7 @@ pub fn print_trials(rows: &[TrialStatusRow]) {
         if let Some(error) = r
             .error
             .as_deref()
-            .filter(|_| matches!(r.status.as_str(), "failed" | "killed"))
+            .filter(|_| matches!(r.status, TrialStatus::Failed | TrialStatus::Killed))
         {
             println!("{:30}{}", "", error.lines().next().unwrap_or_default());
         }

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::{cancel_on_signals, SpecArgs, EXIT_CANCELLED};
-use crate::sched::run_recorded_trial;
+use super::{cancel_on_signals, SpecArgs};
+use crate::exit::Exit;
 use crate::spec::load_spec;
+use crate::trial::run_recorded_trial;
 use crate::trial::{TrialOptions, TrialPaths, TrialStop};
 
 #[derive(Debug, Args)]
@@ -56,7 +57,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     ) {
         Err(e) if matches!(e.downcast_ref(), Some(TrialStop::Cancelled { .. })) => {
             eprintln!("{e:#}; `ebmlab train` of the same spec continues it");
-            return Ok(ExitCode::from(EXIT_CANCELLED));
+            return Ok(Exit::Cancelled.into());
         }
         other => other?,
     };

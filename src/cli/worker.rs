@@ -1,6 +1,6 @@
-//! `ebmlab worker`: one job of a scheduled run, in its own process. Exit status 0 when
-//! done, 130 when cancelled (checkpoint saved, trial `killed`), 1 when the trial failed
-//! (recorded with its reason), 2 when it could not start.
+//! `ebmlab worker`: one job of a scheduled run, in its own process. Exit status (see
+//! `crate::exit`): 0 when done, 130 when cancelled (checkpoint saved, trial `killed`), 1
+//! when the trial failed (recorded with its reason), 2 when it could not start.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use super::{cancel_on_signals, EXIT_FAILED_CHECK};
-use crate::sched::{WorkerJob, WORKER_CANCELLED};
+use super::cancel_on_signals;
+use crate::exit::Exit;
+use crate::sched::WorkerJob;
 use crate::trial::TrialStop;
 
 #[derive(Debug, Args)]
@@ -64,11 +65,11 @@ pub fn run(args: WorkerArgs) -> Result<ExitCode> {
         }
         Err(e) if matches!(e.downcast_ref(), Some(TrialStop::Cancelled { .. })) => {
             eprintln!("{e:#}");
-            Ok(ExitCode::from(WORKER_CANCELLED as u8))
+            Ok(Exit::Cancelled.into())
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            Ok(ExitCode::from(EXIT_FAILED_CHECK))
+            Ok(Exit::Failed.into())
         }
     }
 }

@@ -130,9 +130,9 @@ impl Normalizer {
         }
     }
 
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self)?;
-        fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+    /// The seed's `norm_params.json` text.
+    pub fn to_json(&self) -> Result<String> {
+        Ok(serde_json::to_string_pretty(self)? + "\n")
     }
 
     pub fn load(path: &Path) -> Result<Self> {

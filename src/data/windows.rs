@@ -3,17 +3,7 @@
 //! (IBC's `HistoryWrapper(tile_first_step_obs=True)`). Not the seed's `[obs_t, obs_{t+1}]`,
 //! which would show the model the observation its action produces.
 
-use super::demo_file::ParticleDemo;
-
-/// The observation vector `[p, v, g1, g2]` of a demo at step `t`.
-pub fn demo_observation(demo: &ParticleDemo, t: usize) -> Vec<f32> {
-    let mut obs = Vec::with_capacity(4 * demo.n_dim());
-    obs.extend_from_slice(&demo.positions[t]);
-    obs.extend_from_slice(&demo.velocities[t]);
-    obs.extend_from_slice(&demo.first_goal);
-    obs.extend_from_slice(&demo.second_goal);
-    obs
-}
+use crate::task::Demo;
 
 /// All windows of a set of demos, flattened row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,26 +26,28 @@ impl Windows {
         self.actions.is_empty()
     }
 
-    /// One window per action of every demo. Demos must share one dimension.
-    pub fn from_demos(demos: &[ParticleDemo], seq_len: usize) -> Self {
+    /// One window per action of every demo. Demos must share their shapes.
+    pub fn from_demos(demos: &[Demo], seq_len: usize) -> Self {
         assert!(seq_len >= 1, "a window holds at least one observation");
-        let n_dim = demos.first().map_or(0, |d| d.n_dim());
-        let obs_dim = 4 * n_dim;
+        let obs_dim = demos
+            .first()
+            .and_then(|d| d.observations.first())
+            .map_or(0, Vec::len);
+        let action_dim = demos
+            .first()
+            .and_then(|d| d.actions.first())
+            .map_or(0, Vec::len);
         let total: usize = demos.iter().map(|d| d.actions.len()).sum();
         let mut windows = Self {
             observations: Vec::with_capacity(total * seq_len * obs_dim),
-            actions: Vec::with_capacity(total * n_dim),
+            actions: Vec::with_capacity(total * action_dim),
             seq_len,
             obs_dim,
-            action_dim: n_dim,
+            action_dim,
         };
         for demo in demos {
-            assert_eq!(demo.n_dim(), n_dim, "demos of different dimensions");
-            let steps = demo.actions.len();
-            let observations: Vec<Vec<f32>> =
-                (0..steps).map(|t| demo_observation(demo, t)).collect();
-            for t in 0..steps {
-                push_window(&mut windows.observations, &observations, t, seq_len);
+            for t in 0..demo.actions.len() {
+                push_window(&mut windows.observations, &demo.observations, t, seq_len);
                 windows.actions.extend_from_slice(&demo.actions[t]);
             }
         }

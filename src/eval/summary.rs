@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::rollout::EpisodeRecord;
 use super::stats::{wilson_interval, Z95};
-use crate::plot::{plot_particle_episode, EpisodePlot};
+use crate::plot::{plot_episode, EpisodePlot};
+use crate::task::Task;
 
 /// Success rate with its Wilson 95% interval and mean goal distances.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,23 +82,16 @@ pub fn write_episodes_csv(path: &Path, records: &[EpisodeRecord]) -> Result<()> 
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// One PNG per particle episode (`episode_NNN.png`): path, setpoints, goals, outcome.
-pub fn plot_episodes(dir: &Path, records: &[EpisodeRecord], goal_radius: f32) -> Result<()> {
+/// One PNG per episode (`episode_NNN.png`): path, setpoints, goals, outcome.
+pub fn plot_episodes(dir: &Path, records: &[EpisodeRecord], task: &dyn Task) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     records.par_iter().enumerate().try_for_each(|(i, r)| {
-        let n = r.actions.first().map_or(0, Vec::len);
-        let positions: Vec<Vec<f32>> = r.observations.iter().map(|o| o[..n].to_vec()).collect();
-        let first = &r.observations[0];
         let title = format!("episode {i} (seed {})", r.outcome.seed);
-        plot_particle_episode(
+        plot_episode(
             &dir.join(format!("episode_{i:03}.png")),
             &EpisodePlot {
                 title: &title,
-                positions: &positions,
-                actions: &r.actions,
-                first_goal: &first[2 * n..3 * n],
-                second_goal: &first[3 * n..4 * n],
-                goal_radius,
+                sketch: &task.sketch(&r.observations, &r.actions),
                 success: Some(r.outcome.success),
             },
         )

@@ -2,4 +2,4 @@
 
 mod trajectory;
 
-pub use trajectory::{plot_particle_episode, EpisodePlot};
+pub use trajectory::{plot_episode, EpisodePlot};

@@ -1,22 +1,20 @@
-//! One PNG per particle episode: the agent's path, the start, both goals with their
-//! success radius, and the commanded setpoints (like the seed's `pic/` folder).
-//! Episodes with more than two dimensions are drawn in their first two.
+//! One PNG per episode: the agent's path, the start, both goals with their success
+//! radius, and the commanded setpoints (like the seed's `pic/` folder), from the task's
+//! sketch of the episode. Episodes with more than two dimensions are drawn in their first
+//! two; a 1-D episode against time.
 
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
-/// What to draw for one episode; vectors have the episode's dimension.
+use crate::task::EpisodeSketch;
+
+/// What to draw for one episode.
 #[derive(Debug, Clone, Copy)]
 pub struct EpisodePlot<'a> {
     pub title: &'a str,
-    pub positions: &'a [Vec<f32>],
-    pub actions: &'a [Vec<f32>],
-    pub first_goal: &'a [f32],
-    pub second_goal: &'a [f32],
-    /// Radius of the goal circles (the task's success distance).
-    pub goal_radius: f32,
+    pub sketch: &'a EpisodeSketch,
     pub success: Option<bool>,
 }
 
@@ -44,12 +42,13 @@ fn circle(center: (f64, f64), radius: f64) -> Vec<(f64, f64)> {
 }
 
 /// Writes the picture of one episode to `path` (PNG, 560 x 690; the legend sits below the unit square).
-pub fn plot_particle_episode(path: &Path, episode: &EpisodePlot) -> Result<()> {
+pub fn plot_episode(path: &Path, episode: &EpisodePlot) -> Result<()> {
+    let sketch = episode.sketch;
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
         let root = BitMapBackend::new(path, (560, 690)).into_drawing_area();
         root.fill(&WHITE)?;
-        let n_dim = episode.first_goal.len();
-        let steps = episode.positions.len().saturating_sub(1);
+        let n_dim = sketch.path.first().map_or(0, Vec::len);
+        let steps = sketch.path.len().saturating_sub(1);
         let status = match episode.success {
             Some(true) => " - success",
             Some(false) => " - failure",
@@ -74,12 +73,9 @@ pub fn plot_particle_episode(path: &Path, episode: &EpisodePlot) -> Result<()> {
             .light_line_style(WHITE.mix(0.0))
             .draw()?;
 
-        let radius = episode.goal_radius as f64;
-        let goals = [
-            (episode.first_goal, FIRST_GOAL, "first goal"),
-            (episode.second_goal, SECOND_GOAL, "second goal"),
-        ];
-        for (goal, color, label) in goals {
+        let radius = sketch.goal_radius as f64;
+        let styles = [(FIRST_GOAL, "first goal"), (SECOND_GOAL, "second goal")];
+        for (goal, (color, label)) in sketch.goals.iter().zip(styles) {
             let center = if n_dim == 1 {
                 (0.5, goal[0] as f64)
             } else {
@@ -94,8 +90,8 @@ pub fn plot_particle_episode(path: &Path, episode: &EpisodePlot) -> Result<()> {
                 .legend(move |(x, y)| Circle::new((x + 8, y), 5, color.filled()));
             chart.draw_series(LineSeries::new(circle(center, radius), color))?;
         }
-        let setpoints: Vec<_> = episode
-            .actions
+        let setpoints: Vec<_> = sketch
+            .setpoints
             .iter()
             .enumerate()
             .map(|(t, a)| xy(a, t + 1, steps))
@@ -108,8 +104,8 @@ pub fn plot_particle_episode(path: &Path, episode: &EpisodePlot) -> Result<()> {
             )?
             .label("setpoints")
             .legend(|(x, y)| Cross::new((x + 8, y), 3, SETPOINT));
-        let path_points: Vec<_> = episode
-            .positions
+        let path_points: Vec<_> = sketch
+            .path
             .iter()
             .enumerate()
             .map(|(t, p)| xy(p, t, steps))

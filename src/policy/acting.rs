@@ -5,9 +5,9 @@ use tch::{nn, Device, Kind, Tensor};
 
 use super::ebm::Bounds;
 use super::{infer_actions, PolicyNet, PolicySpec};
+use crate::checkpoint::{read_run_files, VerifiedCheckpoint};
 use crate::data::Normalizer;
 use crate::eval::Actor;
-use crate::train::checkpoint::{read_run_files, CheckpointFiles};
 
 pub struct LoadedPolicy {
     vs: nn::VarStore,
@@ -20,13 +20,10 @@ pub struct LoadedPolicy {
 }
 
 impl LoadedPolicy {
-    /// Rebuilds the policy of a checkpoint folder at the given step's weights.
-    pub fn load(files: &CheckpointFiles, device: Device) -> Result<Self> {
-        let dir = files
-            .model
-            .parent()
-            .context("a checkpoint file lies in a folder")?;
-        let (spec, normalizer) = read_run_files(dir)?;
+    /// Rebuilds the policy of a checked checkpoint (its folder's run files, its weights).
+    pub fn load(checkpoint: &VerifiedCheckpoint, device: Device) -> Result<Self> {
+        let files = checkpoint.files();
+        let (spec, normalizer) = read_run_files(files.dir())?;
         let mut vs = nn::VarStore::new(device);
         let net = PolicyNet::build(&vs, &spec);
         vs.load(&files.model)

@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use tracing::warn;
 
+use crate::checkpoint::ChecksumError;
 use crate::spec::Spec;
-use crate::store::{block_on, now, Baseline, Store};
+use crate::store::{block_on, now, Baseline, Store, TrialStatus};
 use figures::{RateSeries, SeedCurves};
 
 /// What to put in a report.
@@ -31,13 +32,16 @@ pub struct ReportOptions {
     pub trajectories: usize,
 }
 
-/// The files a report wrote.
+/// The files a report wrote, and what it refused to vouch for.
 #[derive(Debug, Clone)]
 pub struct ReportFiles {
     pub markdown: PathBuf,
     pub html: PathBuf,
     pub json: PathBuf,
     pub figures: Vec<PathBuf>,
+    /// Checkpoints refused (their bytes changed since they were written): the report says
+    /// so in its notes and `ebmlab report` exits with 1.
+    pub problems: Vec<String>,
 }
 
 /// Writes `report.md`, `report.html`, `report.json` and `figures/` for `experiments`.
@@ -70,8 +74,9 @@ pub fn write_report(
         .with_context(|| format!("creating {}", figures_dir.display()))?;
     let mut sections = Vec::new();
     let mut written = Vec::new();
+    let mut problems = Vec::new();
     for experiment in &rows {
-        let section = experiment_section(
+        let (section, refused) = experiment_section(
             db,
             experiment,
             &baselines,
@@ -79,6 +84,7 @@ pub fn write_report(
             options.trajectories,
         )?;
         written.extend(section.figures.iter().map(|f| options.out.join(&f.file)));
+        problems.extend(refused);
         sections.push(section);
     }
     let report = Report {
@@ -98,6 +104,7 @@ pub fn write_report(
         html: options.out.join("report.html"),
         json: options.out.join("report.json"),
         figures: written,
+        problems,
     };
     std::fs::write(&files.markdown, markdown(&report))
         .with_context(|| format!("writing {}", files.markdown.display()))?;
@@ -126,50 +133,106 @@ fn slug(text: &str) -> String {
         .collect()
 }
 
+/// The key success is drawn against when no numeric key is swept: the task's dimension.
+const DIMENSION_KEY: &str = "task.n_dim";
+
 fn experiment_section(
     db: &Path,
     rows: &ExperimentRows,
     baselines: &[Baseline],
     out: &Path,
     trajectories: usize,
-) -> Result<ExperimentSection> {
+) -> Result<(ExperimentSection, Vec<String>)> {
     let trials = digest_trials(rows)?;
     let settings = setting_rows(&rows.name, &trials, baselines);
-    let mut figures = Vec::new();
-    let mut notes = Vec::new();
-    for t in trials.iter().filter(|t| t.status != "completed") {
-        let why = t
-            .error
-            .as_deref()
-            .and_then(|e| e.lines().next())
-            .unwrap_or("");
-        notes.push(format!(
-            "trial {} ({}) is {} at step {}/{}{}{}: not in the success column",
-            t.id,
-            t.setting,
-            t.status.to_uppercase(),
-            t.step,
-            t.iterations,
-            if why.is_empty() { "" } else { ": " },
-            why
-        ));
+    let specs: BTreeMap<&str, Spec> = rows
+        .trials
+        .iter()
+        .map(|t| {
+            let spec = serde_json::from_str(&t.config_json)
+                .with_context(|| format!("trial {}: its recorded config", t.id))?;
+            Ok((t.id.as_str(), spec))
+        })
+        .collect::<Result<_>>()?;
+    let mut notes = unfinished_notes(&trials);
+    let mut problems = Vec::new();
+    let mut figures = learning_curves(rows, &trials, &settings, out)?;
+    figures.extend(success_figure(rows, &trials, &specs, baselines, out)?);
+    let best = settings
+        .iter()
+        .filter_map(|s| s.best.clone())
+        .max_by(|a, b| a.2.total_cmp(&b.2));
+    if let (true, Some((trial, step, _))) = (trajectories > 0, best) {
+        match draw_trajectories(db, rows, &specs, &trial, step, trajectories, out) {
+            Ok((figure, note)) => {
+                figures.push(figure);
+                notes.push(note);
+            }
+            Err(e) => {
+                let problem = format!("no trajectory figure: trial {trial} step {step}: {e:#}");
+                warn!("{problem}");
+                // An altered checkpoint is refused loudly: the report says so and the
+                // command fails; a missing one is only noted.
+                if e.downcast_ref::<ChecksumError>().is_some() {
+                    problems.push(problem.clone());
+                }
+                notes.push(problem);
+            }
+        }
     }
+    let section = ExperimentSection {
+        name: rows.name.clone(),
+        settings,
+        trials,
+        figures,
+        notes,
+    };
+    Ok((section, problems))
+}
 
-    // Learning curves, one figure per setting.
+/// A note per trial that is not completed (it is left out of the success column).
+fn unfinished_notes(trials: &[TrialDigest]) -> Vec<String> {
+    trials
+        .iter()
+        .filter(|t| t.status != TrialStatus::Completed)
+        .map(|t| {
+            let why = t
+                .error
+                .as_deref()
+                .and_then(|e| e.lines().next())
+                .unwrap_or("");
+            format!(
+                "trial {} ({}) is {} at step {}/{}{}{}: not in the success column",
+                t.id,
+                t.setting,
+                t.status.to_string().to_uppercase(),
+                t.step,
+                t.iterations,
+                if why.is_empty() { "" } else { ": " },
+                why
+            )
+        })
+        .collect()
+}
+
+/// Learning curves, one figure per setting: loss and success against step per seed.
+fn learning_curves(
+    rows: &ExperimentRows,
+    trials: &[TrialDigest],
+    settings: &[SettingRow],
+    out: &Path,
+) -> Result<Vec<Figure>> {
+    let mut figures = Vec::new();
     for (k, setting) in settings.iter().enumerate() {
         let seeds: Vec<SeedCurves> = trials
             .iter()
             .filter(|t| t.setting == setting.setting)
             .map(|t| SeedCurves {
-                label: format!(
-                    "seed {}{}",
-                    t.seed,
-                    if t.status == "completed" {
-                        String::new()
-                    } else {
-                        format!(" ({})", t.status)
-                    }
-                ),
+                label: if t.status == TrialStatus::Completed {
+                    format!("seed {}", t.seed)
+                } else {
+                    format!("seed {} ({})", t.seed, t.status)
+                },
                 loss: rows
                     .curves
                     .iter()
@@ -195,19 +258,27 @@ fn experiment_section(
             file,
         });
     }
+    Ok(figures)
+}
 
-    // Success against a swept numeric key (the task's dimension when none is swept).
-    let key = swept_numeric_key(&trials).unwrap_or_else(|| "task.n_dim".to_owned());
+/// Success against a swept numeric key (the task's dimension when none is swept), per
+/// policy, pooled over seeds, with IBC's points where the key is the dimension.
+fn success_figure(
+    rows: &ExperimentRows,
+    trials: &[TrialDigest],
+    specs: &BTreeMap<&str, Spec>,
+    baselines: &[Baseline],
+    out: &Path,
+) -> Result<Option<Figure>> {
+    let key = swept_numeric_key(trials).unwrap_or_else(|| DIMENSION_KEY.to_owned());
     let mut pooled: BTreeMap<(String, i64), (i64, i64, f64)> = BTreeMap::new();
-    let specs: BTreeMap<&str, Spec> = rows
-        .trials
-        .iter()
-        .filter_map(|t| Some((t.id.as_str(), serde_json::from_str(&t.config_json).ok()?)))
-        .collect();
-    for t in &trials {
-        let (Some((s, n)), Some(x)) =
-            (t.final_step_success, key_value(&specs[t.id.as_str()], &key))
-        else {
+    for t in trials {
+        let x = if key == DIMENSION_KEY {
+            Some(t.n_dim as f64)
+        } else {
+            key_value(&specs[t.id.as_str()], &key)
+        };
+        let (Some((s, n)), Some(x)) = (t.final_step_success, x) else {
             continue;
         };
         let label = match &t.variant {
@@ -232,61 +303,36 @@ fn experiment_section(
             .points
             .push((*x, rate, lo, hi));
     }
-    if !series.is_empty() {
-        let ibc: Vec<(String, f64, f64)> = if key == "task.n_dim" {
-            let policies: Vec<&str> = trials.iter().map(|t| t.policy.as_str()).collect();
-            baselines
-                .iter()
-                .filter(|b| policies.contains(&b.method.as_str()))
-                .filter_map(|b| Some((b.source.clone(), b.n_dim as f64, b.success_rate?)))
-                .filter(|(_, x, _)| pooled.values().any(|p| (p.2 - x).abs() < 1e-9))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let series: Vec<RateSeries> = series.into_values().collect();
-        let file = format!("figures/{}-success-vs-{}.png", slug(&rows.name), slug(&key));
-        figures::success_against(
-            &out.join(&file),
-            &format!("{}: success against {key}", rows.name),
-            &key,
-            &series,
-            &ibc,
-        )?;
-        figures.push(Figure {
-            title: format!("Success against {key}"),
-            file,
-        });
+    if series.is_empty() {
+        return Ok(None);
     }
-
-    // Trajectories of the best trial's best checkpoint, re-simulated.
-    if trajectories > 0 {
-        if let Some((trial, step, _)) = settings
+    let ibc: Vec<(String, f64, f64)> = if key == DIMENSION_KEY {
+        baselines
             .iter()
-            .filter_map(|s| s.best.clone())
-            .max_by(|a, b| a.2.total_cmp(&b.2))
-        {
-            match draw_trajectories(db, rows, &specs, &trial, step, trajectories, out) {
-                Ok((figure, note)) => {
-                    figures.push(figure);
-                    notes.push(note);
-                }
-                Err(e) => {
-                    warn!("trajectories of trial {trial}: {e:#}");
-                    notes.push(format!(
-                        "no trajectory figure: trial {trial} step {step}: {e:#}"
-                    ));
-                }
-            }
-        }
-    }
-    Ok(ExperimentSection {
-        name: rows.name.clone(),
-        settings,
-        trials,
-        figures,
-        notes,
-    })
+            .filter(|b| {
+                trials
+                    .iter()
+                    .any(|t| t.policy == b.method && t.task == b.task)
+            })
+            .filter_map(|b| Some((b.source.clone(), b.n_dim as f64, b.success_rate?)))
+            .filter(|(_, x, _)| pooled.values().any(|p| (p.2 - x).abs() < 1e-9))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let series: Vec<RateSeries> = series.into_values().collect();
+    let file = format!("figures/{}-success-vs-{}.png", slug(&rows.name), slug(&key));
+    figures::success_against(
+        &out.join(&file),
+        &format!("{}: success against {key}", rows.name),
+        &key,
+        &series,
+        &ibc,
+    )?;
+    Ok(Some(Figure {
+        title: format!("Success against {key}"),
+        file,
+    }))
 }
 
 fn draw_trajectories(
@@ -306,8 +352,7 @@ fn draw_trajectories(
     })?
     .with_context(|| format!("no checkpoint of step {step} recorded"))?;
     let spec = specs.get(trial).context("the trial's config")?;
-    let (panels, successes) =
-        trajectories::replay(spec, Path::new(&path), &sha, step as u64, count)?;
+    let replay = trajectories::replay(spec, Path::new(&path), &sha, count)?;
     let recorded = rows
         .evaluations
         .iter()
@@ -315,15 +360,11 @@ fn draw_trajectories(
         .map(|e| e.successes);
     let file = format!("figures/{}-trajectories.png", slug(&rows.name));
     let title = format!(
-        "{} trial {trial}, step {step}: {successes}/{} episodes succeeded",
-        rows.name, spec.eval.episodes
+        "{} trial {trial}, step {step}: {}/{} episodes succeeded",
+        rows.name, replay.successes, spec.eval.episodes
     );
-    figures::trajectory_grid(
-        &out.join(&file),
-        &title,
-        &panels,
-        spec.task.particle.goal_distance,
-    )?;
+    figures::trajectory_grid(&out.join(&file), &title, &replay.panels, replay.goal_radius)?;
+    let successes = replay.successes;
     let note = match recorded {
         Some(r) if r as usize == successes => format!(
             "trajectories: the evaluation of trial {trial} at step {step} replayed from its checkpoint gives the recorded {r} successes"

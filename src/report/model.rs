@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::eval::{wilson_interval, Z95};
 use crate::policy::ebm::NegativeKind;
 use crate::spec::{describe_settings, Spec};
-use crate::store::{Baseline, CurvePoint, ReportEvaluation, ReportTrial};
+use crate::store::{Baseline, CurvePoint, ReportEvaluation, ReportTrial, TrialStatus};
 
 /// Everything the store holds about one experiment, as read for a report.
 #[derive(Debug, Clone)]
@@ -25,13 +25,15 @@ pub struct ExperimentRows {
 #[derive(Debug, Clone, Serialize)]
 pub struct TrialDigest {
     pub id: String,
-    pub status: String,
+    pub status: TrialStatus,
     pub setting: String,
     /// The trial's overrides without the seed.
     pub overrides: BTreeMap<String, serde_json::Value>,
     pub seed: u64,
     pub policy: String,
     pub variant: Option<String>,
+    /// The task's kind, and its action dimension (the N of IBC's N-D study).
+    pub task: String,
     pub n_dim: usize,
     pub step: i64,
     pub iterations: i64,
@@ -50,6 +52,7 @@ pub struct SettingRow {
     pub setting: String,
     pub policy: String,
     pub variant: Option<String>,
+    pub task: String,
     pub n_dim: usize,
     pub trials: usize,
     pub completed: usize,
@@ -110,13 +113,18 @@ pub fn digest_trials(rows: &ExperimentRows) -> Result<Vec<TrialDigest>> {
             let spec: Spec = serde_json::from_str(&t.config_json)
                 .with_context(|| format!("trial {}: its recorded config", t.id))?;
             let mut overrides: BTreeMap<String, serde_json::Value> =
-                serde_json::from_str(&t.overrides_json).unwrap_or_default();
+                serde_json::from_str(&t.overrides_json).with_context(|| {
+                    format!(
+                        "trial {}: its recorded overrides are not a JSON object of settings: {}",
+                        t.id, t.overrides_json
+                    )
+                })?;
             overrides.remove(SEED_KEY);
             let setting = describe_settings(&serde_json::to_value(&overrides)?);
             let evaluations = by_trial.get(t.id.as_str()).cloned().unwrap_or_default();
             let final_step_success = evaluations
                 .iter()
-                .find(|e| e.step == t.iterations && t.status == "completed")
+                .find(|e| e.step == t.iterations && t.status == TrialStatus::Completed)
                 .map(|e| (e.successes, e.episodes));
             let best = evaluations
                 .iter()
@@ -133,15 +141,20 @@ pub fn digest_trials(rows: &ExperimentRows) -> Result<Vec<TrialDigest>> {
                 }
                 .to_owned()
             });
+            let task = spec
+                .task
+                .build()
+                .with_context(|| format!("trial {}: its recorded [task]", t.id))?;
             Ok(TrialDigest {
                 id: t.id.clone(),
-                status: t.status.clone(),
+                status: t.status,
                 setting,
                 overrides,
                 seed: spec.train.seed,
                 policy: spec.policy.kind.clone(),
                 variant,
-                n_dim: spec.task.particle.n_dim,
+                task: spec.task.kind().to_owned(),
+                n_dim: task.info().action_dim,
                 step: t.step,
                 iterations: t.iterations,
                 error: t.error.clone(),
@@ -161,6 +174,7 @@ pub fn digest_trials(rows: &ExperimentRows) -> Result<Vec<TrialDigest>> {
 /// counter-examples) and a source with a step count.
 pub fn matching_baseline(
     baselines: &[Baseline],
+    task: &str,
     policy: &str,
     variant: Option<&str>,
     n_dim: usize,
@@ -168,7 +182,7 @@ pub fn matching_baseline(
     let wanted = variant.map(|v| if v == "uniform" { "dfo" } else { v });
     baselines
         .iter()
-        .filter(|b| b.task == "particle" && b.n_dim == n_dim as i64 && b.method == policy)
+        .filter(|b| b.task == task && b.n_dim == n_dim as i64 && b.method == policy)
         .filter(|b| b.success_rate.is_some())
         .min_by_key(|b| (b.variant.as_deref() != wanted, b.steps.is_none()))
         .map(|b| IbcNumber {
@@ -225,6 +239,7 @@ pub fn setting_rows(
                 (!speeds.is_empty()).then(|| speeds.iter().sum::<f64>() / speeds.len() as f64);
             let ibc = matching_baseline(
                 baselines,
+                &first.task,
                 &first.policy,
                 first.variant.as_deref(),
                 first.n_dim,
@@ -236,9 +251,13 @@ pub fn setting_rows(
                 setting: setting.to_owned(),
                 policy: first.policy.clone(),
                 variant: first.variant.clone(),
+                task: first.task.clone(),
                 n_dim: first.n_dim,
                 trials: group.len(),
-                completed: group.iter().filter(|t| t.status == "completed").count(),
+                completed: group
+                    .iter()
+                    .filter(|t| t.status == TrialStatus::Completed)
+                    .count(),
                 seeds,
                 episodes,
                 successes,
@@ -256,7 +275,7 @@ pub fn setting_rows(
                 ibc,
                 unfinished: group
                     .iter()
-                    .filter(|t| t.status != "completed")
+                    .filter(|t| t.status != TrialStatus::Completed)
                     .map(|t| format!("{} ({})", t.id, t.status))
                     .collect(),
             }
@@ -303,7 +322,7 @@ mod tests {
                 id: "t".into(),
                 overrides_json: r#"{"train.seed":3,"policy.kind":"mse"}"#.into(),
                 config_json: serde_json::to_string(&Spec::default()).unwrap(),
-                status: "completed".into(),
+                status: TrialStatus::Completed,
                 step: 30,
                 iterations: 30,
                 error: None,
@@ -328,21 +347,22 @@ mod tests {
             baseline(2, "mse", None, Some(10_000), Some(0.05)),
             baseline(8, "mse", None, None, None),
         ];
-        let ebm = matching_baseline(&all, "ebm", Some("langevin"), 2).unwrap();
+        let ebm = matching_baseline(&all, "particle", "ebm", Some("langevin"), 2).unwrap();
         assert_eq!((ebm.success_rate, ebm.steps), (0.96, Some(10_000)));
         // No DFO-trained number at 2-D: the Langevin one stands in, labelled by its variant.
-        let uniform = matching_baseline(&all, "ebm", Some("uniform"), 2).unwrap();
+        let uniform = matching_baseline(&all, "particle", "ebm", Some("uniform"), 2).unwrap();
         assert_eq!(uniform.variant.as_deref(), Some("langevin"));
         assert_eq!(
-            matching_baseline(&all, "mse", None, 2)
+            matching_baseline(&all, "particle", "mse", None, 2)
                 .unwrap()
                 .success_rate,
             0.05
         );
         assert!(
-            matching_baseline(&all, "mse", None, 8).is_none(),
+            matching_baseline(&all, "particle", "mse", None, 8).is_none(),
             "no stated rate"
         );
-        assert!(matching_baseline(&all, "ebm", None, 32).is_none());
+        assert!(matching_baseline(&all, "particle", "ebm", None, 32).is_none());
+        assert!(matching_baseline(&all, "point_mass", "mse", None, 2).is_none());
     }
 }

@@ -120,8 +120,8 @@ fn trial_cells(t: &TrialDigest) -> Vec<String> {
         t.id.clone(),
         t.setting.clone(),
         t.seed.to_string(),
-        if t.status == "completed" {
-            t.status.clone()
+        if t.status == crate::store::TrialStatus::Completed {
+            t.status.to_string()
         } else {
             format!("**{}**", t.status)
         },

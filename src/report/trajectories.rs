@@ -7,37 +7,34 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::figures::TrajectoryPanel;
+use crate::checkpoint::{verify, CheckpointFiles};
 use crate::policy::LoadedPolicy;
 use crate::spec::Spec;
-use crate::task::particle::ParticleTask;
-use crate::train::checkpoint::{file_sha256, CheckpointFiles};
 use crate::trial::evaluate_actor;
 
-/// Replays the evaluation of the checkpoint at `model` (`step_NNNNNNN.safetensors`) and
-/// returns up to `count` episodes, half successes and half failures where there are both,
-/// with the number of successes of the whole replay.
-pub fn replay(
-    spec: &Spec,
-    model: &Path,
-    sha256: &str,
-    step: u64,
-    count: usize,
-) -> Result<(Vec<TrajectoryPanel>, usize)> {
-    let actual = file_sha256(model)?;
-    anyhow::ensure!(
-        actual == sha256,
-        "{}: sha256 differs from the recorded one",
-        model.display()
-    );
-    let dir = model.parent().context("a checkpoint lies in a folder")?;
-    let policy = LoadedPolicy::load(&CheckpointFiles::in_dir(dir, step), tch::Device::Cpu)?;
-    let task = ParticleTask::new(spec.task.particle.clone())?;
-    let (_, records) = evaluate_actor(spec, &task, &policy.view(), step)?;
+/// Episodes of a replayed evaluation to draw.
+pub struct ReplayedEpisodes {
+    pub panels: Vec<TrajectoryPanel>,
+    /// Successes of the whole replay.
+    pub successes: usize,
+    pub goal_radius: f64,
+}
+
+/// Replays the evaluation of the checkpoint whose model file is `model` (checked against
+/// the recorded `sha256` and the checksums beside it) and returns up to `count` episodes,
+/// half successes and half failures where there are both.
+pub fn replay(spec: &Spec, model: &Path, sha256: &str, count: usize) -> Result<ReplayedEpisodes> {
+    let files = CheckpointFiles::of_model_file(model)?;
+    let checkpoint = verify(&files, Some(sha256))?;
+    let policy = LoadedPolicy::load(&checkpoint, tch::Device::Cpu)?;
+    let task = spec.task.build().context("the trial's [task]")?;
+    let (_, records) = evaluate_actor(spec, task.as_ref(), &policy.view(), files.step)?;
     let successes = records.iter().filter(|r| r.outcome.success).count();
     let wanted_failures = (count / 2).min(records.len() - successes);
     let wanted_successes = count - wanted_failures.min(count);
     let (mut s, mut f) = (0, 0);
     let mut panels = Vec::new();
+    let mut goal_radius = 0.0;
     for (i, r) in records.iter().enumerate() {
         let ok = r.outcome.success;
         if (ok && s >= wanted_successes) || (!ok && f >= wanted_failures) {
@@ -48,16 +45,38 @@ pub fn replay(
         } else {
             f += 1
         }
-        let n = r.actions.first().map_or(0, Vec::len);
-        let point = |v: &[f32]| (v[0] as f64, if n > 1 { v[1] as f64 } else { 0.5 });
-        let first = &r.observations[0];
+        let sketch = task.sketch(&r.observations, &r.actions);
+        goal_radius = sketch.goal_radius as f64;
+        let n = sketch.path.first().map_or(0, Vec::len);
+        // A 1-D path is drawn against time.
+        let steps = sketch.path.len().saturating_sub(1).max(1) as f64;
+        let point = |t: usize, v: &[f32]| match n {
+            1 => (t as f64 / steps, v[0] as f64),
+            _ => (v[0] as f64, v[1] as f64),
+        };
+        let goal = |g: &[f32]| {
+            if n == 1 {
+                (0.5, g[0] as f64)
+            } else {
+                point(0, g)
+            }
+        };
         panels.push(TrajectoryPanel {
             title: format!("episode {i} {}", if ok { "success" } else { "failure" }),
-            positions: r.observations.iter().map(|o| point(&o[..n])).collect(),
-            first_goal: point(&first[2 * n..3 * n]),
-            second_goal: point(&first[3 * n..4 * n]),
+            positions: sketch
+                .path
+                .iter()
+                .enumerate()
+                .map(|(t, p)| point(t, p))
+                .collect(),
+            first_goal: goal(&sketch.goals[0]),
+            second_goal: goal(&sketch.goals[1]),
             success: ok,
         });
     }
-    Ok((panels, successes))
+    Ok(ReplayedEpisodes {
+        panels,
+        successes,
+        goal_radius,
+    })
 }

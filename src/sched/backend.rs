@@ -11,6 +11,8 @@ use std::process::Stdio;
 use anyhow::{Context, Result};
 use tokio::sync::{mpsc, watch};
 
+use super::jobs::Job;
+
 /// How far the run is from stopping; it only ever escalates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum StopLevel {
@@ -22,9 +24,11 @@ pub enum StopLevel {
     Kill,
 }
 
-/// A worker to start: the program, its arguments and environment, and its log file.
+/// A worker to start: the job it runs, the program, its arguments and environment, and
+/// its log file.
 #[derive(Debug, Clone)]
 pub struct Launch {
+    pub job: Job,
     pub program: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -47,17 +51,28 @@ pub struct WorkerExit {
     pub end: WorkerEnd,
 }
 
+/// What ties a worker to the dispatcher: the stop level to follow, and where to say how
+/// it ended (exactly once).
+#[derive(Debug, Clone)]
+pub struct WorkerLink {
+    /// The job's key in the dispatcher.
+    pub key: usize,
+    pub stop: watch::Receiver<StopLevel>,
+    pub exits: mpsc::UnboundedSender<WorkerExit>,
+}
+
+impl WorkerLink {
+    pub fn ended(self, end: WorkerEnd) {
+        // The dispatcher may be gone (its run over): then nobody needs to know.
+        let _ = self.exits.send(WorkerExit { key: self.key, end });
+    }
+}
+
 pub trait Backend {
     fn name(&self) -> &'static str;
-    /// Starts `launch` for job `key` and returns an id of the worker (a pid here). The
-    /// worker is asked to stop when `stop` escalates; its end is sent on `exits`.
-    fn launch(
-        &self,
-        key: usize,
-        launch: Launch,
-        stop: watch::Receiver<StopLevel>,
-        exits: mpsc::UnboundedSender<WorkerExit>,
-    ) -> Result<u32>;
+    /// Starts `launch` and returns how to name the worker (`pid N` here). The worker is
+    /// asked to stop when the link's stop level escalates, and its end is sent back on it.
+    fn launch(&self, launch: Launch, link: WorkerLink) -> Result<String>;
 }
 
 /// Worker processes on this host, supervised by tasks of the caller's tokio runtime (a
@@ -69,13 +84,8 @@ impl Backend for LocalBackend {
         "local"
     }
 
-    fn launch(
-        &self,
-        key: usize,
-        launch: Launch,
-        mut stop: watch::Receiver<StopLevel>,
-        exits: mpsc::UnboundedSender<WorkerExit>,
-    ) -> Result<u32> {
+    fn launch(&self, launch: Launch, link: WorkerLink) -> Result<String> {
+        let mut stop = link.stop.clone();
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -105,7 +115,8 @@ impl Backend for LocalBackend {
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", launch.program.display()))?;
-        let pid = child.id().unwrap_or_default();
+        let pid = watched_pid(child.id())
+            .with_context(|| format!("starting {}", launch.program.display()))?;
         tokio::spawn(async move {
             let status = loop {
                 tokio::select! {
@@ -119,8 +130,8 @@ impl Backend for LocalBackend {
                         match level {
                             StopLevel::Run => {}
                             StopLevel::Graceful => {
-                                // SAFETY: signalling our own child by its pid.
-                                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                                // SAFETY: signalling our own child by its (non-zero) pid.
+                                unsafe { libc::kill(pid, libc::SIGTERM) };
                             }
                             StopLevel::Kill => {
                                 let _ = child.start_kill();
@@ -137,8 +148,30 @@ impl Backend for LocalBackend {
                 },
                 Err(e) => WorkerEnd::Lost(e.to_string()),
             };
-            let _ = exits.send(WorkerExit { key, end });
+            link.ended(end);
         });
-        Ok(pid)
+        Ok(format!("pid {pid}"))
+    }
+}
+
+/// The pid to signal a worker by. A missing pid is an error, never 0: `kill(0, ..)` would
+/// signal the scheduler's own process group.
+fn watched_pid(id: Option<u32>) -> Result<libc::pid_t> {
+    match id.map(libc::pid_t::try_from) {
+        Some(Ok(pid)) if pid > 0 => Ok(pid),
+        _ => anyhow::bail!("the worker has no pid to be watched by (it is gone already)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_without_a_pid_is_an_error_not_pid_0() {
+        assert_eq!(watched_pid(Some(4242)).unwrap(), 4242);
+        for missing in [None, Some(0), Some(u32::MAX)] {
+            assert!(watched_pid(missing).is_err(), "{missing:?}");
+        }
     }
 }

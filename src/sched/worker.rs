@@ -6,41 +6,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
+use crate::checkpoint::{verify, CheckpointFiles};
 use crate::eval::EvalSummary;
 use crate::policy::LoadedPolicy;
 use crate::spec::{parse_device, Spec};
-use crate::store::{block_on, Store, TrialRecorder, TrialStatus};
-use crate::task::particle::ParticleTask;
-use crate::train::checkpoint::{file_sha256, CheckpointFiles};
-use crate::trial::{evaluate_actor, run_trial, TrialOptions, TrialPaths, TrialReport, TrialStop};
-
-/// Runs one trial with its progress recorded in the results store at `db`: the trial is
-/// `running` (with heartbeats) while it trains, then `completed`, `killed` (cancelled,
-/// checkpoint saved) or `failed` with its reason.
-pub fn run_recorded_trial(
-    spec: &Spec,
-    spec_path: &Path,
-    overrides: &BTreeMap<String, toml::Value>,
-    runs: &Path,
-    db: &Path,
-    options: &TrialOptions,
-    cancel: &AtomicBool,
-) -> Result<TrialReport> {
-    let mut recorder = TrialRecorder::new(db, spec_path, spec, overrides)?;
-    let device = parse_device(&spec.resources.device)?.resolve()?;
-    recorder.started(&format!("{device:?}").to_lowercase())?;
-    let result = run_trial(spec, runs, options, cancel, &mut recorder);
-    match &result {
-        Ok(_) => recorder.finished(TrialStatus::Completed, None)?,
-        Err(e) if matches!(e.downcast_ref(), Some(TrialStop::Cancelled { .. })) => {
-            recorder.finished(TrialStatus::Killed, Some(&format!("{e:#}")))?
-        }
-        Err(e) => recorder.finished(TrialStatus::Failed, Some(&format!("{e:#}")))?,
-    }
-    result
-}
+use crate::store::{block_on, Store, StoredTrial};
+use crate::trial::{
+    evaluate_actor, evaluation_rows, run_recorded_trial, TrialOptions, TrialPaths, TrialReport,
+};
 
 /// A worker's assignment.
 #[derive(Debug, Clone)]
@@ -55,9 +30,19 @@ pub struct WorkerJob {
     pub threads: usize,
 }
 
+/// A recorded trial's overrides (a JSON object of dotted keys to values).
+pub fn parse_overrides(trial: &StoredTrial) -> Result<BTreeMap<String, toml::Value>> {
+    serde_json::from_str(&trial.overrides_json).with_context(|| {
+        format!(
+            "trial {}: its recorded overrides are not a JSON object of settings: {}",
+            trial.id, trial.overrides_json
+        )
+    })
+}
+
 impl WorkerJob {
     /// The recorded spec of the trial, placed on this worker's device.
-    fn spec(&self) -> Result<(Spec, crate::store::StoredTrial)> {
+    fn spec(&self) -> Result<(Spec, StoredTrial)> {
         let stored = block_on(async {
             let store = Store::open(&self.db).await?;
             store.stored_trial(&self.experiment, &self.trial).await
@@ -73,8 +58,7 @@ impl WorkerJob {
     /// evaluations to evaluation jobs.
     pub fn train(&self, cancel: &AtomicBool) -> Result<TrialReport> {
         let (spec, stored) = self.spec()?;
-        let overrides: BTreeMap<String, toml::Value> =
-            serde_json::from_str(&stored.overrides_json).unwrap_or_default();
+        let overrides = parse_overrides(&stored)?;
         let options = TrialOptions {
             progress: false,
             defer_evaluations: true,
@@ -99,30 +83,52 @@ impl WorkerJob {
         }
         let files =
             CheckpointFiles::in_dir(&TrialPaths::new(&self.runs, &spec).checkpoints(), step);
-        block_on(async {
+        let recorded = block_on(async {
             let store = Store::open(&self.db).await?;
-            let recorded = store
+            store
                 .checkpoint_sha256(&self.experiment, &self.trial, step)
-                .await?;
-            let actual = file_sha256(&files.model)?;
-            match recorded {
-                Some(sha) if sha != actual => bail!(
-                    "{}: sha256 {actual} differs from the recorded {sha}",
-                    files.model.display()
-                ),
-                _ => Ok(()),
-            }
+                .await
         })?;
+        let checkpoint = verify(&files, recorded.as_deref())?;
         let device = parse_device(&self.device)?.resolve()?;
-        let policy = LoadedPolicy::load(&files, device)?;
-        let task = ParticleTask::new(spec.task.particle.clone()).context("[task]")?;
-        let (summary, records) = evaluate_actor(&spec, &task, &policy.view(), step)?;
+        let policy = LoadedPolicy::load(&checkpoint, device)?;
+        let task = spec.task.build().context("[task]")?;
+        let (summary, records) = evaluate_actor(&spec, task.as_ref(), &policy.view(), step)?;
+        let (evaluation, rows) = evaluation_rows(&summary, &records);
         block_on(async {
             let store = Store::open(&self.db).await?;
             store
-                .add_evaluation(&self.experiment, &self.trial, &summary, &records)
+                .add_evaluation(&self.experiment, &self.trial, &evaluation, &rows)
                 .await
         })?;
         Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TrialStatus;
+
+    #[test]
+    fn overrides_that_are_not_a_json_object_are_an_error_naming_the_trial() {
+        let mut trial = StoredTrial {
+            id: "abc123".into(),
+            status: TrialStatus::Pending,
+            error: None,
+            overrides_json: r#"{"train.seed": 3}"#.into(),
+            config_json: "{}".into(),
+            spec_path: None,
+        };
+        assert_eq!(
+            parse_overrides(&trial).unwrap()["train.seed"].as_integer(),
+            Some(3)
+        );
+        trial.overrides_json = "{\"train.seed\": 3".into();
+        let err = format!("{:#}", parse_overrides(&trial).unwrap_err());
+        assert!(
+            err.contains("trial abc123") && err.contains("overrides"),
+            "{err}"
+        );
     }
 }

@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use figment::providers::{Format, Serialized, Toml};
-use figment::Figment;
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider};
 
 use super::model::Spec;
+use crate::task::TaskConfig;
 
 /// Prefix of environment variables that override spec keys: `EBMLAB_TRAIN__ITERATIONS=10`
 /// sets `train.iterations` (double underscore between levels).
@@ -31,9 +33,14 @@ pub struct LoadedSpec {
     pub files: Vec<PathBuf>,
 }
 
-/// Every dotted key a spec may set (tables included).
+/// Every dotted key a spec of the default task may set (tables included).
 pub fn known_keys() -> BTreeSet<String> {
-    let value = toml::Value::try_from(Spec::default()).expect("the default spec serializes");
+    known_keys_for(&Spec::default())
+}
+
+/// Every dotted key a spec may set, given its defaults (the task's keys depend on its kind).
+fn known_keys_for(defaults: &Spec) -> BTreeSet<String> {
+    let value = toml::Value::try_from(defaults).expect("the default spec serializes");
     let mut keys = BTreeSet::new();
     collect_keys(&value, "", &mut keys);
     keys.extend(OPTIONAL_KEYS.iter().map(|k| k.to_string()));
@@ -126,10 +133,9 @@ fn read_table(path: &Path) -> Result<toml::Table> {
         .map_err(|e| anyhow!("{}: not valid TOML: {e}", path.display()))
 }
 
-/// The `extends` chain of `file`, base first, with every file's keys checked and cycles
-/// refused.
-fn extends_chain(file: &Path, known: &BTreeSet<String>) -> Result<Vec<PathBuf>> {
-    let mut chain: Vec<PathBuf> = Vec::new();
+/// The `extends` chain of `file`, base first, with each file's table; cycles refused.
+fn extends_chain(file: &Path) -> Result<Vec<(PathBuf, toml::Table)>> {
+    let mut chain: Vec<(PathBuf, toml::Table)> = Vec::new();
     let mut next = Some((file.to_path_buf(), None::<PathBuf>));
     while let Some((path, named_by)) = next.take() {
         let canonical = path.canonicalize().map_err(|_| match &named_by {
@@ -140,13 +146,13 @@ fn extends_chain(file: &Path, known: &BTreeSet<String>) -> Result<Vec<PathBuf>> 
             ),
             None => anyhow!("spec file {} not found", path.display()),
         })?;
-        if chain.contains(&canonical) {
-            let mut names: Vec<String> = chain.iter().map(|p| p.display().to_string()).collect();
+        if chain.iter().any(|(p, _)| p == &canonical) {
+            let mut names: Vec<String> =
+                chain.iter().map(|(p, _)| p.display().to_string()).collect();
             names.push(canonical.display().to_string());
             bail!("cyclic `extends`: {}", names.join(" -> "));
         }
         let table = read_table(&canonical)?;
-        check_table(&table, "", known, &canonical.display().to_string())?;
         if let Some(base) = table.get("extends") {
             let base = base.as_str().ok_or_else(|| {
                 anyhow!(
@@ -157,10 +163,65 @@ fn extends_chain(file: &Path, known: &BTreeSet<String>) -> Result<Vec<PathBuf>> 
             let dir = canonical.parent().unwrap_or(Path::new("."));
             next = Some((dir.join(base), Some(canonical.clone())));
         }
-        chain.push(canonical);
+        chain.push((canonical, table));
     }
     chain.reverse();
     Ok(chain)
+}
+
+/// The task kind the layers choose (the last one that sets `task.kind`), with the place
+/// that chose it.
+fn task_kind<'a>(layers: impl IntoIterator<Item = (String, &'a toml::Value)>) -> (String, String) {
+    let mut kind = (
+        TaskConfig::default().kind().to_owned(),
+        "the defaults".to_owned(),
+    );
+    for (origin, value) in layers {
+        if let Some(k) = value.as_str() {
+            kind = (k.to_owned(), origin);
+        } else {
+            kind = (value.to_string(), origin);
+        }
+    }
+    kind
+}
+
+/// A layer of values with a name that errors show (`--set ...`, an environment variable).
+struct Named {
+    name: String,
+    inner: Serialized<toml::Value>,
+}
+
+impl Provider for Named {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name.clone())
+    }
+    fn data(&self) -> figment::Result<Map<Profile, Dict>> {
+        self.inner.data()
+    }
+}
+
+/// Figment's errors, one per line, each as `SOURCE: key `a.b`: problem` (without the
+/// profile figment puts in front of the key).
+fn describe_extract_error(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let source = match &e.metadata {
+                Some(m) => match &m.source {
+                    Some(figment::Source::File(path)) => path.display().to_string(),
+                    _ => m.name.to_string(),
+                },
+                None => "the spec".to_owned(),
+            };
+            if e.path.is_empty() {
+                format!("{source}: {}", e.kind)
+            } else {
+                format!("{source}: key `{}`: {}", e.path.join("."), e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Parses a `--set` value as TOML (numbers, booleans, arrays, quoted strings); anything
@@ -184,12 +245,9 @@ pub fn load_spec_with_env(
     overrides: &[String],
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<LoadedSpec> {
-    let known = known_keys();
-    let files = extends_chain(file, &known)?;
-    let mut figment = Figment::from(Serialized::defaults(Spec::default()));
-    for path in &files {
-        figment = figment.merge(Toml::file_exact(path));
-    }
+    let chain = extends_chain(file)?;
+    // `EBMLAB_*` variables and `--set` items as (origin, dotted key, value).
+    let mut sets: Vec<(String, String, toml::Value)> = Vec::new();
     for (name, value) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
@@ -198,21 +256,63 @@ pub fn load_spec_with_env(
             continue;
         }
         let key = rest.to_lowercase().replace("__", ".");
-        check_key(&key, &known, &format!("environment variable {name}"))?;
-        figment = figment.merge(Serialized::global(&key, parse_value(&value)));
+        sets.push((
+            format!("environment variable {name}"),
+            key,
+            parse_value(&value),
+        ));
     }
     for item in overrides {
         let (key, value) = item
             .split_once('=')
             .ok_or_else(|| anyhow!("--set {item}: expected KEY=VALUE"))?;
-        let key = key.trim();
-        check_key(key, &known, &format!("--set {item}"))?;
-        figment = figment.merge(Serialized::global(key, parse_value(value.trim())));
+        sets.push((
+            format!("--set {item}"),
+            key.trim().to_owned(),
+            parse_value(value.trim()),
+        ));
     }
-    let mut spec: Spec = figment
-        .extract()
-        .map_err(|e| anyhow!("invalid spec {}: {e}", file.display()))?;
+
+    // The task's kind decides its keys and defaults, so it is read first.
+    let file_kinds = chain.iter().filter_map(|(path, table)| {
+        let kind = table.get("task")?.get("kind")?;
+        Some((path.display().to_string(), kind))
+    });
+    let set_kinds = sets
+        .iter()
+        .filter(|(_, key, _)| key == "task.kind")
+        .map(|(origin, _, value)| (origin.clone(), value));
+    let (kind, origin) = task_kind(file_kinds.chain(set_kinds));
+    let defaults = Spec {
+        task: TaskConfig::default_for(&kind).map_err(|e| anyhow!("{origin}: task.kind: {e}"))?,
+        ..Spec::default()
+    };
+    let known = known_keys_for(&defaults);
+    for (path, table) in &chain {
+        check_table(table, "", &known, &path.display().to_string())?;
+    }
+    let mut figment = Figment::from(Serialized::defaults(defaults));
+    for (path, _) in &chain {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    for (origin, key, value) in sets {
+        check_key(&key, &known, &origin)?;
+        figment = figment.merge(Named {
+            name: origin,
+            inner: Serialized::global(&key, value),
+        });
+    }
+    let mut spec: Spec = figment.extract().map_err(|e| {
+        anyhow!(
+            "invalid spec {}:\n{}",
+            file.display(),
+            describe_extract_error(e)
+        )
+    })?;
     spec.extends = None;
     super::validate::validate(&spec).with_context(|| format!("invalid spec {}", file.display()))?;
-    Ok(LoadedSpec { spec, files })
+    Ok(LoadedSpec {
+        spec,
+        files: chain.into_iter().map(|(path, _)| path).collect(),
+    })
 }

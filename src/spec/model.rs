@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::ebm::{EbmLossConfig, GradPenaltyConfig, NegativesConfig};
 use crate::policy::{InferenceConfig, InferenceKind, NetConfig, PolicySpec};
-use crate::task::particle::ParticleConfig;
+use crate::task::TaskConfig;
 use crate::train::LrSchedule;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,7 +19,7 @@ pub struct Spec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extends: Option<String>,
     #[serde(default)]
-    pub task: TaskSpec,
+    pub task: TaskConfig,
     #[serde(default)]
     pub data: DataSpec,
     #[serde(default)]
@@ -44,7 +44,7 @@ impl Default for Spec {
         Self {
             name: "experiment".into(),
             extends: None,
-            task: TaskSpec::default(),
+            task: TaskConfig::default(),
             data: DataSpec::default(),
             policy: PolicySection::default(),
             train: TrainSpec::default(),
@@ -52,24 +52,6 @@ impl Default for Spec {
             resources: ResourcesSpec::default(),
             sweep: BTreeMap::new(),
             trials: Vec::new(),
-        }
-    }
-}
-
-/// `[task]`: the environment (`kind`) and its parameters. Unknown keys are caught by the
-/// loader's key check (serde cannot refuse them through `flatten`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpec {
-    pub kind: String,
-    #[serde(flatten)]
-    pub particle: ParticleConfig,
-}
-
-impl Default for TaskSpec {
-    fn default() -> Self {
-        Self {
-            kind: crate::task::particle::KIND.into(),
-            particle: ParticleConfig::default(),
         }
     }
 }
@@ -261,18 +243,19 @@ impl Default for ResourcesSpec {
 
 impl Spec {
     /// The policy this spec trains, with shapes taken from the task.
-    pub fn policy_spec(&self) -> PolicySpec {
+    pub fn policy_spec(&self) -> anyhow::Result<PolicySpec> {
         let p = &self.policy;
+        let task = self.task.build()?;
         let net = NetConfig {
             obs_seq_len: self.data.obs_seq_len as i64,
-            obs_dim: self.task.particle.obs_dim() as i64,
-            action_dim: self.task.particle.n_dim as i64,
+            obs_dim: task.info().obs_dim as i64,
+            action_dim: task.info().action_dim as i64,
             hidden: p.hidden,
             blocks: p.blocks,
             dropout: p.dropout,
             layer_norm: p.layer_norm,
         };
-        if p.kind == "mse" {
+        Ok(if p.kind == "mse" {
             PolicySpec::Mse { net }
         } else {
             PolicySpec::Ebm {
@@ -284,6 +267,6 @@ impl Spec {
                 },
                 inference: self.eval.inference(),
             }
-        }
+        })
     }
 }

@@ -3,7 +3,6 @@
 use anyhow::{bail, ensure, Result};
 
 use super::model::Spec;
-use crate::task::TASK_KINDS;
 
 pub const POLICY_KINDS: &[&str] = &["ebm", "mse"];
 
@@ -17,14 +16,7 @@ pub fn validate(spec: &Spec) -> Result<()> {
         "name: `{}` must be non-empty letters, digits, `-`, `_` or `.` (it names a folder)",
         spec.name
     );
-    if !TASK_KINDS.contains(&spec.task.kind.as_str()) {
-        bail!(
-            "task.kind: unknown task `{}` (known: {})",
-            spec.task.kind,
-            TASK_KINDS.join(", ")
-        );
-    }
-    spec.task.particle.validate()?;
+    spec.task.build()?;
     if !POLICY_KINDS.contains(&spec.policy.kind.as_str()) {
         bail!(
             "policy.kind: unknown policy `{}` (known: {})",

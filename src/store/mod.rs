@@ -1,15 +1,16 @@
 //! The results store: the only code that speaks SQL. SQLite through sqlx (WAL, a busy
 //! timeout, short `BEGIN IMMEDIATE` write transactions, batched rows), schema from the
 //! top-level `migrations/` applied on open. The SQL is kept portable for PostgreSQL.
+//!
+//! A leaf: it knows rows, not trials, policies or specs; the code that runs trials turns
+//! what they produce into rows ([`NewEvaluation`], [`MetricRow`], ...).
 
 mod query;
-mod recorder;
 mod records;
 mod report;
 mod status;
 
-pub use recorder::{heartbeat_interval, TrialRecorder};
-pub use records::{hostname, now, EndWhen, TrialStatus};
+pub use records::{hostname, now, EndWhen, NewEpisode, NewEvaluation, TrialStatus};
 pub use report::{Baseline, CurvePoint, ReportEvaluation, ReportTrial};
 pub use status::{parse_timestamp, RunningTrial, StoredTrial, TrialStatusRow};
 
@@ -66,6 +67,7 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("opening results database {}", path.display()))?;
+        probe(&pool, path).await?;
         // Migrations only add: a database already migrated by a newer ebmlab stays usable.
         let mut migrator = sqlx::migrate!("./migrations");
         migrator.set_ignore_missing(true);
@@ -93,6 +95,7 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("opening results database {}", path.display()))?;
+        probe(&pool, path).await?;
         Ok(Self {
             pool,
             path: path.to_owned(),
@@ -175,11 +178,16 @@ impl Store {
     pub async fn query(&self, sql: &str) -> Result<QueryResult> {
         query::run(&self.pool, sql, None).await
     }
+}
 
-    /// [`Store::query`] with one bound parameter (`?`).
-    pub async fn query_with(&self, sql: &str, value: &str) -> Result<QueryResult> {
-        query::run(&self.pool, sql, Some(value)).await
-    }
+/// Reads the schema once, so that a file that is not a database (or is corrupt) is named
+/// here rather than failing the first query anonymously.
+async fn probe(pool: &SqlitePool, path: &Path) -> Result<()> {
+    sqlx::query("SELECT COUNT(*) FROM sqlite_master")
+        .execute(pool)
+        .await
+        .with_context(|| format!("reading results database {}", path.display()))?;
+    Ok(())
 }
 
 /// Runs a future to completion on a small runtime (for the synchronous CLI and trial loop).

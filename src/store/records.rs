@@ -1,13 +1,15 @@
 //! Experiment, trial, checkpoint and evaluation rows.
 
 use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
 use sqlx::QueryBuilder;
 
 use super::Store;
-use crate::eval::{EpisodeRecord, EvalSummary};
 
 /// Trial states, as stored (`trials.status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, Serialize, Deserialize)]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum TrialStatus {
     Pending,
     Running,
@@ -26,6 +28,37 @@ impl TrialStatus {
             TrialStatus::Killed => "killed",
         }
     }
+}
+
+impl std::fmt::Display for TrialStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// An evaluation to record: one checkpoint's success rate and mean goal distances.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvaluation {
+    pub step: u64,
+    /// Episodes run, and how many succeeded.
+    pub counts: (usize, usize),
+    /// Success rate and its 95% interval: (rate, low, high).
+    pub rate: (f64, f64, f64),
+    /// Mean over episodes of the smallest distance to the first and the second goal.
+    pub mean_min_distances: [f64; 2],
+    pub wall_seconds: f64,
+}
+
+/// One episode of an evaluation to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEpisode {
+    pub seed: u64,
+    pub success: bool,
+    pub steps: usize,
+    pub min_distance_first_goal: f64,
+    pub min_distance_second_goal: f64,
+    pub final_distance_first_goal: f64,
+    pub final_distance_second_goal: f64,
 }
 
 /// This machine's name, as recorded beside a running trial's pid.
@@ -172,7 +205,7 @@ impl Store {
             "UPDATE trials SET status = ?, error = ?, finished_at = ?, pid = NULL \
              WHERE experiment = ? AND id = ?{condition}"
         ))
-        .bind(status.as_str())
+        .bind(status)
         .bind(error)
         .bind(now())
         .bind(experiment)
@@ -244,8 +277,8 @@ impl Store {
         &self,
         experiment: &str,
         trial: &str,
-        summary: &EvalSummary,
-        episodes: &[EpisodeRecord],
+        summary: &NewEvaluation,
+        episodes: &[NewEpisode],
     ) -> Result<i64> {
         self.write(async |conn| {
             let old: Option<i64> = sqlx::query_scalar(
@@ -274,13 +307,13 @@ impl Store {
             .bind(experiment)
             .bind(trial)
             .bind(summary.step as i64)
-            .bind(summary.episodes as i64)
-            .bind(summary.successes as i64)
-            .bind(summary.success_rate)
-            .bind(summary.ci_low)
-            .bind(summary.ci_high)
-            .bind(summary.mean_min_distance_first_goal)
-            .bind(summary.mean_min_distance_second_goal)
+            .bind(summary.counts.0 as i64)
+            .bind(summary.counts.1 as i64)
+            .bind(summary.rate.0)
+            .bind(summary.rate.1)
+            .bind(summary.rate.2)
+            .bind(summary.mean_min_distances[0])
+            .bind(summary.mean_min_distances[1])
             .bind(summary.wall_seconds)
             .fetch_one(&mut *conn)
             .await?;
@@ -291,16 +324,15 @@ impl Store {
                      final_distance_first_goal, final_distance_second_goal) ",
                 );
                 insert.push_values(chunk.iter().enumerate(), |mut b, (i, e)| {
-                    let o = &e.outcome;
                     b.push_bind(id)
                         .push_bind((chunk_index * 500 + i) as i64)
-                        .push_bind(o.seed.to_string())
-                        .push_bind(o.success)
-                        .push_bind(o.steps as i64)
-                        .push_bind(o.min_goal_distances[0] as f64)
-                        .push_bind(o.min_goal_distances[1] as f64)
-                        .push_bind(o.final_goal_distances[0] as f64)
-                        .push_bind(o.final_goal_distances[1] as f64);
+                        .push_bind(e.seed.to_string())
+                        .push_bind(e.success)
+                        .push_bind(e.steps as i64)
+                        .push_bind(e.min_distance_first_goal)
+                        .push_bind(e.min_distance_second_goal)
+                        .push_bind(e.final_distance_first_goal)
+                        .push_bind(e.final_distance_second_goal);
                 });
                 insert.build().execute(&mut *conn).await?;
             }

@@ -1,17 +1,16 @@
 //! What `ebmlab status` lists: one row per trial with its latest numbers.
 
 use anyhow::Result;
-use sqlx::Row;
 
-use super::Store;
+use super::{Store, TrialStatus};
 
 /// A trial's state as the store knows it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct TrialStatusRow {
     pub experiment: String,
     pub id: String,
     pub overrides: String,
-    pub status: String,
+    pub status: TrialStatus,
     pub step: i64,
     pub iterations: i64,
     pub device: Option<String>,
@@ -39,31 +38,11 @@ impl Store {
                  SELECT e2.id FROM evaluations e2 WHERE e2.experiment = t.experiment \
                  AND e2.trial = t.id ORDER BY e2.step DESC LIMIT 1) \
              WHERE (? IS NULL OR t.experiment = ?) ORDER BY t.experiment, t.overrides, t.id";
-        let rows = sqlx::query(sql)
+        Ok(sqlx::query_as(sql)
             .bind(experiment)
             .bind(experiment)
             .fetch_all(self.pool())
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TrialStatusRow {
-                    experiment: r.try_get("experiment")?,
-                    id: r.try_get("id")?,
-                    overrides: r.try_get("overrides")?,
-                    status: r.try_get("status")?,
-                    step: r.try_get("step")?,
-                    iterations: r.try_get("iterations")?,
-                    device: r.try_get("device")?,
-                    attempt: r.try_get("attempt")?,
-                    heartbeat_at: r.try_get("heartbeat_at")?,
-                    error: r.try_get("error")?,
-                    loss: r.try_get("loss")?,
-                    success_rate: r.try_get("success_rate")?,
-                    ci_low: r.try_get("ci_low")?,
-                    ci_high: r.try_get("ci_high")?,
-                })
-            })
-            .collect()
+            .await?)
     }
 }
 
@@ -111,12 +90,14 @@ mod tests {
 }
 
 /// A recorded trial with what is needed to run it again.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct StoredTrial {
     pub id: String,
-    pub status: String,
+    pub status: TrialStatus,
     pub error: Option<String>,
+    #[sqlx(rename = "overrides")]
     pub overrides_json: String,
+    #[sqlx(rename = "config")]
     pub config_json: String,
     pub spec_path: Option<String>,
 }
@@ -124,7 +105,7 @@ pub struct StoredTrial {
 impl Store {
     /// The trials of `experiment` (only trial `id`, if given), in listing order.
     async fn stored_trials(&self, experiment: &str, id: Option<&str>) -> Result<Vec<StoredTrial>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT t.id, t.status, t.error, t.overrides, t.config, x.spec_path FROM trials t \
              JOIN experiments x ON x.name = t.experiment \
              WHERE t.experiment = ? AND (? IS NULL OR t.id = ?) ORDER BY t.overrides, t.id",
@@ -133,19 +114,7 @@ impl Store {
         .bind(id)
         .bind(id)
         .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredTrial {
-                    id: r.try_get("id")?,
-                    status: r.try_get("status")?,
-                    error: r.try_get("error")?,
-                    overrides_json: r.try_get("overrides")?,
-                    config_json: r.try_get("config")?,
-                    spec_path: r.try_get("spec_path")?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     /// The trials of `experiment`, in listing order.
@@ -163,7 +132,7 @@ impl Store {
 }
 
 /// A trial recorded as running: where, and when it last gave a sign of life.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct RunningTrial {
     pub id: String,
     pub pid: Option<i64>,
@@ -174,22 +143,12 @@ pub struct RunningTrial {
 impl Store {
     /// The trials of `experiment` recorded as running.
     pub async fn running_trials(&self, experiment: &str) -> Result<Vec<RunningTrial>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT id, pid, host, heartbeat_at FROM trials \
              WHERE experiment = ? AND status = 'running' ORDER BY id",
         )
         .bind(experiment)
         .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(RunningTrial {
-                    id: r.try_get("id")?,
-                    pid: r.try_get("pid")?,
-                    host: r.try_get("host")?,
-                    heartbeat_at: r.try_get("heartbeat_at")?,
-                })
-            })
-            .collect()
+        .await?)
     }
 }

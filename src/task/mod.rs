@@ -1,15 +1,25 @@
-//! Tasks: environments that a policy acts in, each with an expert (oracle) that makes demos.
+//! Tasks: environments that a policy acts in, each with an expert that makes demos.
 //!
-//! A task is chosen by `kind` in the spec and built through [`from_kind`], the one registry.
+//! The [`Task`] trait is the only door to a task: training, evaluation, reports and the
+//! command line all build one from the spec's `[task]` table through [`TaskConfig`], the
+//! one registry, and never name a concrete task. A new task is a module and a line in
+//! [`TaskConfig`] (plus its arms in `default_for` and `build`).
 //! Environments step a whole batch of episodes at once: evaluation rollouts and demo
 //! generation both act on many episodes per call.
 
+pub mod demos;
 pub mod particle;
+pub mod point_mass;
 mod seeds;
 
+pub use demos::{
+    demo_file_name, demo_files, read_demo_dir, record_demos, validate_dir, write_demos, Demo,
+    DemoFileError, DemoFiles, InvalidFile, RecordedDemo, Replay, ValidationReport,
+};
 pub use seeds::{derive_seed, episode_rng, episode_seeds};
 
 use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 
 /// Shapes and bounds a policy needs to act in a task.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,10 +44,21 @@ pub struct EpisodeOutcome {
     pub success: bool,
     /// Steps taken.
     pub steps: usize,
-    /// Smallest distance to each goal over the episode, in goal order.
+    /// Smallest distance to each of the two goals over the episode, in goal order.
     pub min_goal_distances: Vec<f32>,
     /// Distance to each goal at the last step.
     pub final_goal_distances: Vec<f32>,
+}
+
+/// What a picture of an episode shows, in task units: the agent's path, the setpoints it
+/// was given, and the goals with their radius (drawn in their first two dimensions).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpisodeSketch {
+    pub path: Vec<Vec<f32>>,
+    pub setpoints: Vec<Vec<f32>>,
+    /// First goal, then second.
+    pub goals: Vec<Vec<f32>>,
+    pub goal_radius: f32,
 }
 
 /// A batch of episodes stepped together. All arrays are row-major, one row per episode.
@@ -72,23 +93,70 @@ pub trait Task: Send + Sync {
     fn reset(&self, seeds: &[u64]) -> Box<dyn Episodes>;
     /// The task's expert for episodes started with these seeds.
     fn expert(&self, seeds: &[u64]) -> Box<dyn Expert>;
+    /// The task's demonstration file format, if it has one (`data generate`,
+    /// `data validate`, `data.path`).
+    fn demo_files(&self) -> Option<&dyn DemoFiles> {
+        None
+    }
+    /// A picture of an episode from its observations (`steps + 1`) and actions.
+    fn sketch(&self, observations: &[Vec<f32>], actions: &[Vec<f32>]) -> EpisodeSketch;
+}
+
+/// The spec's `[task]` table: `kind` picks the task, the other keys are its parameters.
+/// This enum is the registry of tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TaskConfig {
+    /// IBC's N-D particle task.
+    Particle(particle::ParticleConfig),
+    /// A 1-D toy for tests.
+    PointMass(point_mass::PointMassConfig),
 }
 
 /// Every task kind the registry knows.
-pub const TASK_KINDS: &[&str] = &[particle::KIND];
+pub const TASK_KINDS: &[&str] = &[particle::KIND, point_mass::KIND];
 
-/// Builds the task named `kind` with its default parameters and `n_dim` dimensions.
-pub fn from_kind(kind: &str, n_dim: usize) -> Result<Box<dyn Task>> {
-    match kind {
-        particle::KIND => Ok(Box::new(particle::ParticleTask::new(
-            particle::ParticleConfig {
-                n_dim,
-                ..Default::default()
-            },
-        )?)),
-        other => bail!(
-            "unknown task kind `{other}` (known: {})",
-            TASK_KINDS.join(", ")
-        ),
+impl Default for TaskConfig {
+    fn default() -> Self {
+        TaskConfig::Particle(Default::default())
+    }
+}
+
+impl TaskConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TaskConfig::Particle(_) => particle::KIND,
+            TaskConfig::PointMass(_) => point_mass::KIND,
+        }
+    }
+
+    /// The default parameters of the task named `kind`.
+    pub fn default_for(kind: &str) -> Result<Self> {
+        Ok(match kind {
+            particle::KIND => TaskConfig::Particle(Default::default()),
+            point_mass::KIND => TaskConfig::PointMass(Default::default()),
+            other => bail!(
+                "unknown task kind `{other}` (known: {})",
+                TASK_KINDS.join(", ")
+            ),
+        })
+    }
+
+    /// The task, its parameters checked.
+    pub fn build(&self) -> Result<Box<dyn Task>> {
+        Ok(match self {
+            TaskConfig::Particle(cfg) => Box::new(particle::ParticleTask::new(cfg.clone())?),
+            TaskConfig::PointMass(cfg) => Box::new(point_mass::PointMassTask::new(cfg.clone())?),
+        })
+    }
+
+    /// The task of `kind` with its defaults changed by `params` (task keys to values).
+    pub fn with_params(kind: &str, params: &toml::Table) -> Result<Self> {
+        let mut table = match toml::Value::try_from(Self::default_for(kind)?)? {
+            toml::Value::Table(table) => table,
+            _ => unreachable!("a task config serializes to a table"),
+        };
+        table.extend(params.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Ok(toml::Value::Table(table).try_into()?)
     }
 }

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use super::adam::Adam;
-use super::checkpoint::{write_run_files, CheckpointFiles};
 use super::schedule::LrSchedule;
+use crate::checkpoint::{self, write_run_files, SavedCheckpoint, VerifiedCheckpoint};
 use crate::data::{Normalizer, Windows};
 use crate::policy::ebm::{ebm_loss, Bounds};
 use crate::policy::{PolicyNet, PolicySpec, PolicyView};
@@ -224,25 +224,23 @@ impl Trainer {
     }
 
     /// Writes the checkpoint of the current step into `dir` (plus the per-run files).
-    pub fn save_checkpoint(&self, dir: &Path) -> Result<CheckpointFiles> {
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<SavedCheckpoint> {
         write_run_files(dir, &self.spec, &self.normalizer)?;
-        let files = CheckpointFiles::in_dir(dir, self.step);
-        // Written under temporary names and renamed, the optimizer file last: a process
-        // killed mid-save leaves no half-written checkpoint that `saved_steps` would list.
-        let (model_tmp, optim_tmp) = (temporary(&files.model), temporary(&files.optimizer));
-        self.vs
-            .save(&model_tmp)
-            .with_context(|| format!("writing {}", model_tmp.display()))?;
-        self.adam.save(&optim_tmp)?;
-        for (tmp, path) in [(&model_tmp, &files.model), (&optim_tmp, &files.optimizer)] {
-            std::fs::rename(tmp, path)
-                .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-        }
-        Ok(files)
+        checkpoint::save(
+            dir,
+            self.step,
+            |model| {
+                self.vs
+                    .save(model)
+                    .with_context(|| format!("writing {}", model.display()))
+            },
+            |optimizer| self.adam.save(optimizer),
+        )
     }
 
-    /// Restores weights, optimizer state and step from a checkpoint of this run.
-    pub fn restore(&mut self, files: &CheckpointFiles) -> Result<()> {
+    /// Restores weights, optimizer state and step from a checked checkpoint of this run.
+    pub fn restore(&mut self, checkpoint: &VerifiedCheckpoint) -> Result<()> {
+        let files = checkpoint.files();
         self.vs
             .load(&files.model)
             .with_context(|| format!("loading {}", files.model.display()))?;
@@ -257,13 +255,6 @@ impl Trainer {
         self.step = files.step;
         Ok(())
     }
-}
-
-/// A sibling file name that `saved_steps` ignores (it keeps the `.safetensors` ending,
-/// which tells tch the format).
-fn temporary(path: &Path) -> std::path::PathBuf {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!(".partial.{name}"))
 }
 
 /// libtorch takes a non-negative i64 seed.

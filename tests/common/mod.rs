@@ -4,6 +4,15 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+/// A spec that trains and evaluates in a second: 6 iterations of a 16-wide net, 4 episodes.
+pub const TINY: &str = "name = \"tiny-sweep\"\n\
+    [data]\ndemos = 10\n\
+    [policy]\nhidden = 16\n\
+    [train]\niterations = 6\nbatch_size = 16\ncheckpoint_every = 3\neval_every = 0\nlog_every = 1\n\
+    [train.negatives]\nkind = \"uniform\"\ncount = 8\n\
+    [eval]\nepisodes = 4\nsamples = 64\n\
+    [resources]\ndevice = \"cpu\"\n";
+
 /// The project's own Python (with torch and numpy), installed by `scripts/setup.sh`.
 pub fn python() -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
@@ -62,6 +71,38 @@ pub fn stderr(out: &Output) -> String {
 pub fn torch_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `ebmlab resume EXPERIMENT --quiet --runs RUNS`.
+pub fn resume(experiment: &str, runs: &std::path::Path) -> Output {
+    ebmlab(&[
+        "resume",
+        experiment,
+        "--quiet",
+        "--runs",
+        runs.to_str().unwrap(),
+    ])
+}
+
+/// `ebmlab report EXPERIMENTS... --db DB --out OUT --trajectories N`.
+pub fn report(
+    db: &std::path::Path,
+    experiments: &[&str],
+    out: &std::path::Path,
+    trajectories: usize,
+) -> Output {
+    let trajectories = trajectories.to_string();
+    let mut args = vec!["report"];
+    args.extend_from_slice(experiments);
+    args.extend([
+        "--db",
+        db.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--trajectories",
+        &trajectories,
+    ]);
+    ebmlab(&args)
 }
 
 /// `ebmlab query SQL --csv` on a results database, or `None` when the query fails

@@ -2,20 +2,26 @@
 //! position setpoints, which must visit a first goal and then a second one.
 
 mod config;
+mod demo_file;
 mod dynamics;
 mod env;
 mod oracle;
+mod replay;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
 
 pub use config::{ParticleConfig, SuccessRule};
+pub use demo_file::{parse_demo, read_demo, write_demo, ParticleDemo};
 pub use dynamics::{distance, env_step, substep, GoalTracker};
 pub use env::{ParticleEpisodes, ParticleState};
 pub use oracle::ParticleOracle;
+pub use replay::replay_demo;
 
-use super::{Episodes, Expert, Task, TaskInfo};
+use super::demos::{DemoFileError, DemoFiles, RecordedDemo, Replay};
+use super::{Demo, EpisodeSketch, Episodes, Expert, Task, TaskInfo};
 
 /// Registry name of the task.
 pub const KIND: &str = "particle";
@@ -74,5 +80,44 @@ impl Task for ParticleTask {
 
     fn expert(&self, seeds: &[u64]) -> Box<dyn Expert> {
         Box::new(ParticleOracle::new(&self.cfg, seeds))
+    }
+
+    fn demo_files(&self) -> Option<&dyn DemoFiles> {
+        Some(self)
+    }
+
+    /// The path is the position part of each observation `[p, v, g1, g2]`.
+    fn sketch(&self, observations: &[Vec<f32>], actions: &[Vec<f32>]) -> EpisodeSketch {
+        let n = self.cfg.n_dim;
+        let first = observations
+            .first()
+            .cloned()
+            .unwrap_or_else(|| vec![0.0; 4 * n]);
+        EpisodeSketch {
+            path: observations.iter().map(|o| o[..n].to_vec()).collect(),
+            setpoints: actions.to_vec(),
+            goals: vec![first[2 * n..3 * n].to_vec(), first[3 * n..4 * n].to_vec()],
+            goal_radius: self.cfg.goal_distance as f32,
+        }
+    }
+}
+
+/// The seed's JSON trajectory files. Replays take this task's parameters, with the
+/// dimension and goal order of each file.
+impl DemoFiles for ParticleTask {
+    fn read(&self, path: &Path) -> Result<Demo, DemoFileError> {
+        Ok(read_demo(path)?.to_demo())
+    }
+
+    fn write(&self, path: &Path, recorded: &RecordedDemo) -> Result<()> {
+        let demo =
+            ParticleDemo::from_demo(&recorded.demo, Some(recorded.seed), self.cfg.multimodal);
+        write_demo(path, &demo, Some(recorded.success))
+    }
+
+    fn replay(&self, path: &Path) -> Result<Replay, String> {
+        let demo = read_demo(path).map_err(|e| e.to_string())?;
+        replay_demo(&self.cfg, &demo)
+            .map_err(|e| format!("{}: cannot be replayed: {e:#}", path.display()))
     }
 }

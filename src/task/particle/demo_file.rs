@@ -6,22 +6,13 @@
 
 use std::fs;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::task::particle::ParticleState;
-
-/// A bad demonstration file: which file, which field, what is wrong.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{}: field `{field}`: {problem}", file.display())]
-pub struct DemoFileError {
-    pub file: PathBuf,
-    /// Dotted path of the field, e.g. `trajectory.positions[3][1]`; `(file)` for the whole file.
-    pub field: String,
-    pub problem: String,
-}
+use super::ParticleState;
+use crate::task::demos::{Demo, DemoFileError};
 
 /// One demonstrated particle episode.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +41,47 @@ impl ParticleDemo {
             velocity: self.velocities[t].clone(),
             first_goal: self.first_goal.clone(),
             second_goal: self.second_goal.clone(),
+        }
+    }
+
+    /// The observation vector `[p, v, g1, g2]` at step `t`.
+    pub fn observation(&self, t: usize) -> Vec<f32> {
+        let mut obs = Vec::with_capacity(4 * self.n_dim());
+        obs.extend_from_slice(&self.positions[t]);
+        obs.extend_from_slice(&self.velocities[t]);
+        obs.extend_from_slice(&self.first_goal);
+        obs.extend_from_slice(&self.second_goal);
+        obs
+    }
+
+    /// What a policy learns from: observations and actions.
+    pub fn to_demo(&self) -> Demo {
+        Demo {
+            observations: (0..self.positions.len())
+                .map(|t| self.observation(t))
+                .collect(),
+            actions: self.actions.clone(),
+        }
+    }
+
+    /// The particle episode behind a demo's observations `[p, v, g1, g2]`.
+    pub fn from_demo(demo: &Demo, seed: Option<u64>, multimodal: bool) -> Self {
+        let n = demo.actions.first().map_or(0, Vec::len);
+        let part = |k: usize| -> Vec<Vec<f32>> {
+            demo.observations
+                .iter()
+                .map(|o| o[k * n..(k + 1) * n].to_vec())
+                .collect()
+        };
+        let first = &demo.observations[0];
+        Self {
+            seed,
+            positions: part(0),
+            velocities: part(1),
+            actions: demo.actions.clone(),
+            first_goal: first[2 * n..3 * n].to_vec(),
+            second_goal: first[3 * n..4 * n].to_vec(),
+            multimodal,
         }
     }
 }
@@ -256,29 +288,4 @@ fn check_vector(field: &str, values: &[f64], n: usize) -> Result<Vec<f32>, Field
             }
         })
         .collect()
-}
-
-/// The `*.json` files of a demonstration folder, sorted by name.
-pub fn demo_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries =
-        fs::read_dir(dir).with_context(|| format!("reading demo folder {}", dir.display()))?;
-    let mut files = Vec::new();
-    for entry in entries {
-        let path = entry
-            .with_context(|| format!("listing {}", dir.display()))?
-            .path();
-        if path.is_file() && path.extension().is_some_and(|e| e == "json") {
-            files.push(path);
-        }
-    }
-    if files.is_empty() {
-        bail!("demo folder {} holds no .json files", dir.display());
-    }
-    files.sort();
-    Ok(files)
-}
-
-/// File name of episode `index` in a generated folder.
-pub fn demo_file_name(index: usize) -> String {
-    format!("traj_{index:06}.json")
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -13,12 +13,70 @@ use anyhow::{Context, Result};
 use tokio::runtime::Runtime;
 use tracing::warn;
 
-use super::{EndWhen, MetricRow, Store, TrialStatus};
+use super::{run_trial, MetricsRow, TrialObserver, TrialOptions, TrialReport, TrialStop};
+use crate::checkpoint::SavedCheckpoint;
 use crate::eval::{EpisodeRecord, EvalSummary};
-use crate::spec::Spec;
-use crate::train::checkpoint::file_sha256;
-use crate::train::CheckpointFiles;
-use crate::trial::{MetricsRow, TrialObserver};
+use crate::spec::{parse_device, Spec};
+use crate::store::{block_on, EndWhen, MetricRow, NewEpisode, NewEvaluation, Store, TrialStatus};
+
+/// Runs one trial with its progress recorded in the results store at `db`: the trial is
+/// `running` (with heartbeats) while it trains, then `completed`, `killed` (cancelled,
+/// checkpoint saved) or `failed` with its reason.
+pub fn run_recorded_trial(
+    spec: &Spec,
+    spec_path: &Path,
+    overrides: &BTreeMap<String, toml::Value>,
+    runs: &Path,
+    db: &Path,
+    options: &TrialOptions,
+    cancel: &AtomicBool,
+) -> Result<TrialReport> {
+    let mut recorder = TrialRecorder::new(db, spec_path, spec, overrides)?;
+    let device = parse_device(&spec.resources.device)?.resolve()?;
+    recorder.started(&format!("{device:?}").to_lowercase())?;
+    let result = run_trial(spec, runs, options, cancel, &mut recorder);
+    match &result {
+        Ok(_) => recorder.finished(TrialStatus::Completed, None)?,
+        Err(e) if matches!(e.downcast_ref(), Some(TrialStop::Cancelled { .. })) => {
+            recorder.finished(TrialStatus::Killed, Some(&format!("{e:#}")))?
+        }
+        Err(e) => recorder.finished(TrialStatus::Failed, Some(&format!("{e:#}")))?,
+    }
+    result
+}
+
+/// An evaluation and its episodes as the store's rows.
+pub fn evaluation_rows(
+    summary: &EvalSummary,
+    episodes: &[EpisodeRecord],
+) -> (NewEvaluation, Vec<NewEpisode>) {
+    let evaluation = NewEvaluation {
+        step: summary.step,
+        counts: (summary.episodes, summary.successes),
+        rate: (summary.success_rate, summary.ci_low, summary.ci_high),
+        mean_min_distances: [
+            summary.mean_min_distance_first_goal,
+            summary.mean_min_distance_second_goal,
+        ],
+        wall_seconds: summary.wall_seconds,
+    };
+    let rows = episodes
+        .iter()
+        .map(|e| {
+            let o = &e.outcome;
+            NewEpisode {
+                seed: o.seed,
+                success: o.success,
+                steps: o.steps,
+                min_distance_first_goal: o.min_goal_distances[0] as f64,
+                min_distance_second_goal: o.min_goal_distances[1] as f64,
+                final_distance_first_goal: o.final_goal_distances[0] as f64,
+                final_distance_second_goal: o.final_goal_distances[1] as f64,
+            }
+        })
+        .collect();
+    (evaluation, rows)
+}
 
 /// Metric rows buffered before a write (a write also happens at every checkpoint, and
 /// after `FLUSH_SECONDS` so that listings of running trials stay current).
@@ -72,7 +130,7 @@ impl Heartbeat {
                 }
                 anyhow::Ok(())
             };
-            if let Err(e) = super::block_on(beat) {
+            if let Err(e) = block_on(beat) {
                 warn!("heartbeat thread: {e:#}");
             }
         });
@@ -196,13 +254,11 @@ impl TrialObserver for TrialRecorder {
         Ok(())
     }
 
-    fn checkpoint(&mut self, files: &CheckpointFiles) -> Result<()> {
+    fn checkpoint(&mut self, saved: &SavedCheckpoint) -> Result<()> {
         self.flush()?;
+        let files = &saved.files;
         self.step.store(files.step, Ordering::Relaxed);
-        let sha = file_sha256(&files.model)?;
-        let bytes = std::fs::metadata(&files.model)
-            .with_context(|| format!("reading {}", files.model.display()))?
-            .len();
+        let (sha, bytes) = (&saved.model_sha256, saved.model_bytes);
         let (experiment, trial) = (&self.experiment, &self.trial);
         self.runtime.block_on(async {
             self.store
@@ -211,7 +267,7 @@ impl TrialObserver for TrialRecorder {
                     trial,
                     files.step,
                     &files.model.display().to_string(),
-                    &sha,
+                    sha,
                     bytes,
                 )
                 .await?;
@@ -221,10 +277,11 @@ impl TrialObserver for TrialRecorder {
 
     fn evaluation(&mut self, summary: &EvalSummary, episodes: &[EpisodeRecord]) -> Result<()> {
         self.flush()?;
+        let (evaluation, rows) = evaluation_rows(summary, episodes);
         self.runtime
             .block_on(
                 self.store
-                    .add_evaluation(&self.experiment, &self.trial, summary, episodes),
+                    .add_evaluation(&self.experiment, &self.trial, &evaluation, &rows),
             )
             .map(|_| ())
     }

@@ -1,0 +1,481 @@
+//! The dispatcher: one loop owns the run's state (queue, free slots, running workers) and
+//! reacts to worker ends, stop requests (signals) and a progress tick. Workers are
+//! separate processes; they record their own trials, and the dispatcher records only what a
+//! dead worker could not. What happens is told to a [`Reporter`] as typed events.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::{mpsc, watch};
+
+use super::backend::{Backend, StopLevel, WorkerExit, WorkerLink};
+use super::events::{JobOutcome, Reporter, RunEvent, RunOutcome, StopReason};
+use super::jobs::{evaluation_steps, liveness, Job, JobKind, Liveness};
+use super::launch::worker_launch;
+use super::settle::{settle, Finished, Settled};
+use super::slots::{plan_slots, Machine, Slot};
+use crate::spec::{describe_settings, Spec};
+use crate::store::{hostname, now, parse_timestamp, EndWhen, Store, TrialStatus};
+use crate::trial::TrialPaths;
+
+/// An experiment's place: its name, runs folder and results database.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    pub name: String,
+    pub runs: PathBuf,
+    pub db: PathBuf,
+}
+
+/// How `run` and `resume` schedule.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Stop launching at the first failure and stop the running workers.
+    pub fail_fast: bool,
+    /// Attempts after a failure, each continuing from the trial's latest checkpoint.
+    pub max_retries: u32,
+    /// A `running` trial without a heartbeat for this long is taken as dead.
+    pub stale_after: Duration,
+    /// CPU slots (overrides `resources.cpu_slots`).
+    pub cpu_slots: Option<usize>,
+}
+
+/// A request from outside to stop the run (a signal, by name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopRequest(pub String);
+
+/// A job that failed for good.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobFailure {
+    pub job: Job,
+    pub settings: String,
+    pub reason: String,
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    pub slots: Vec<String>,
+    pub launched: usize,
+    pub succeeded: usize,
+    pub failures: Vec<JobFailure>,
+    /// Trials left to a live worker of another run.
+    pub running_elsewhere: Vec<String>,
+    /// Why the run stopped early, if it did.
+    pub stop: Option<StopReason>,
+}
+
+impl RunSummary {
+    pub fn outcome(&self) -> RunOutcome {
+        match &self.stop {
+            Some(reason) if reason.by_user() => RunOutcome::Cancelled,
+            _ if !self.failures.is_empty() => RunOutcome::Failed,
+            _ => RunOutcome::Completed,
+        }
+    }
+}
+
+/// Runs the jobs of `trials` (recorded in the store) on this host's slots until all are
+/// done, one fails under `--fail-fast`, or SIGINT/SIGTERM stops the run.
+pub fn run_experiment(
+    experiment: &Experiment,
+    trials: &[String],
+    options: &RunOptions,
+    backend: &dyn Backend,
+    reporter: &mut dyn Reporter,
+) -> Result<RunSummary> {
+    // A current-thread runtime: workers are spawned from this (main) thread, whose exit
+    // is what their parent-death signal watches.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the scheduler's runtime")?;
+    runtime.block_on(async {
+        let stops = forward_signals()?;
+        let machine = Machine::discover();
+        dispatch(
+            experiment, trials, options, &machine, backend, reporter, stops,
+        )
+        .await
+    })
+}
+
+/// SIGINT and SIGTERM as stop requests.
+fn forward_signals() -> Result<mpsc::UnboundedReceiver<StopRequest>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = mpsc::unbounded_channel();
+    for (kind, name) in [
+        (SignalKind::interrupt(), "SIGINT"),
+        (SignalKind::terminate(), "SIGTERM"),
+    ] {
+        let mut stream = signal(kind).with_context(|| format!("listening for {name}"))?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if tx.send(StopRequest(name.into())).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(rx)
+}
+
+/// The dispatcher's loop, with the machine, the backend, the reporter and the source of
+/// stop requests given (tests give fakes).
+pub async fn dispatch(
+    experiment: &Experiment,
+    trials: &[String],
+    options: &RunOptions,
+    machine: &Machine,
+    backend: &dyn Backend,
+    reporter: &mut dyn Reporter,
+    mut stops: mpsc::UnboundedReceiver<StopRequest>,
+) -> Result<RunSummary> {
+    let store = Store::open(&experiment.db).await?;
+    let (exits_tx, mut exits) = mpsc::unbounded_channel::<WorkerExit>();
+    let (stop, stop_rx) = watch::channel(StopLevel::Run);
+    let mut run = Dispatcher {
+        experiment,
+        options,
+        backend,
+        reporter,
+        store,
+        specs: HashMap::new(),
+        settings: HashMap::new(),
+        queue: VecDeque::new(),
+        free: VecDeque::new(),
+        running: HashMap::new(),
+        summary: RunSummary::default(),
+        stop,
+        stop_rx,
+        exits_tx,
+        next_key: 0,
+    };
+    run.plan(trials).await?;
+    if run.queue.is_empty() {
+        run.reporter.report(RunEvent::NothingToRun);
+        return Ok(run.summary);
+    }
+    let first = &run.specs[&run.queue[0].trial];
+    let slots = plan_slots(
+        machine,
+        &first.resources,
+        options.cpu_slots,
+        run.queue.len(),
+    )?;
+    run.summary.slots = slots.iter().map(Slot::label).collect();
+    run.reporter.report(RunEvent::Started {
+        jobs: run.queue.len(),
+        slots: run.summary.slots.clone(),
+        backend: backend.name(),
+    });
+    run.free = slots.into();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        run.launch_ready().await?;
+        let level = *run.stop.borrow();
+        if run.running.is_empty() && (run.queue.is_empty() || level > StopLevel::Run) {
+            break;
+        }
+        tokio::select! {
+            Some(exit) = exits.recv() => run.on_exit(exit).await?,
+            Some(request) = stops.recv() => run.on_stop_request(request),
+            _ = tick.tick() => run.progress().await,
+        }
+    }
+    Ok(run.summary)
+}
+
+/// A job on a worker.
+struct Running {
+    job: Job,
+    slot: Slot,
+    log: PathBuf,
+    log_start: u64,
+}
+
+struct Dispatcher<'a> {
+    experiment: &'a Experiment,
+    options: &'a RunOptions,
+    backend: &'a dyn Backend,
+    reporter: &'a mut dyn Reporter,
+    store: Store,
+    specs: HashMap<String, Spec>,
+    settings: HashMap<String, String>,
+    queue: VecDeque<Job>,
+    free: VecDeque<Slot>,
+    running: HashMap<usize, Running>,
+    summary: RunSummary,
+    stop: watch::Sender<StopLevel>,
+    stop_rx: watch::Receiver<StopLevel>,
+    exits_tx: mpsc::UnboundedSender<WorkerExit>,
+    next_key: usize,
+}
+
+impl Dispatcher<'_> {
+    /// Reads the trials' configs, ends trials whose worker died, and queues the jobs:
+    /// training for every unfinished trial, evaluations for finished trials' checkpoints.
+    async fn plan(&mut self, trials: &[String]) -> Result<()> {
+        let name = &self.experiment.name;
+        let (host, now) = (hostname(), parse_timestamp(&now()).unwrap_or_default());
+        for t in self.store.running_trials(name).await? {
+            match liveness(&t, &host, now, self.options.stale_after) {
+                Liveness::Stale(reason) => {
+                    let reason = format!("{reason}; resumable from its latest checkpoint");
+                    self.store
+                        .end_trial(
+                            name,
+                            &t.id,
+                            TrialStatus::Killed,
+                            Some(&reason),
+                            EndWhen::Running,
+                        )
+                        .await?;
+                    self.reporter.report(RunEvent::MarkedKilled {
+                        trial: t.id.clone(),
+                        reason,
+                    });
+                }
+                Liveness::Alive => self.summary.running_elsewhere.push(t.id.clone()),
+            }
+        }
+        let recorded = self.store.experiment_trials(name).await?;
+        for id in trials {
+            let stored = recorded
+                .iter()
+                .find(|t| &t.id == id)
+                .with_context(|| format!("trial {id} is not recorded"))?;
+            let spec: Spec = serde_json::from_str(&stored.config_json)
+                .with_context(|| format!("trial {id}: its recorded config"))?;
+            let overrides = super::worker::parse_overrides(stored)?;
+            self.specs.insert(id.clone(), spec);
+            self.settings.insert(
+                id.clone(),
+                describe_settings(&serde_json::to_value(&overrides)?),
+            );
+            if self.summary.running_elsewhere.contains(id) {
+                self.reporter
+                    .report(RunEvent::LeftToOtherRun { trial: id.clone() });
+            } else if stored.status == TrialStatus::Completed {
+                let jobs = self.evaluation_jobs(id).await?;
+                self.queue.extend(jobs);
+            } else {
+                self.queue.push_back(Job::train(id));
+            }
+        }
+        Ok(())
+    }
+
+    async fn evaluation_jobs(&self, trial: &str) -> Result<Vec<Job>> {
+        let steps = self
+            .store
+            .unevaluated_checkpoints(&self.experiment.name, trial)
+            .await?;
+        Ok(evaluation_steps(&self.specs[trial], &steps)
+            .into_iter()
+            .map(|step| Job::evaluate(trial, step))
+            .collect())
+    }
+
+    /// Starts queued jobs on free slots while the run is not stopping.
+    async fn launch_ready(&mut self) -> Result<()> {
+        while *self.stop.borrow() == StopLevel::Run && !self.free.is_empty() {
+            let Some(job) = self.queue.pop_front() else {
+                break;
+            };
+            let slot = self.free.pop_front().expect("a free slot");
+            let key = self.next_key;
+            self.next_key += 1;
+            match self.start(key, &job, &slot) {
+                Ok(()) => self.summary.launched += 1,
+                Err(e) => {
+                    self.free.push_back(slot);
+                    let reason = format!("could not start a worker: {e:#}");
+                    if job.kind == JobKind::Train {
+                        self.store
+                            .end_trial(
+                                &self.experiment.name,
+                                &job.trial,
+                                TrialStatus::Failed,
+                                Some(&reason),
+                                EndWhen::Unfinished,
+                            )
+                            .await?;
+                    }
+                    self.failed_for_good(key, job, reason);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, key: usize, job: &Job, slot: &Slot) -> Result<()> {
+        let spec = &self.specs[&job.trial];
+        let paths = TrialPaths::new(&self.experiment.runs, spec);
+        let launch = worker_launch(self.experiment, job, slot, &paths)?;
+        let log = launch.log.clone();
+        let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
+        let link = WorkerLink {
+            key,
+            stop: self.stop_rx.clone(),
+            exits: self.exits_tx.clone(),
+        };
+        let worker = self.backend.launch(launch, link)?;
+        self.reporter.report(RunEvent::JobStarted {
+            key,
+            job: job.clone(),
+            slot: slot.label(),
+            worker,
+            settings: self.settings[&job.trial].clone(),
+            steps: (job.kind == JobKind::Train).then_some(spec.train.iterations),
+        });
+        self.running.insert(
+            key,
+            Running {
+                job: job.clone(),
+                slot: slot.clone(),
+                log,
+                log_start,
+            },
+        );
+        Ok(())
+    }
+
+    async fn on_exit(&mut self, exit: WorkerExit) -> Result<()> {
+        let Some(done) = self.running.remove(&exit.key) else {
+            return Ok(());
+        };
+        self.free.push_back(done.slot.clone());
+        let level = *self.stop.borrow();
+        let finished = Finished {
+            experiment: &self.experiment.name,
+            job: &done.job,
+            log: &done.log,
+            log_start: done.log_start,
+        };
+        match settle(&self.store, &finished, &exit.end, level).await? {
+            Settled::Succeeded => {
+                self.summary.succeeded += 1;
+                let success_rate = self.latest_success(&done.job).await?;
+                self.ended(
+                    exit.key,
+                    done.job.clone(),
+                    JobOutcome::Succeeded,
+                    success_rate,
+                );
+                if done.job.kind == JobKind::Train {
+                    let jobs = self.evaluation_jobs(&done.job.trial).await?;
+                    self.queue.extend(jobs);
+                }
+            }
+            Settled::Cancelled => self.ended(exit.key, done.job, JobOutcome::Cancelled, None),
+            Settled::Failed(reason) => {
+                let mut job = done.job;
+                if level == StopLevel::Run && job.failures < self.options.max_retries {
+                    job.failures += 1;
+                    let outcome = JobOutcome::Retrying {
+                        reason,
+                        attempt: job.failures,
+                        retries: self.options.max_retries,
+                    };
+                    self.ended(exit.key, job.clone(), outcome, None);
+                    self.queue.push_front(job);
+                } else {
+                    self.failed_for_good(exit.key, job, reason);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn failed_for_good(&mut self, key: usize, job: Job, reason: String) {
+        let outcome = JobOutcome::Failed {
+            reason: reason.clone(),
+        };
+        self.ended(key, job.clone(), outcome, None);
+        self.summary.failures.push(JobFailure {
+            settings: self.settings[&job.trial].clone(),
+            job: job.clone(),
+            reason,
+        });
+        if self.options.fail_fast {
+            self.stop_with(
+                StopLevel::Graceful,
+                StopReason::FailFast {
+                    job: job.describe(),
+                },
+            );
+        }
+    }
+
+    fn ended(&mut self, key: usize, job: Job, outcome: JobOutcome, success_rate: Option<f64>) {
+        let settings = self.settings[&job.trial].clone();
+        self.reporter.report(RunEvent::JobEnded {
+            key,
+            job,
+            outcome,
+            settings,
+            success_rate,
+        });
+    }
+
+    /// A signal: the first asks workers to checkpoint and stop, the next kills them.
+    fn on_stop_request(&mut self, StopRequest(name): StopRequest) {
+        if *self.stop.borrow() == StopLevel::Run {
+            self.stop_with(StopLevel::Graceful, StopReason::Signal { name });
+        } else {
+            self.stop_with(StopLevel::Kill, StopReason::Kill { name });
+        }
+    }
+
+    /// Raises the stop level (never lowers it) and records why.
+    fn stop_with(&mut self, level: StopLevel, reason: StopReason) {
+        if self.summary.stop.as_ref().is_some_and(|r| *r >= reason) {
+            return;
+        }
+        self.summary.stop = Some(reason.clone());
+        self.stop.send_if_modified(|l| {
+            let raise = level > *l;
+            if raise {
+                *l = level;
+            }
+            raise
+        });
+        self.reporter.report(RunEvent::Stopping { reason });
+    }
+
+    async fn latest_success(&self, job: &Job) -> Result<Option<f64>> {
+        if job.kind != JobKind::Train {
+            return Ok(None);
+        }
+        let rows = self.store.trial_status(Some(&self.experiment.name)).await?;
+        Ok(rows
+            .into_iter()
+            .find(|r| r.id == job.trial)
+            .and_then(|r| r.success_rate))
+    }
+
+    /// The latest recorded step and loss of every running training job.
+    async fn progress(&mut self) {
+        if !self.running.values().any(|r| r.job.kind == JobKind::Train) {
+            return;
+        }
+        let Ok(rows) = self.store.trial_status(Some(&self.experiment.name)).await else {
+            return;
+        };
+        for (key, r) in &self.running {
+            if r.job.kind != JobKind::Train {
+                continue;
+            }
+            if let Some(row) = rows.iter().find(|row| row.id == r.job.trial) {
+                self.reporter.report(RunEvent::Progress {
+                    key: *key,
+                    step: row.step.max(0) as u64,
+                    loss: row.loss,
+                });
+            }
+        }
+    }
+}

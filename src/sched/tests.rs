@@ -1,0 +1,389 @@
+//! The dispatcher against a fake backend: no worker processes, no libtorch; each fake
+//! worker follows a script and records its trial in the store as a real worker would.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::spec::Spec;
+use crate::store::{EndWhen, Store, TrialStatus};
+
+/// What a fake worker does with its job.
+#[derive(Debug, Clone)]
+enum Script {
+    /// Records its trial completed and exits 0.
+    Succeed,
+    /// Records its trial failed with this reason and exits 1.
+    Fail(&'static str),
+    /// Trains until told to stop: a graceful stop records `killed` and exits 130, a kill
+    /// ends it by SIGKILL.
+    RunUntilStopped,
+    /// A worker busy with a long checkpoint: only a kill ends it.
+    IgnoreGraceful,
+    /// The backend loses track of it.
+    Lost,
+    /// The backend cannot start it.
+    CannotStart,
+}
+
+struct FakeBackend {
+    db: PathBuf,
+    experiment: String,
+    /// Scripts per trial, one per launch; `Succeed` once they run out.
+    scripts: Mutex<HashMap<String, VecDeque<Script>>>,
+}
+
+impl Backend for FakeBackend {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    fn launch(&self, launch: Launch, link: WorkerLink) -> Result<String> {
+        let (key, mut stop) = (link.key, link.stop.clone());
+        let trial = launch.job.trial.clone();
+        let script = self
+            .scripts
+            .lock()
+            .unwrap()
+            .get_mut(&trial)
+            .and_then(VecDeque::pop_front)
+            .unwrap_or(Script::Succeed);
+        if let Script::CannotStart = script {
+            bail!("no such program (fake)");
+        }
+        let (db, experiment) = (self.db.clone(), self.experiment.clone());
+        tokio::spawn(async move {
+            let store = Store::open(&db).await.unwrap();
+            let train = launch.job.kind == JobKind::Train;
+            if train {
+                store.start_trial(&experiment, &trial, "cpu").await.unwrap();
+            }
+            let end_as = |status, error: Option<&'static str>| {
+                let (store, experiment, trial) = (store.clone(), experiment.clone(), trial.clone());
+                async move {
+                    if train {
+                        store
+                            .end_trial(&experiment, &trial, status, error, EndWhen::Always)
+                            .await
+                            .unwrap();
+                    }
+                }
+            };
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let end = match script {
+                Script::Succeed => {
+                    end_as(TrialStatus::Completed, None).await;
+                    WorkerEnd::Exited(0)
+                }
+                Script::Fail(reason) => {
+                    end_as(TrialStatus::Failed, Some(reason)).await;
+                    WorkerEnd::Exited(1)
+                }
+                Script::RunUntilStopped | Script::IgnoreGraceful => loop {
+                    if stop.changed().await.is_err() {
+                        break WorkerEnd::Lost("scheduler gone".into());
+                    }
+                    let level = *stop.borrow_and_update();
+                    match level {
+                        StopLevel::Kill => break WorkerEnd::Signaled(9),
+                        StopLevel::Graceful if matches!(script, Script::RunUntilStopped) => {
+                            end_as(TrialStatus::Killed, Some("cancelled at step 3")).await;
+                            break WorkerEnd::Exited(130);
+                        }
+                        _ => {}
+                    }
+                },
+                Script::Lost => WorkerEnd::Lost("waiting for the worker failed".into()),
+                Script::CannotStart => unreachable!(),
+            };
+            link.ended(end);
+        });
+        Ok(format!("fake {key}"))
+    }
+}
+
+/// Stop requests sent when events arrive: the n-th job start, or a cancelled job.
+struct Signaller {
+    log: EventLog,
+    stops: mpsc::UnboundedSender<StopRequest>,
+    signal_after_starts: Option<usize>,
+    signal_after_cancelled: bool,
+}
+
+impl Reporter for Signaller {
+    fn report(&mut self, event: RunEvent) {
+        let starts = |log: &EventLog| {
+            log.events
+                .iter()
+                .filter(|e| matches!(e, RunEvent::JobStarted { .. }))
+                .count()
+        };
+        let cancelled = matches!(
+            &event,
+            RunEvent::JobEnded {
+                outcome: JobOutcome::Cancelled,
+                ..
+            }
+        );
+        self.log.report(event);
+        if self.signal_after_starts == Some(starts(&self.log)) {
+            self.signal_after_starts = None;
+            let _ = self.stops.send(StopRequest("SIGTERM".into()));
+        }
+        if cancelled && self.signal_after_cancelled {
+            self.signal_after_cancelled = false;
+            let _ = self.stops.send(StopRequest("SIGINT".into()));
+        }
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    experiment: Experiment,
+    trials: Vec<String>,
+}
+
+impl Fixture {
+    /// An experiment of `n` recorded trials (they differ in their seed).
+    fn new(n: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let experiment = Experiment {
+            name: "fake".into(),
+            runs: dir.path().join("runs"),
+            db: dir.path().join("runs/ebmlab.sqlite"),
+        };
+        let trials = crate::store::block_on(async {
+            let store = Store::open(&experiment.db).await.unwrap();
+            store.upsert_experiment("fake", "fake.toml").await.unwrap();
+            let mut ids = Vec::new();
+            for seed in 0..n as u64 {
+                let mut spec = Spec {
+                    name: "fake".into(),
+                    ..Spec::default()
+                };
+                spec.train.seed = seed;
+                let id = spec.trial_id();
+                let overrides = format!("{{\"train.seed\":{seed}}}");
+                let config = serde_json::to_string(&spec).unwrap();
+                store
+                    .add_trial("fake", &id, &overrides, &config, 100)
+                    .await
+                    .unwrap();
+                ids.push(id);
+            }
+            ids
+        });
+        Self {
+            _dir: dir,
+            experiment,
+            trials,
+        }
+    }
+
+    fn run(
+        &self,
+        scripts: Vec<(usize, Vec<Script>)>,
+        options: RunOptions,
+        reporter: impl FnOnce(mpsc::UnboundedSender<StopRequest>) -> Signaller,
+    ) -> (RunSummary, Vec<RunEvent>) {
+        let backend = FakeBackend {
+            db: self.experiment.db.clone(),
+            experiment: self.experiment.name.clone(),
+            scripts: Mutex::new(
+                scripts
+                    .into_iter()
+                    .map(|(i, s)| (self.trials[i].clone(), s.into()))
+                    .collect(),
+            ),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut reporter = reporter(tx);
+        let machine = Machine {
+            cores: 2,
+            gpus: Vec::new(),
+        };
+        let summary = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(dispatch(
+                &self.experiment,
+                &self.trials,
+                &options,
+                &machine,
+                &backend,
+                &mut reporter,
+                rx,
+            ))
+            .unwrap();
+        (summary, reporter.log.events)
+    }
+
+    fn status(&self, i: usize) -> (TrialStatus, Option<String>) {
+        crate::store::block_on(async {
+            let store = Store::open(&self.experiment.db).await.unwrap();
+            let t = store
+                .stored_trial(&self.experiment.name, &self.trials[i])
+                .await
+                .unwrap();
+            (t.status, t.error)
+        })
+    }
+}
+
+fn options(fail_fast: bool, max_retries: u32) -> RunOptions {
+    RunOptions {
+        fail_fast,
+        max_retries,
+        stale_after: Duration::from_secs(60),
+        cpu_slots: Some(2),
+    }
+}
+
+fn quiet(stops: mpsc::UnboundedSender<StopRequest>) -> Signaller {
+    Signaller {
+        log: EventLog::default(),
+        stops,
+        signal_after_starts: None,
+        signal_after_cancelled: false,
+    }
+}
+
+#[test]
+fn fail_fast_stops_the_others_and_the_run_failed_naming_the_trial() {
+    let f = Fixture::new(3);
+    let scripts = vec![
+        (0, vec![Script::Fail("loss became inf at step 2")]),
+        (1, vec![Script::RunUntilStopped]),
+    ];
+    let (summary, events) = f.run(scripts, options(true, 0), quiet);
+    assert_eq!(
+        summary.outcome(),
+        RunOutcome::Failed,
+        "not cancelled: {events:?}"
+    );
+    assert_eq!(summary.failures.len(), 1);
+    assert_eq!(summary.failures[0].job.trial, f.trials[0]);
+    assert_eq!(summary.failures[0].reason, "loss became inf at step 2");
+    assert!(matches!(summary.stop, Some(StopReason::FailFast { .. })));
+    assert_eq!(f.status(0).0, TrialStatus::Failed);
+    assert_eq!(
+        f.status(1).0,
+        TrialStatus::Killed,
+        "checkpointed and stopped"
+    );
+    assert_eq!(f.status(2).0, TrialStatus::Pending, "never started");
+    assert_eq!(summary.launched, 2);
+}
+
+#[test]
+fn without_fail_fast_a_failure_leaves_the_others_to_complete() {
+    let f = Fixture::new(3);
+    let scripts = vec![(1, vec![Script::Fail("loss became inf at step 2")])];
+    let (summary, _) = f.run(scripts, options(false, 0), quiet);
+    assert_eq!(summary.outcome(), RunOutcome::Failed);
+    assert_eq!(summary.succeeded, 2);
+    assert_eq!(f.status(0).0, TrialStatus::Completed);
+    assert_eq!(f.status(2).0, TrialStatus::Completed);
+}
+
+#[test]
+fn max_retries_runs_a_failed_job_again() {
+    let f = Fixture::new(1);
+    let scripts = vec![(0, vec![Script::Fail("flaky"), Script::Succeed])];
+    let (summary, events) = f.run(scripts.clone(), options(false, 1), quiet);
+    assert_eq!(summary.outcome(), RunOutcome::Completed);
+    assert_eq!(summary.launched, 2);
+    assert!(events.iter().any(|e| matches!(
+        e,
+        RunEvent::JobEnded {
+            outcome: JobOutcome::Retrying {
+                attempt: 1,
+                retries: 1,
+                ..
+            },
+            ..
+        }
+    )));
+    assert_eq!(f.status(0).0, TrialStatus::Completed);
+
+    let f = Fixture::new(1);
+    let (summary, _) = f.run(scripts, options(false, 0), quiet);
+    assert_eq!(summary.outcome(), RunOutcome::Failed);
+    assert_eq!(summary.launched, 1);
+}
+
+#[test]
+fn a_signal_stops_gracefully_and_a_second_one_kills() {
+    let f = Fixture::new(3);
+    let scripts = vec![
+        (0, vec![Script::IgnoreGraceful]),
+        (1, vec![Script::RunUntilStopped]),
+    ];
+    let (summary, events) = f.run(scripts, options(false, 0), |stops| Signaller {
+        log: EventLog::default(),
+        stops,
+        signal_after_starts: Some(2),
+        signal_after_cancelled: true,
+    });
+    assert_eq!(summary.outcome(), RunOutcome::Cancelled);
+    assert_eq!(
+        summary.stop,
+        Some(StopReason::Kill {
+            name: "SIGINT".into()
+        })
+    );
+    let stops: Vec<&StopReason> = events
+        .iter()
+        .filter_map(|e| match e {
+            RunEvent::Stopping { reason } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert!(matches!(
+        stops[..],
+        [StopReason::Signal { .. }, StopReason::Kill { .. }]
+    ));
+    // The graceful one recorded itself; the killed one is recorded by the dispatcher.
+    assert_eq!(f.status(1).0, TrialStatus::Killed);
+    let (status, error) = f.status(0);
+    assert_eq!(status, TrialStatus::Killed);
+    assert!(error.unwrap().contains("signal 9"));
+    assert_eq!(f.status(2).0, TrialStatus::Pending);
+    assert!(summary.failures.is_empty());
+}
+
+#[test]
+fn a_worker_that_cannot_start_fails_its_trial_and_the_rest_run() {
+    let f = Fixture::new(2);
+    let scripts = vec![(0, vec![Script::CannotStart])];
+    let (summary, _) = f.run(scripts, options(false, 0), quiet);
+    assert_eq!(summary.outcome(), RunOutcome::Failed);
+    assert!(summary.failures[0]
+        .reason
+        .contains("could not start a worker"));
+    let (status, error) = f.status(0);
+    assert_eq!(status, TrialStatus::Failed);
+    assert!(error.unwrap().contains("no such program"));
+    assert_eq!(f.status(1).0, TrialStatus::Completed);
+}
+
+#[test]
+fn a_lost_worker_leaves_its_trial_killed_and_resumable_at_once() {
+    let f = Fixture::new(1);
+    let scripts = vec![(0, vec![Script::Lost])];
+    let (summary, _) = f.run(scripts, options(false, 0), quiet);
+    assert_eq!(summary.outcome(), RunOutcome::Failed);
+    let (status, error) = f.status(0);
+    assert_eq!(status, TrialStatus::Killed, "not left `running`");
+    let error = error.unwrap();
+    assert!(
+        error.contains("lost track of its worker") && error.contains("resumable"),
+        "{error}"
+    );
+}

@@ -1,0 +1,95 @@
+//! What a trial trains with: its task, its demonstrations as normalized windows, and a
+//! fresh trainer.
+
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use tch::Device;
+
+use crate::data::{Normalizer, Windows};
+use crate::spec::Spec;
+use crate::task::{episode_seeds, read_demo_dir, record_demos, Demo, Task, TaskInfo};
+use crate::train::{OptimConfig, Trainer, TrainingSet};
+
+/// The demonstrations a spec asks for: a folder in the task's file format (`data.path`),
+/// or `data.demos` episodes of the task's expert from `data.seed`.
+pub fn load_demos(spec: &Spec, task: &dyn Task) -> Result<Vec<Demo>> {
+    let Some(path) = &spec.data.path else {
+        let seeds = episode_seeds(spec.data.seed, spec.data.demos);
+        return Ok(record_demos(task, &seeds)?
+            .into_iter()
+            .map(|r| r.demo)
+            .collect());
+    };
+    let info = task.info();
+    let format = task.demo_files().with_context(|| {
+        format!(
+            "data.path: the {} task has no demonstration file format; use data.demos",
+            info.kind
+        )
+    })?;
+    let demos = read_demo_dir(format, Path::new(path)).context("data.path")?;
+    for demo in &demos {
+        let (obs, action) = (
+            demo.observations.first().map_or(0, Vec::len),
+            demo.actions.first().map_or(0, Vec::len),
+        );
+        ensure!(
+            (obs, action) == (info.obs_dim, info.action_dim),
+            "data.path: demos have {obs} observation values and {action}-D actions; \
+             the [task] has {} and {}-D",
+            info.obs_dim,
+            info.action_dim
+        );
+    }
+    Ok(demos)
+}
+
+/// The demos' history windows of `seq_len` observations, normalized by a normalizer fitted
+/// to them (sampling bounds widened by `boundary_buffer`, within the task's), on `device`.
+pub fn training_set(
+    demos: &[Demo],
+    seq_len: usize,
+    boundary_buffer: f32,
+    info: &TaskInfo,
+    device: Device,
+) -> Result<(Normalizer, TrainingSet)> {
+    let windows = Windows::from_demos(demos, seq_len);
+    let normalizer = Normalizer::fit(
+        &windows.observations,
+        windows.obs_dim,
+        &windows.actions,
+        windows.action_dim,
+        boundary_buffer,
+        (&info.action_low, &info.action_high),
+    )?;
+    let data = TrainingSet::new(&windows, &normalizer, device)?;
+    Ok((normalizer, data))
+}
+
+/// A fresh trainer for the spec's policy on the spec's demos.
+pub fn build_trainer(spec: &Spec, task: &dyn Task, device: Device) -> Result<Trainer> {
+    let demos = load_demos(spec, task)?;
+    let (normalizer, data) = training_set(
+        &demos,
+        spec.data.obs_seq_len,
+        spec.data.boundary_buffer,
+        task.info(),
+        device,
+    )?;
+    let optim = OptimConfig {
+        batch_size: spec.train.batch_size,
+        schedule: spec.train.schedule(),
+        seed: spec.train.seed,
+    };
+    tracing::info!(
+        trial = %spec.trial_id(),
+        demos = demos.len(),
+        windows = data.len(),
+        device = ?device,
+        "trial {} of {}",
+        spec.trial_id(),
+        spec.name
+    );
+    Trainer::new(spec.policy_spec()?, optim, data, normalizer, device)
+}
