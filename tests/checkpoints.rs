@@ -17,57 +17,6 @@ use ebmlab::task::particle::{ParticleConfig, ParticleTask};
 use ebmlab::train::{LrSchedule, OptimConfig, Trainer, TrainingSet};
 use tch::{nn, Device, Kind, Tensor};
 
-/// The seed's PyTorch SequenceEBM, written from the seed document, loading our file strictly.
-const SEED_MODULE: &str = r#"
-import sys, torch, torch.nn as nn
-from safetensors.torch import load_file
-
-class MLPResidualBlock(nn.Module):
-    def __init__(self, hidden_dim=256, dropout=0.1, norm_type='layer'):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(hidden_dim) if norm_type == 'layer' else None
-        self.norm2 = nn.LayerNorm(hidden_dim) if norm_type == 'layer' else None
-        self.fc1 = nn.Linear(hidden_dim, hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, hidden_dim)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.activation = nn.ReLU()
-    def forward(self, x):
-        identity = x
-        out = self.norm1(x) if self.norm1 is not None else x
-        out = self.fc1(self.dropout1(self.activation(out)))
-        out = self.norm2(out) if self.norm2 is not None else out
-        out = self.fc2(self.dropout2(self.activation(out)))
-        return out + identity
-
-class SequenceEBM(nn.Module):
-    def __init__(self, obs_dim=8, action_dim=2, obs_seq_len=2, hidden_dim=256,
-                 num_residual_blocks=1, dropout=0.0, norm_type=None):
-        super().__init__()
-        self.projection = nn.Linear(obs_seq_len * obs_dim + action_dim, hidden_dim)
-        self.blocks = nn.ModuleList([MLPResidualBlock(hidden_dim, dropout, norm_type)
-                                     for _ in range(num_residual_blocks)])
-        self.energy_projection = nn.Linear(hidden_dim, 1)
-    def forward(self, obs_seq, action):
-        B, N, _ = action.shape
-        obs_flat = obs_seq.reshape(B, -1).unsqueeze(1).expand(B, N, -1)
-        x = torch.cat([obs_flat, action], dim=-1).reshape(B * N, -1)
-        x = self.projection(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.energy_projection(x).reshape(B, N)
-
-model_path, io_path, norm_type, blocks = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-model = SequenceEBM(norm_type=None if norm_type == 'none' else norm_type,
-                    num_residual_blocks=blocks)
-model.load_state_dict(load_file(model_path), strict=True)
-model.eval()
-io = load_file(io_path)
-with torch.no_grad():
-    ours = model(io['obs'], io['actions'])
-print(float((ours - io['energies']).abs().max()))
-"#;
-
 #[test]
 fn pytorch_loads_the_checkpoint_and_computes_the_same_energies() {
     let _torch = common::torch_lock();
@@ -109,10 +58,11 @@ fn pytorch_loads_the_checkpoint_and_computes_the_same_energies() {
         .unwrap();
 
         let program = format!(
-            "import sys; sys.argv = ['x', {:?}, {:?}, {:?}, '{blocks}']\n{SEED_MODULE}",
+            "import sys; sys.argv = ['x', {:?}, {:?}, {:?}, '{blocks}']\n{}",
             model_path.to_str().unwrap(),
             io_path.to_str().unwrap(),
-            if layer_norm { "layer" } else { "none" }
+            if layer_norm { "layer" } else { "none" },
+            common::SEED_MODULE
         );
         let max_diff: f64 = common::run_python(&program, "").trim().parse().unwrap();
         println!(

@@ -4,7 +4,7 @@ mod common;
 
 use std::fs;
 
-use common::{ebmlab, stderr, stdout, TINY};
+use common::{ebmlab, kill, query_one, spawn_run, stderr, stdout, wait_for, TINY};
 use ebmlab::spec::{expand_trials, load_spec_with_env};
 
 #[test]
@@ -321,44 +321,6 @@ fn long_sweep(dir: &std::path::Path) -> std::path::PathBuf {
     file
 }
 
-fn spawn_run(file: &std::path::Path, runs: &std::path::Path) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_ebmlab"))
-        .args(["run", file.to_str().unwrap(), "--quiet", "--slots", "2"])
-        .args(["--runs", runs.to_str().unwrap()])
-        .env("EBMLAB_HEARTBEAT_SECONDS", "0.2")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn kill(signal: &str, pids: &[String]) {
-    let status = std::process::Command::new("kill")
-        .arg(signal)
-        .args(pids)
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {signal} {pids:?}");
-}
-
-/// Polls `sql` (first value of the first row) until `done` says so, for at most 2 minutes.
-fn wait_for(db: &std::path::Path, sql: &str, done: impl Fn(&str) -> bool) -> String {
-    let started = std::time::Instant::now();
-    loop {
-        let value = common::try_query_csv(db, sql)
-            .and_then(|csv| csv.lines().nth(1).map(str::to_owned))
-            .unwrap_or_default();
-        if done(&value) {
-            return value;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(120),
-            "{sql}: still {value:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn kill_9_of_the_run_and_a_worker_then_resume_gives_the_same_weights_and_rows() {
     let dir = tempfile::tempdir().unwrap();
@@ -432,14 +394,6 @@ fn kill_9_of_the_run_and_a_worker_then_resume_gives_the_same_weights_and_rows() 
     );
 }
 
-fn query_one(db: &std::path::Path, sql: &str) -> String {
-    common::query_csv(db, sql)
-        .lines()
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned()
-}
-
 #[test]
 fn evaluation_jobs_give_the_evaluations_the_trial_would_have_made_itself() {
     let dir = tempfile::tempdir().unwrap();
@@ -477,4 +431,62 @@ fn evaluation_jobs_give_the_evaluations_the_trial_would_have_made_itself() {
     let inline = evaluations("inline");
     assert_eq!(inline.lines().count(), 4, "{inline}");
     assert_eq!(inline, evaluations("jobs"));
+}
+
+#[test]
+fn a_trial_run_as_the_second_job_of_a_worker_equals_it_run_in_a_fresh_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = TINY.replace("iterations = 6", "iterations = 30");
+    let both = dir.path().join("both.toml");
+    fs::write(&both, format!("{spec}[sweep]\n\"train.seed\" = [0, 1]\n")).unwrap();
+    let alone = dir.path().join("alone.toml");
+    fs::write(&alone, format!("{spec}[sweep]\n\"train.seed\" = [1]\n")).unwrap();
+    let run = |file: &std::path::Path, runs: &std::path::Path| {
+        let out = ebmlab(&[
+            "run",
+            file.to_str().unwrap(),
+            "--quiet",
+            "--slots",
+            "1",
+            "--runs",
+            runs.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    let (shared, fresh) = (dir.path().join("shared"), dir.path().join("fresh"));
+    run(&both, &shared);
+    run(&alone, &fresh);
+    let seed1 = {
+        let mut spec = load_spec_with_env(&alone, &[], Vec::new()).unwrap().spec;
+        spec.sweep.clear();
+        spec.train.seed = 1;
+        spec.trial_id()
+    };
+    let file = |runs: &std::path::Path, name: &str| {
+        fs::read(runs.join("tiny-sweep").join(&seed1).join(name)).unwrap()
+    };
+    // One worker process ran both trials, this one second.
+    let log = String::from_utf8(file(&shared, "worker.log")).unwrap();
+    let line = log.lines().find(|l| l.starts_with("worker pid")).unwrap();
+    assert!(line.contains(" job 2: "), "{log}");
+    let pid = line.split_whitespace().nth(2).unwrap().to_owned();
+    let others: Vec<String> = fs::read_dir(shared.join("tiny-sweep"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("worker.log"))
+        .filter(|p| p.exists())
+        .map(|p| fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(
+        others
+            .iter()
+            .any(|l| l.contains(&format!("worker pid {pid} job 1: "))),
+        "{others:?}"
+    );
+    for name in [
+        "checkpoints/step_0000030.safetensors",
+        "checkpoints/step_0000030.optim.safetensors",
+        "episodes.csv",
+    ] {
+        assert_eq!(file(&shared, name), file(&fresh, name), "{name}");
+    }
 }

@@ -115,10 +115,14 @@ fn altered_checkpoint_bytes_are_refused_by_eval_report_and_resume() {
     let loaded = ebmlab::spec::load_spec(&file, &[]).unwrap().spec;
     let stop_at_once = AtomicBool::new(true);
     let _torch = common::torch_lock();
+    let no_overrides = Default::default();
+    let trial = ebmlab::trial::RecordedTrial {
+        spec: &loaded,
+        spec_path: &file,
+        overrides: &no_overrides,
+    };
     let stopped = ebmlab::trial::run_recorded_trial(
-        &loaded,
-        &file,
-        &Default::default(),
+        trial,
         &runs,
         &runs.join("ebmlab.sqlite"),
         &Default::default(),

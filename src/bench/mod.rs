@@ -12,12 +12,13 @@ use tch::{Device, Kind, Tensor};
 
 use crate::eval::rollout;
 use crate::policy::ebm::{Bounds, EbmLossConfig, LangevinConfig, NegativesConfig};
-use crate::policy::{infer_actions, InferenceConfig, NetConfig, PolicyNet, PolicySpec};
+use crate::policy::{infer_actions, InferenceConfig, NetConfig, PolicyNet, PolicySpec, Precision};
 use crate::task::{episode_seeds, record_demos, TaskConfig};
 use crate::train::{LrSchedule, OptimConfig, Trainer};
 use crate::trial::training_set;
 
 mod orchestration;
+mod packed;
 
 const REFERENCE_SCRIPT: &str = include_str!("reference.py");
 
@@ -47,6 +48,9 @@ pub struct BenchOptions {
     pub overhead_trials: usize,
     /// Metric rows written to a results store (0: skip).
     pub ingest_rows: usize,
+    /// Packed training: pack sizes and precisions (no sizes: skip).
+    pub pack_sizes: Vec<usize>,
+    pub precisions: Vec<Precision>,
 }
 
 /// One figure.
@@ -66,7 +70,12 @@ pub struct BenchRecord {
     pub per_second: Option<f64>,
 }
 
-fn time_ms(device: Device, warmup: usize, repeats: usize, mut work: impl FnMut()) -> Vec<f64> {
+pub(crate) fn time_ms(
+    device: Device,
+    warmup: usize,
+    repeats: usize,
+    mut work: impl FnMut(),
+) -> Vec<f64> {
     for _ in 0..warmup {
         work();
     }
@@ -85,7 +94,7 @@ fn time_ms(device: Device, warmup: usize, repeats: usize, mut work: impl FnMut()
         .collect()
 }
 
-fn record(
+pub(crate) fn record(
     name: &str,
     device: Device,
     config: serde_json::Value,
@@ -112,7 +121,7 @@ fn record(
 }
 
 /// The IBC/seed particle EBM (256 x 1 block, no normalization) for 2-D.
-fn ibc_spec(opts: &BenchOptions) -> PolicySpec {
+pub(crate) fn ibc_spec(opts: &BenchOptions) -> PolicySpec {
     PolicySpec::Ebm {
         net: NetConfig {
             hidden: opts.hidden,
@@ -166,7 +175,10 @@ pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()
     if opts.ingest_rows > 0 {
         orchestration::metric_ingest(opts.ingest_rows, 8, &mut emit)?;
     }
-    if !(opts.train_step || opts.dfo || opts.eval) {
+    if !opts.pack_sizes.is_empty() {
+        packed::packed_training(opts, &mut emit)?;
+    }
+    if !(opts.train_step || opts.dfo || opts.eval || !opts.pack_sizes.is_empty()) {
         return Ok(());
     }
     let mut trainer = build_trainer(opts, ibc_spec(opts))?;
@@ -236,12 +248,20 @@ pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()
         if opts.eval {
             only.push("eval");
         }
+        if !opts.pack_sizes.is_empty() {
+            only.push("packed_train");
+        }
         let settings = json!({
             "device": if opts.device.is_cuda() { "cuda" } else { "cpu" },
             "only": only, "warmup": opts.warmup, "repeats": opts.repeats,
             "train": train_config,
             "dfo": {"batches": opts.dfo_batches, "samples": opts.dfo_samples, "iters": opts.dfo_iters},
             "eval": eval_config,
+            "packed": {
+                "sizes": opts.pack_sizes,
+                "precisions": opts.precisions.iter()
+                    .map(|p| format!("{p:?}").to_lowercase()).collect::<Vec<_>>(),
+            },
         });
         let output = Command::new(python)
             .args(["-c", REFERENCE_SCRIPT, &settings.to_string()])

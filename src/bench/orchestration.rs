@@ -13,7 +13,7 @@ use super::BenchRecord;
 use crate::sched::{
     register_trials, run_experiment, EventLog, Experiment, LocalBackend, RunOptions,
 };
-use crate::spec::{expand_trials, load_spec_with_env};
+use crate::spec::{expand_trials, load_spec_with_env, TrialPlan};
 use crate::store::{block_on, MetricRow, Store};
 use crate::trial::{run_trial, NoObserver, TrialOptions};
 
@@ -40,26 +40,31 @@ fn figure(bench: &str, config: serde_json::Value, ms: f64, per_second: Option<f6
     }
 }
 
-/// `trials` trivial trials through the scheduler on one slot, against the same trials
-/// run in this process: the difference per trial is the orchestration's overhead.
+/// Trivial trials through the scheduler on one slot, against the same trials run in this
+/// process. A slot's worker starts once (libtorch loaded) and then serves job after job, so
+/// two figures: the start-up (a run of one trial), and the overhead of each further job
+/// (a run of `trials`, less the run of one, per further trial, less the trial's own work).
 pub fn trial_overhead(trials: usize, emit: &mut dyn FnMut(&BenchRecord)) -> Result<()> {
+    ensure!(trials >= 2, "the overhead takes at least 2 trials");
     let dir = tempfile::tempdir()?;
-    let spec_path = dir.path().join("trivial.toml");
-    let seeds: Vec<String> = (0..trials).map(|s| s.to_string()).collect();
-    std::fs::write(
-        &spec_path,
-        format!(
-            "{TRIVIAL}[sweep]\n\"train.seed\" = [{}]\n",
-            seeds.join(", ")
-        ),
-    )?;
-    let spec = load_spec_with_env(&spec_path, &[], Vec::new())?.spec;
-    let plans = expand_trials(&spec)?;
+    let sweep = |name: &str, n: usize| -> Result<(std::path::PathBuf, Vec<TrialPlan>)> {
+        let path = dir.path().join(format!("{name}.toml"));
+        let seeds: Vec<String> = (0..n).map(|s| s.to_string()).collect();
+        let spec = TRIVIAL.replace("bench-trivial", name);
+        std::fs::write(
+            &path,
+            format!("{spec}[sweep]\n\"train.seed\" = [{}]\n", seeds.join(", ")),
+        )?;
+        let spec = load_spec_with_env(&path, &[], Vec::new())?.spec;
+        Ok((path, expand_trials(&spec)?))
+    };
+    let (many_path, many) = sweep("bench-many", trials)?;
+    let (one_path, one) = sweep("bench-one", 1)?;
 
     // In this process, without a store: the trials' own work.
     let inline_runs = dir.path().join("inline");
     let started = Instant::now();
-    for plan in &plans {
+    for plan in &many {
         run_trial(
             &plan.spec,
             &inline_runs,
@@ -69,13 +74,36 @@ pub fn trial_overhead(trials: usize, emit: &mut dyn FnMut(&BenchRecord)) -> Resu
         )?;
     }
     let inline_ms = started.elapsed().as_secs_f64() * 1e3 / trials as f64;
+    let one_ms = scheduled_ms(dir.path(), &one_path, &one)?;
+    let many_ms = scheduled_ms(dir.path(), &many_path, &many)?;
+    let per_job = (many_ms - one_ms) / (trials - 1) as f64 - inline_ms;
+    let config = json!({"trials": trials, "slots": 1, "iterations": 1, "hidden": 8});
+    emit(&figure("trial_in_process", config.clone(), inline_ms, None));
+    emit(&figure(
+        "trial_scheduled",
+        config.clone(),
+        many_ms / trials as f64,
+        None,
+    ));
+    emit(&figure(
+        "worker_startup",
+        config.clone(),
+        one_ms - inline_ms - per_job,
+        None,
+    ));
+    emit(&figure("trial_overhead", config, per_job, None));
+    Ok(())
+}
 
+/// Milliseconds the scheduler takes to run `plans` (registered first) on one CPU slot.
+fn scheduled_ms(dir: &std::path::Path, spec_path: &std::path::Path, plans: &[TrialPlan]) -> Result<f64> {
+    let name = plans[0].spec.name.clone();
     let experiment = Experiment {
-        name: spec.name.clone(),
-        runs: dir.path().join("scheduled"),
-        db: dir.path().join("scheduled/ebmlab.sqlite"),
+        runs: dir.join(&name),
+        db: dir.join(&name).join("ebmlab.sqlite"),
+        name,
     };
-    register_trials(&experiment.db, &spec_path, &plans)?;
+    register_trials(&experiment.db, spec_path, plans)?;
     let options = RunOptions {
         fail_fast: false,
         max_retries: 0,
@@ -88,30 +116,15 @@ pub fn trial_overhead(trials: usize, emit: &mut dyn FnMut(&BenchRecord)) -> Resu
         &experiment,
         &ids,
         &options,
-        &LocalBackend,
+        &LocalBackend::new(),
         &mut EventLog::default(),
     )?;
-    let scheduled_ms = started.elapsed().as_secs_f64() * 1e3 / trials as f64;
     ensure!(
-        summary.succeeded == trials && summary.failures.is_empty(),
+        summary.succeeded == plans.len() && summary.failures.is_empty(),
         "the trivial trials did not all complete: {:?}",
         summary.failures
     );
-    let config = json!({"trials": trials, "slots": 1, "iterations": 1, "hidden": 8});
-    emit(&figure("trial_in_process", config.clone(), inline_ms, None));
-    emit(&figure(
-        "trial_scheduled",
-        config.clone(),
-        scheduled_ms,
-        None,
-    ));
-    emit(&figure(
-        "trial_overhead",
-        config,
-        scheduled_ms - inline_ms,
-        None,
-    ));
-    Ok(())
+    Ok(started.elapsed().as_secs_f64() * 1e3)
 }
 
 /// Metric rows written the way a trial's recorder writes them (batches of 2,000), by one

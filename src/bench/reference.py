@@ -173,3 +173,112 @@ if "eval" in cfg["only"]:
                                         e["n_steps"], e["n_dim"]),
                   min(cfg["warmup"], 1), cfg["repeats"])
     emit("eval", e, times)
+
+
+class PackedEBM:
+    """K SequenceEBMs of one shape as stacked weights [K, out, in] and batched products:
+    what a PyTorch user writes to train many small networks at once."""
+
+    def __init__(self, k, in_dim, obs_in, hidden, blocks):
+        def linear(i, o):
+            bound = 1.0 / i ** 0.5
+            w = (torch.rand(k, o, i, device=device) * 2 - 1) * bound
+            b = (torch.rand(k, o, device=device) * 2 - 1) * bound
+            return [w.requires_grad_(), b.requires_grad_()]
+        self.obs_in = obs_in
+        self.proj = linear(in_dim, hidden)
+        self.blocks = [(linear(hidden, hidden), linear(hidden, hidden)) for _ in range(blocks)]
+        self.out = linear(hidden, 1)
+
+    def params(self):
+        ps = list(self.proj) + list(self.out)
+        for fc1, fc2 in self.blocks:
+            ps += list(fc1) + list(fc2)
+        return ps
+
+    @staticmethod
+    def lin(x, wb):
+        return torch.baddbmm(wb[1].unsqueeze(1), x, wb[0].transpose(1, 2))
+
+    def energies(self, obs, act):
+        # obs [K, B, S*D], act [K, B, N, A] -> [K, B, N]
+        K, B, N, A = act.shape
+        w, b = self.proj
+        ctx = torch.baddbmm(b.unsqueeze(1), obs, w[:, :, :self.obs_in].transpose(1, 2))
+        h = torch.bmm(act.reshape(K, B * N, A), w[:, :, self.obs_in:].transpose(1, 2))
+        h = (h.view(K, B, N, -1) + ctx.unsqueeze(2)).view(K, B * N, -1)
+        for fc1, fc2 in self.blocks:
+            h = h + self.lin(F.relu(self.lin(F.relu(h), fc1)), fc2)
+        return self.lin(h, self.out).view(K, B, N)
+
+
+def packed_step(model, opt, data_obs, data_act, k, batch, negatives, steps, dtype):
+    idx = torch.randint(0, data_obs.shape[0], (k, batch), device=device)
+    obs = data_obs[idx].reshape(k, batch, -1)
+    act = data_act[idx]
+    A = act.shape[-1]
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        a = torch.rand(k, batch, negatives, A, device=device) * 2 - 1
+        for i in range(steps):
+            s = (0.1 - 1e-5) * (1 - i / max(steps - 1, 1)) ** 2 + 1e-5
+            a = a.detach().requires_grad_(True)
+            g = torch.autograd.grad(model.energies(obs, a).float().sum(), a)[0]
+            delta = (s * (0.5 * g + torch.randn_like(a))).clamp(-0.1, 0.1)
+            a = (a - delta).clamp(-1, 1)
+        cand = torch.cat([a.detach(), act.unsqueeze(2)], 2).requires_grad_(True)
+        e = model.energies(obs, cand).float()
+        nce = -F.log_softmax(-e, dim=-1)[..., -1].mean(1)
+        g = torch.autograd.grad(e.sum(), cand, create_graph=True)[0]
+        gp = torch.clamp(g.abs().amax(-1) - 1.0, min=0.0).pow(2).mean((1, 2))
+        loss = (nce + gp).sum()
+    opt.zero_grad(set_to_none=False)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def packed_bench(k, precision, graphs):
+    """One figure: K packed trials in `precision`, optionally captured as a CUDA graph."""
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    model = PackedEBM(k, 2 * t["obs_dim"] + t["action_dim"], 2 * t["obs_dim"], t["hidden"],
+                      t["blocks"])
+    opt = torch.optim.Adam(model.params(), lr=1e-3, capturable=graphs)
+    args = (model, opt, data_obs, data_act, k, t["batch_size"], t["negatives"],
+            t["langevin_steps"], dtype)
+    if graphs:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                packed_step(*args)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            packed_step(*args)
+        fn = graph.replay
+    else:
+        fn = lambda: packed_step(*args)
+    times = timed(fn, cfg["warmup"], cfg["repeats"])
+    median = statistics.median(times)
+    print(json.dumps({
+        "bench": "packed_train",
+        "impl": "pytorch-packed" + ("-cuda-graph" if graphs else ""),
+        "device": str(device), "threads": torch.get_num_threads(),
+        "config": {"members": k, "precision": precision, "hidden": t["hidden"],
+                   "batch_size": t["batch_size"], "negatives": t["negatives"],
+                   "langevin_steps": t["langevin_steps"]},
+        "repeats": len(times), "median_ms": median, "min_ms": min(times),
+        "per_second": k * 1000.0 / median,
+    }), flush=True)
+
+
+if "packed_train" in cfg["only"]:
+    for precision in cfg["packed"]["precisions"]:
+        for k in cfg["packed"]["sizes"]:
+            packed_bench(k, precision, False)
+            if device.type == "cuda":
+                try:
+                    packed_bench(k, precision, True)
+                except Exception as e:  # a capture PyTorch refuses is reported, not fatal
+                    print(f"no CUDA graph for K={k} {precision}: {e}", file=sys.stderr)

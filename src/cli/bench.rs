@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 
 use crate::bench::{run, BenchOptions};
+use crate::policy::Precision;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchItem {
@@ -21,6 +22,9 @@ pub enum BenchItem {
     Orchestration,
     /// Metric rows per second into a results store (one writer, then 8 at once).
     Ingest,
+    /// Packed training: --pack-sizes trials of the train-step config as one batched
+    /// model, in each of --precisions (beside the same packing written in PyTorch).
+    Packed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -71,6 +75,13 @@ pub struct BenchArgs {
     overhead_trials: usize,
     #[arg(long, default_value_t = 200_000)]
     ingest_rows: usize,
+    /// Pack sizes for the packed figures.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    pack_sizes: Vec<usize>,
+    /// Precisions for the packed figures (default: fp32, tf32, bf16 on a GPU; fp32 on
+    /// the CPU).
+    #[arg(long, value_delimiter = ',', value_parser = parse_precision)]
+    precisions: Vec<Precision>,
     /// Python with torch for the reference figures.
     #[arg(long, default_value = ".venv/bin/python")]
     python: PathBuf,
@@ -128,6 +139,16 @@ pub fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         } else {
             0
         },
+        pack_sizes: if all || args.only.contains(&BenchItem::Packed) {
+            args.pack_sizes.clone()
+        } else {
+            Vec::new()
+        },
+        precisions: match (args.precisions.is_empty(), device) {
+            (false, _) => args.precisions.clone(),
+            (true, tch::Device::Cpu) => vec![Precision::Fp32],
+            (true, _) => vec![Precision::Fp32, Precision::Tf32, Precision::Bf16],
+        },
     };
     run(&opts, |record| {
         println!(
@@ -136,4 +157,13 @@ pub fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         )
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_precision(text: &str) -> Result<Precision, String> {
+    match text {
+        "fp32" => Ok(Precision::Fp32),
+        "tf32" => Ok(Precision::Tf32),
+        "bf16" => Ok(Precision::Bf16),
+        other => Err(format!("`{other}`: expected fp32, tf32 or bf16")),
+    }
 }

@@ -144,6 +144,8 @@ fn init_logging(verbose: u8) {
     let filter = EnvFilter::try_from_env("EBMLAB_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours for a terminal only (a worker's stderr is its log file).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

@@ -93,7 +93,7 @@ impl Reporter for ConsoleReporter {
                     JobKind::Train => settings.clone(),
                     JobKind::Evaluate { step } => format!("evaluating step {step}"),
                 };
-                self.bar(key, format!("{slot} {}", job.trial), message, steps);
+                self.bar(key, format!("{slot} {}", job.lead()), message, steps);
                 self.say(format!(
                     "start  {}  on {slot} ({worker})  {settings}",
                     job.describe()

@@ -51,7 +51,7 @@ pub fn schedule_and_report(
         experiment,
         trials,
         &args.options(),
-        &LocalBackend,
+        &LocalBackend::new(),
         &mut reporter,
     )?;
     let rows = block_on(async {

@@ -51,12 +51,13 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
 /// The status table: one line per trial (and its error under a failed or killed one).
 pub fn print_trials(rows: &[TrialStatusRow]) {
     println!(
-        "{:16} {:12} {:9} {:>15} {:8} {:>9} {:>22} {:>9}  settings",
+        "{:16} {:12} {:9} {:>15} {:12} {:15} {:>9} {:>22} {:>9}  settings",
         "experiment",
         "trial",
         "status",
         "progress",
         "device",
+        "pack",
         "loss",
         "success [95% CI]",
         "heartbeat"
@@ -85,12 +86,13 @@ pub fn print_trials(rows: &[TrialStatusRow]) {
             r.overrides.clone()
         };
         println!(
-            "{:16} {:12} {:9} {:>15} {:8} {:>9} {:>22} {:>9}  {}",
+            "{:16} {:12} {:9} {:>15} {:12} {:15} {:>9} {:>22} {:>9}  {}",
             r.experiment,
             r.id,
             r.status,
             progress,
             r.device.as_deref().unwrap_or("-"),
+            r.pack.as_deref().unwrap_or("-"),
             r.loss.map_or("-".into(), |l| format!("{l:.4}")),
             success,
             if r.status == TrialStatus::Running {

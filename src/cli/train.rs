@@ -8,7 +8,7 @@ use clap::Args;
 use super::{cancel_on_signals, SpecArgs};
 use crate::exit::Exit;
 use crate::spec::load_spec;
-use crate::trial::run_recorded_trial;
+use crate::trial::{run_recorded_trial, RecordedTrial};
 use crate::trial::{TrialOptions, TrialPaths, TrialStop};
 
 #[derive(Debug, Args)]
@@ -46,15 +46,12 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     };
     let db = args.input.database();
     let no_overrides = Default::default();
-    let report = match run_recorded_trial(
-        &spec,
-        &args.input.spec,
-        &no_overrides,
-        &args.input.runs,
-        &db,
-        &options,
-        &cancel,
-    ) {
+    let trial = RecordedTrial {
+        spec: &spec,
+        spec_path: &args.input.spec,
+        overrides: &no_overrides,
+    };
+    let report = match run_recorded_trial(trial, &args.input.runs, &db, &options, &cancel) {
         Err(e) if matches!(e.downcast_ref(), Some(TrialStop::Cancelled { .. })) => {
             eprintln!("{e:#}; `ebmlab train` of the same spec continues it");
             return Ok(Exit::Cancelled.into());

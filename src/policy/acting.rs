@@ -39,6 +39,40 @@ impl LoadedPolicy {
         })
     }
 
+    /// A policy from weights in memory (a pack member's), named as in a checkpoint.
+    pub fn from_state(
+        spec: &PolicySpec,
+        normalizer: &Normalizer,
+        state: &[(String, Tensor)],
+        step: u64,
+        device: Device,
+    ) -> Result<Self> {
+        let vs = nn::VarStore::new(device);
+        let net = PolicyNet::build(&vs, spec);
+        let mut variables = vs.variables();
+        for (name, value) in state {
+            let target = variables
+                .get_mut(name)
+                .with_context(|| format!("the policy has no tensor `{name}`"))?;
+            anyhow::ensure!(
+                target.size() == value.size(),
+                "`{name}` has shape {:?}, the policy needs {:?}",
+                value.size(),
+                target.size()
+            );
+            tch::no_grad(|| target.copy_(value));
+        }
+        let bounds = Bounds::new(&normalizer.sample_low, &normalizer.sample_high, device);
+        Ok(Self {
+            vs,
+            net,
+            spec: spec.clone(),
+            normalizer: normalizer.clone(),
+            bounds,
+            step,
+        })
+    }
+
     pub fn spec(&self) -> &PolicySpec {
         &self.spec
     }

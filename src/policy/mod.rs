@@ -5,10 +5,12 @@ mod acting;
 pub mod ebm;
 mod inference;
 pub mod mse;
+mod precision;
 pub mod resnet;
 
 pub use acting::{LoadedPolicy, PolicyView};
 pub use inference::{in_row_chunks, infer_actions, InferenceConfig, InferenceKind};
+pub use precision::Precision;
 
 use serde::{Deserialize, Serialize};
 use tch::nn;

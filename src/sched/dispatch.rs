@@ -14,11 +14,13 @@ use super::backend::{Backend, StopLevel, WorkerExit, WorkerLink};
 use super::events::{JobOutcome, Reporter, RunEvent, RunOutcome, StopReason};
 use super::jobs::{evaluation_steps, liveness, Job, JobKind, Liveness};
 use super::launch::worker_launch;
+use super::packs::{form_packs, pack_size, Candidate};
 use super::settle::{settle, Finished, Settled};
-use super::slots::{plan_slots, Machine, Slot};
+use super::slots::{plan_slots, Machine, Slot, SlotDevice};
+use crate::checkpoint::saved_steps;
 use crate::spec::{describe_settings, Spec};
 use crate::store::{hostname, now, parse_timestamp, EndWhen, Store, TrialStatus};
-use crate::trial::TrialPaths;
+use crate::trial::{pack_key, TrialPaths};
 
 /// An experiment's place: its name, runs folder and results database.
 #[derive(Debug, Clone)]
@@ -153,12 +155,26 @@ pub async fn dispatch(
         exits_tx,
         next_key: 0,
     };
-    run.plan(trials).await?;
-    if run.queue.is_empty() {
+    let to_train = run.plan(trials).await?;
+    let lead = to_train
+        .first()
+        .cloned()
+        .or_else(|| run.queue.front().map(|job| job.lead().to_owned()));
+    let Some(first) = lead.map(|id| run.specs[&id].clone()) else {
         run.reporter.report(RunEvent::NothingToRun);
         return Ok(run.summary);
-    }
-    let first = &run.specs[&run.queue[0].trial];
+    };
+    // Packs are sized for the device the slots are on; then the slots for the jobs.
+    let on_gpu = plan_slots(machine, &first.resources, options.cpu_slots, 1)?
+        .iter()
+        .any(|s| s.device != SlotDevice::Cpu);
+    // Without `nvidia-smi` a GPU is taken to have 16 GiB.
+    let gpu_memory = on_gpu.then(|| machine.gpu_memory.unwrap_or(16 << 30));
+    let size = pack_size(first.resources.pack, &first, gpu_memory);
+    let packs = form_packs(&run.candidates(&to_train), size);
+    let evaluations = std::mem::take(&mut run.queue);
+    run.queue = packs.into_iter().map(Job::train_pack).collect();
+    run.queue.extend(evaluations);
     let slots = plan_slots(
         machine,
         &first.resources,
@@ -215,9 +231,9 @@ struct Dispatcher<'a> {
 }
 
 impl Dispatcher<'_> {
-    /// Reads the trials' configs, ends trials whose worker died, and queues the jobs:
-    /// training for every unfinished trial, evaluations for finished trials' checkpoints.
-    async fn plan(&mut self, trials: &[String]) -> Result<()> {
+    /// Reads the trials' configs, ends trials whose worker died, queues evaluations for
+    /// finished trials' checkpoints, and returns the trials to train.
+    async fn plan(&mut self, trials: &[String]) -> Result<Vec<String>> {
         let name = &self.experiment.name;
         let (host, now) = (hostname(), parse_timestamp(&now()).unwrap_or_default());
         for t in self.store.running_trials(name).await? {
@@ -242,6 +258,7 @@ impl Dispatcher<'_> {
             }
         }
         let recorded = self.store.experiment_trials(name).await?;
+        let mut to_train = Vec::new();
         for id in trials {
             let stored = recorded
                 .iter()
@@ -262,10 +279,30 @@ impl Dispatcher<'_> {
                 let jobs = self.evaluation_jobs(id).await?;
                 self.queue.extend(jobs);
             } else {
-                self.queue.push_back(Job::train(id));
+                to_train.push(id.clone());
             }
         }
-        Ok(())
+        Ok(to_train)
+    }
+
+    /// What packing needs to know of each trial to train: its shape, and the step of its
+    /// latest checkpoint (a pack's members continue from the same step).
+    fn candidates(&self, trials: &[String]) -> Vec<Candidate> {
+        trials
+            .iter()
+            .map(|id| {
+                let spec = &self.specs[id];
+                let dir = TrialPaths::new(&self.experiment.runs, spec).checkpoints();
+                Candidate {
+                    trial: id.clone(),
+                    key: pack_key(spec),
+                    step: saved_steps(&dir)
+                        .ok()
+                        .and_then(|s| s.last().copied())
+                        .unwrap_or(0),
+                }
+            })
+            .collect()
     }
 
     async fn evaluation_jobs(&self, trial: &str) -> Result<Vec<Job>> {
@@ -293,18 +330,20 @@ impl Dispatcher<'_> {
                 Err(e) => {
                     self.free.push_back(slot);
                     let reason = format!("could not start a worker: {e:#}");
-                    if job.kind == JobKind::Train {
-                        self.store
-                            .end_trial(
-                                &self.experiment.name,
-                                &job.trial,
-                                TrialStatus::Failed,
-                                Some(&reason),
-                                EndWhen::Unfinished,
-                            )
-                            .await?;
+                    for trial in &job.trials {
+                        if job.kind == JobKind::Train {
+                            self.store
+                                .end_trial(
+                                    &self.experiment.name,
+                                    trial,
+                                    TrialStatus::Failed,
+                                    Some(&reason),
+                                    EndWhen::Unfinished,
+                                )
+                                .await?;
+                        }
+                        self.failed_for_good(key, job.for_trial(trial), reason.clone());
                     }
-                    self.failed_for_good(key, job, reason);
                 }
             }
         }
@@ -312,7 +351,7 @@ impl Dispatcher<'_> {
     }
 
     fn start(&mut self, key: usize, job: &Job, slot: &Slot) -> Result<()> {
-        let spec = &self.specs[&job.trial];
+        let spec = &self.specs[job.lead()];
         let paths = TrialPaths::new(&self.experiment.runs, spec);
         let launch = worker_launch(self.experiment, job, slot, &paths)?;
         let log = launch.log.clone();
@@ -328,7 +367,7 @@ impl Dispatcher<'_> {
             job: job.clone(),
             slot: slot.label(),
             worker,
-            settings: self.settings[&job.trial].clone(),
+            settings: self.job_settings(job),
             steps: (job.kind == JobKind::Train).then_some(spec.train.iterations),
         });
         self.running.insert(
@@ -355,39 +394,45 @@ impl Dispatcher<'_> {
             log: &done.log,
             log_start: done.log_start,
         };
-        match settle(&self.store, &finished, &exit.end, level).await? {
-            Settled::Succeeded => {
-                self.summary.succeeded += 1;
-                let success_rate = self.latest_success(&done.job).await?;
-                self.ended(
-                    exit.key,
-                    done.job.clone(),
-                    JobOutcome::Succeeded,
-                    success_rate,
-                );
-                if done.job.kind == JobKind::Train {
-                    let jobs = self.evaluation_jobs(&done.job.trial).await?;
-                    self.queue.extend(jobs);
+        for (trial, settled) in settle(&self.store, &finished, &exit.end, level).await? {
+            let job = done.job.for_trial(&trial);
+            match settled {
+                Settled::Succeeded => {
+                    self.summary.succeeded += 1;
+                    let success_rate = self.latest_success(&job).await?;
+                    self.ended(exit.key, job.clone(), JobOutcome::Succeeded, success_rate);
+                    if job.kind == JobKind::Train {
+                        let jobs = self.evaluation_jobs(&trial).await?;
+                        self.queue.extend(jobs);
+                    }
                 }
-            }
-            Settled::Cancelled => self.ended(exit.key, done.job, JobOutcome::Cancelled, None),
-            Settled::Failed(reason) => {
-                let mut job = done.job;
-                if level == StopLevel::Run && job.failures < self.options.max_retries {
-                    job.failures += 1;
-                    let outcome = JobOutcome::Retrying {
-                        reason,
-                        attempt: job.failures,
-                        retries: self.options.max_retries,
-                    };
-                    self.ended(exit.key, job.clone(), outcome, None);
-                    self.queue.push_front(job);
-                } else {
-                    self.failed_for_good(exit.key, job, reason);
+                Settled::Cancelled => self.ended(exit.key, job, JobOutcome::Cancelled, None),
+                Settled::Failed(reason) => {
+                    let mut job = job;
+                    if level == StopLevel::Run && job.failures < self.options.max_retries {
+                        job.failures += 1;
+                        let outcome = JobOutcome::Retrying {
+                            reason,
+                            attempt: job.failures,
+                            retries: self.options.max_retries,
+                        };
+                        self.ended(exit.key, job.clone(), outcome, None);
+                        self.queue.push_front(job);
+                    } else {
+                        self.failed_for_good(exit.key, job, reason);
+                    }
                 }
             }
         }
         Ok(())
+    }
+
+    /// The settings of a job's trials, for lines and bars.
+    fn job_settings(&self, job: &Job) -> String {
+        match &job.trials[..] {
+            [trial] => self.settings[trial].clone(),
+            trials => format!("pack of {}", trials.len()),
+        }
     }
 
     fn failed_for_good(&mut self, key: usize, job: Job, reason: String) {
@@ -396,7 +441,7 @@ impl Dispatcher<'_> {
         };
         self.ended(key, job.clone(), outcome, None);
         self.summary.failures.push(JobFailure {
-            settings: self.settings[&job.trial].clone(),
+            settings: self.job_settings(&job),
             job: job.clone(),
             reason,
         });
@@ -411,7 +456,7 @@ impl Dispatcher<'_> {
     }
 
     fn ended(&mut self, key: usize, job: Job, outcome: JobOutcome, success_rate: Option<f64>) {
-        let settings = self.settings[&job.trial].clone();
+        let settings = self.job_settings(&job);
         self.reporter.report(RunEvent::JobEnded {
             key,
             job,
@@ -453,7 +498,7 @@ impl Dispatcher<'_> {
         let rows = self.store.trial_status(Some(&self.experiment.name)).await?;
         Ok(rows
             .into_iter()
-            .find(|r| r.id == job.trial)
+            .find(|r| r.id == job.lead())
             .and_then(|r| r.success_rate))
     }
 
@@ -469,7 +514,7 @@ impl Dispatcher<'_> {
             if r.job.kind != JobKind::Train {
                 continue;
             }
-            if let Some(row) = rows.iter().find(|row| row.id == r.job.trial) {
+            if let Some(row) = rows.iter().find(|row| row.id == r.job.lead()) {
                 self.reporter.report(RunEvent::Progress {
                     key: *key,
                     step: row.step.max(0) as u64,

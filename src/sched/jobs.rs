@@ -17,7 +17,8 @@ pub enum JobKind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
-    pub trial: String,
+    /// The trial, or the members of a pack (they train together in one worker).
+    pub trials: Vec<String>,
     pub kind: JobKind,
     /// Failed attempts so far (retries come from `--max-retries`).
     pub failures: u32,
@@ -25,8 +26,14 @@ pub struct Job {
 
 impl Job {
     pub fn train(trial: &str) -> Self {
+        Self::train_pack(vec![trial.to_owned()])
+    }
+
+    /// Trials that train together as one batched model.
+    pub fn train_pack(trials: Vec<String>) -> Self {
+        assert!(!trials.is_empty(), "a job has a trial");
         Self {
-            trial: trial.to_owned(),
+            trials,
             kind: JobKind::Train,
             failures: 0,
         }
@@ -34,16 +41,32 @@ impl Job {
 
     pub fn evaluate(trial: &str, step: u64) -> Self {
         Self {
-            trial: trial.to_owned(),
+            trials: vec![trial.to_owned()],
             kind: JobKind::Evaluate { step },
             failures: 0,
         }
     }
 
+    /// The same job as seen by one of its trials (a pack member's outcome is its own).
+    pub fn for_trial(&self, trial: &str) -> Self {
+        Self {
+            trials: vec![trial.to_owned()],
+            ..self.clone()
+        }
+    }
+
+    /// The first trial: the one a pack's files (its worker log) are kept with.
+    pub fn lead(&self) -> &str {
+        &self.trials[0]
+    }
+
     pub fn describe(&self) -> String {
-        match self.kind {
-            JobKind::Train => format!("train {}", self.trial),
-            JobKind::Evaluate { step } => format!("evaluate {} step {step}", self.trial),
+        match (self.kind, &self.trials[..]) {
+            (JobKind::Train, [trial]) => format!("train {trial}"),
+            (JobKind::Train, trials) => {
+                format!("train pack of {} ({})", trials.len(), trials.join(" "))
+            }
+            (JobKind::Evaluate { step }, _) => format!("evaluate {} step {step}", self.lead()),
         }
     }
 }

@@ -10,7 +10,7 @@ use super::jobs::{Job, JobKind};
 use super::slots::{Slot, SlotDevice};
 use crate::trial::TrialPaths;
 
-/// The log file of a job, in its trial's folder.
+/// The log file of a job, in its (lead) trial's folder.
 pub fn job_log(trial_dir: &Path, job: &Job) -> std::path::PathBuf {
     trial_dir.join(match job.kind {
         JobKind::Train => "worker.log".to_owned(),
@@ -36,8 +36,6 @@ pub fn worker_launch(
         "worker".into(),
         "--experiment".into(),
         experiment.name.clone(),
-        "--trial".into(),
-        job.trial.clone(),
         "--runs".into(),
         experiment.runs.display().to_string(),
         "--db".into(),
@@ -47,11 +45,15 @@ pub fn worker_launch(
         "--threads".into(),
         threads.clone(),
     ];
+    for trial in &job.trials {
+        args.extend(["--trial".into(), trial.clone()]);
+    }
     if let JobKind::Evaluate { step } = job.kind {
         args.extend(["--evaluate".into(), step.to_string()]);
     }
     Ok(Launch {
         job: job.clone(),
+        slot: slot.label(),
         program: std::env::current_exe().context("locating the ebmlab binary")?,
         args,
         env: vec![

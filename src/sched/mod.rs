@@ -7,6 +7,7 @@ mod dispatch;
 mod events;
 mod jobs;
 mod launch;
+mod packs;
 mod register;
 mod settle;
 mod slots;
@@ -15,12 +16,16 @@ mod worker;
 #[cfg(test)]
 mod tests;
 
-pub use backend::{Backend, Launch, LocalBackend, StopLevel, WorkerEnd, WorkerExit, WorkerLink};
+pub use backend::{
+    Backend, Launch, LocalBackend, ServeReply, ServeRequest, StopLevel, WorkerEnd, WorkerExit,
+    WorkerLink,
+};
 pub use dispatch::{
     dispatch, run_experiment, Experiment, JobFailure, RunOptions, RunSummary, StopRequest,
 };
 pub use events::{EventLog, JobOutcome, Reporter, RunEvent, RunOutcome, StopReason};
 pub use jobs::{evaluation_steps, liveness, pid_alive, Job, JobKind, Liveness};
+pub use packs::{form_packs, pack_size, training_bytes, Candidate};
 pub use register::register_trials;
 pub use slots::{plan_slots, Machine, Slot, SlotDevice};
 pub use worker::{parse_overrides, WorkerJob};

@@ -41,6 +41,8 @@ pub struct Machine {
     pub cores: usize,
     /// CUDA devices as this process may use them (their `CUDA_VISIBLE_DEVICES` names).
     pub gpus: Vec<String>,
+    /// Memory of the smallest of them, in bytes (`nvidia-smi`), when known.
+    pub gpu_memory: Option<u64>,
 }
 
 impl Machine {
@@ -60,8 +62,27 @@ impl Machine {
         let gpus = (0..count)
             .map(|i| inherited.get(i).cloned().unwrap_or_else(|| i.to_string()))
             .collect();
-        Self { cores, gpus }
+        let gpu_memory = if count > 0 { nvidia_smi_memory() } else { None };
+        Self {
+            cores,
+            gpus,
+            gpu_memory,
+        }
     }
+}
+
+/// The total memory of the smallest GPU `nvidia-smi` lists (it sees what
+/// `CUDA_VISIBLE_DEVICES` leaves visible), in bytes.
+fn nvidia_smi_memory() -> Option<u64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=memory.total", "--format=csv,noheader,nounits"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .min()
+        .map(|mib| mib << 20)
 }
 
 /// The slots for `jobs` trials: GPUs when the spec's device allows and there are any,
@@ -140,6 +161,7 @@ mod tests {
         Machine {
             cores,
             gpus: gpus.iter().map(|g| g.to_string()).collect(),
+            gpu_memory: None,
         }
     }
 

@@ -29,13 +29,17 @@ enum Script {
     Lost,
     /// The backend cannot start it.
     CannotStart,
+    /// A pack whose member at this position fails while the others complete (exit 1).
+    PackMemberFails(usize),
 }
 
 struct FakeBackend {
     db: PathBuf,
     experiment: String,
-    /// Scripts per trial, one per launch; `Succeed` once they run out.
+    /// Scripts per (lead) trial, one per launch; `Succeed` once they run out.
     scripts: Mutex<HashMap<String, VecDeque<Script>>>,
+    /// The trials of every job launched, in order.
+    launched: Mutex<Vec<Vec<String>>>,
 }
 
 impl Backend for FakeBackend {
@@ -45,12 +49,13 @@ impl Backend for FakeBackend {
 
     fn launch(&self, launch: Launch, link: WorkerLink) -> Result<String> {
         let (key, mut stop) = (link.key, link.stop.clone());
-        let trial = launch.job.trial.clone();
+        let trials = launch.job.trials.clone();
+        self.launched.lock().unwrap().push(trials.clone());
         let script = self
             .scripts
             .lock()
             .unwrap()
-            .get_mut(&trial)
+            .get_mut(&trials[0])
             .and_then(VecDeque::pop_front)
             .unwrap_or(Script::Succeed);
         if let Script::CannotStart = script {
@@ -61,27 +66,41 @@ impl Backend for FakeBackend {
             let store = Store::open(&db).await.unwrap();
             let train = launch.job.kind == JobKind::Train;
             if train {
-                store.start_trial(&experiment, &trial, "cpu").await.unwrap();
+                for trial in &trials {
+                    store
+                        .start_trial(&experiment, trial, "cpu", None)
+                        .await
+                        .unwrap();
+                }
             }
-            let end_as = |status, error: Option<&'static str>| {
-                let (store, experiment, trial) = (store.clone(), experiment.clone(), trial.clone());
+            // Records the end of the pack's members (all, or the one at `only`).
+            let end_as = |status, error: Option<&'static str>, only: Option<usize>| {
+                let (store, experiment, trials) =
+                    (store.clone(), experiment.clone(), trials.clone());
                 async move {
-                    if train {
-                        store
-                            .end_trial(&experiment, &trial, status, error, EndWhen::Always)
-                            .await
-                            .unwrap();
+                    for (i, trial) in trials.iter().enumerate() {
+                        if train && only.is_none_or(|o| o == i) {
+                            store
+                                .end_trial(&experiment, trial, status, error, EndWhen::Always)
+                                .await
+                                .unwrap();
+                        }
                     }
                 }
             };
             tokio::time::sleep(Duration::from_millis(20)).await;
             let end = match script {
                 Script::Succeed => {
-                    end_as(TrialStatus::Completed, None).await;
+                    end_as(TrialStatus::Completed, None, None).await;
                     WorkerEnd::Exited(0)
                 }
                 Script::Fail(reason) => {
-                    end_as(TrialStatus::Failed, Some(reason)).await;
+                    end_as(TrialStatus::Failed, Some(reason), None).await;
+                    WorkerEnd::Exited(1)
+                }
+                Script::PackMemberFails(k) => {
+                    end_as(TrialStatus::Completed, None, None).await;
+                    end_as(TrialStatus::Failed, Some("loss became NaN"), Some(k)).await;
                     WorkerEnd::Exited(1)
                 }
                 Script::RunUntilStopped | Script::IgnoreGraceful => loop {
@@ -92,7 +111,7 @@ impl Backend for FakeBackend {
                     match level {
                         StopLevel::Kill => break WorkerEnd::Signaled(9),
                         StopLevel::Graceful if matches!(script, Script::RunUntilStopped) => {
-                            end_as(TrialStatus::Killed, Some("cancelled at step 3")).await;
+                            end_as(TrialStatus::Killed, Some("cancelled at step 3"), None).await;
                             break WorkerEnd::Exited(130);
                         }
                         _ => {}
@@ -151,6 +170,11 @@ struct Fixture {
 impl Fixture {
     /// An experiment of `n` recorded trials (they differ in their seed).
     fn new(n: usize) -> Self {
+        Self::packed(n, 1)
+    }
+
+    /// [`Fixture::new`] with `resources.pack = pack`.
+    fn packed(n: usize, pack: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let experiment = Experiment {
             name: "fake".into(),
@@ -167,6 +191,7 @@ impl Fixture {
                     ..Spec::default()
                 };
                 spec.train.seed = seed;
+                spec.resources.pack = crate::spec::PackSize::Count(pack);
                 let id = spec.trial_id();
                 let overrides = format!("{{\"train.seed\":{seed}}}");
                 let config = serde_json::to_string(&spec).unwrap();
@@ -191,7 +216,19 @@ impl Fixture {
         options: RunOptions,
         reporter: impl FnOnce(mpsc::UnboundedSender<StopRequest>) -> Signaller,
     ) -> (RunSummary, Vec<RunEvent>) {
+        let (summary, events, _) = self.run_jobs(scripts, options, reporter);
+        (summary, events)
+    }
+
+    /// [`Fixture::run`], with the trials of every job launched.
+    fn run_jobs(
+        &self,
+        scripts: Vec<(usize, Vec<Script>)>,
+        options: RunOptions,
+        reporter: impl FnOnce(mpsc::UnboundedSender<StopRequest>) -> Signaller,
+    ) -> (RunSummary, Vec<RunEvent>, Vec<Vec<String>>) {
         let backend = FakeBackend {
+            launched: Mutex::new(Vec::new()),
             db: self.experiment.db.clone(),
             experiment: self.experiment.name.clone(),
             scripts: Mutex::new(
@@ -206,6 +243,7 @@ impl Fixture {
         let machine = Machine {
             cores: 2,
             gpus: Vec::new(),
+            gpu_memory: None,
         };
         let summary = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -221,7 +259,8 @@ impl Fixture {
                 rx,
             ))
             .unwrap();
-        (summary, reporter.log.events)
+        let launched = backend.launched.into_inner().unwrap();
+        (summary, reporter.log.events, launched)
     }
 
     fn status(&self, i: usize) -> (TrialStatus, Option<String>) {
@@ -268,7 +307,7 @@ fn fail_fast_stops_the_others_and_the_run_failed_naming_the_trial() {
         "not cancelled: {events:?}"
     );
     assert_eq!(summary.failures.len(), 1);
-    assert_eq!(summary.failures[0].job.trial, f.trials[0]);
+    assert_eq!(summary.failures[0].job.trials, [f.trials[0].clone()]);
     assert_eq!(summary.failures[0].reason, "loss became inf at step 2");
     assert!(matches!(summary.stop, Some(StopReason::FailFast { .. })));
     assert_eq!(f.status(0).0, TrialStatus::Failed);
@@ -386,4 +425,31 @@ fn a_lost_worker_leaves_its_trial_killed_and_resumable_at_once() {
         error.contains("lost track of its worker") && error.contains("resumable"),
         "{error}"
     );
+}
+
+#[test]
+fn trials_of_one_shape_train_in_packs_and_each_ends_on_its_own() {
+    let f = Fixture::packed(3, 2);
+    let scripts = vec![(0, vec![Script::PackMemberFails(1)])];
+    let (summary, events, launched) = f.run_jobs(scripts, options(false, 0), quiet);
+    assert_eq!(
+        launched,
+        [
+            vec![f.trials[0].clone(), f.trials[1].clone()],
+            vec![f.trials[2].clone()]
+        ]
+    );
+    assert_eq!(summary.outcome(), RunOutcome::Failed);
+    assert_eq!(summary.failures.len(), 1);
+    assert_eq!(summary.failures[0].job.trials, [f.trials[1].clone()]);
+    assert_eq!(summary.failures[0].reason, "loss became NaN");
+    assert_eq!(summary.succeeded, 2);
+    assert_eq!(f.status(0).0, TrialStatus::Completed);
+    assert_eq!(f.status(1).0, TrialStatus::Failed);
+    assert_eq!(f.status(2).0, TrialStatus::Completed);
+    let ended = events
+        .iter()
+        .filter(|e| matches!(e, RunEvent::JobEnded { .. }))
+        .count();
+    assert_eq!(ended, 3, "one end per trial");
 }

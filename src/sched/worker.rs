@@ -1,6 +1,7 @@
-//! What a worker process does: train one trial, or evaluate one checkpoint of it, with
-//! everything recorded in the results store. The trial's config comes from the store, so
-//! a worker needs only the experiment, the trial id and where runs and database live.
+//! What a worker process does: train one trial or a pack of trials, or evaluate one
+//! checkpoint, with everything recorded in the results store. The trials' configs come
+//! from the store, so a worker needs only the experiment, the trial ids and where runs and
+//! database live.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,14 +15,16 @@ use crate::policy::LoadedPolicy;
 use crate::spec::{parse_device, Spec};
 use crate::store::{block_on, Store, StoredTrial};
 use crate::trial::{
-    evaluate_actor, evaluation_rows, run_recorded_trial, TrialOptions, TrialPaths, TrialReport,
+    evaluate_actor, evaluation_rows, run_recorded_pack, RecordedTrial, TrialOptions, TrialPaths,
+    TrialReport,
 };
 
 /// A worker's assignment.
 #[derive(Debug, Clone)]
 pub struct WorkerJob {
     pub experiment: String,
-    pub trial: String,
+    /// One trial, or the members of a pack (training only).
+    pub trials: Vec<String>,
     pub runs: PathBuf,
     pub db: PathBuf,
     /// `cpu` or `cuda` (the one GPU `CUDA_VISIBLE_DEVICES` leaves visible).
@@ -41,43 +44,58 @@ pub fn parse_overrides(trial: &StoredTrial) -> Result<BTreeMap<String, toml::Val
 }
 
 impl WorkerJob {
-    /// The recorded spec of the trial, placed on this worker's device.
-    fn spec(&self) -> Result<(Spec, StoredTrial)> {
+    /// The recorded specs of the trials, placed on this worker's device.
+    fn specs(&self) -> Result<Vec<(Spec, StoredTrial)>> {
         let stored = block_on(async {
             let store = Store::open(&self.db).await?;
-            store.stored_trial(&self.experiment, &self.trial).await
+            let mut stored = Vec::new();
+            for trial in &self.trials {
+                stored.push(store.stored_trial(&self.experiment, trial).await?);
+            }
+            anyhow::Ok(stored)
         })?;
-        let mut spec: Spec = serde_json::from_str(&stored.config_json)
-            .with_context(|| format!("trial {}: its recorded config", self.trial))?;
-        spec.resources.device = self.device.clone();
-        spec.resources.threads = self.threads;
-        Ok((spec, stored))
+        stored
+            .into_iter()
+            .map(|stored| {
+                let mut spec: Spec = serde_json::from_str(&stored.config_json)
+                    .with_context(|| format!("trial {}: its recorded config", stored.id))?;
+                spec.resources.device = self.device.clone();
+                spec.resources.threads = self.threads;
+                Ok((spec, stored))
+            })
+            .collect()
     }
 
-    /// Trains the trial (continuing from its latest checkpoint), deferring periodic
-    /// evaluations to evaluation jobs.
-    pub fn train(&self, cancel: &AtomicBool) -> Result<TrialReport> {
-        let (spec, stored) = self.spec()?;
-        let overrides = parse_overrides(&stored)?;
+    /// Trains the trials (continuing from their latest checkpoints), together when there
+    /// are several, deferring periodic evaluations to evaluation jobs.
+    pub fn train(&self, cancel: &AtomicBool) -> Result<Vec<Result<TrialReport>>> {
+        let specs = self.specs()?;
+        let overrides = specs
+            .iter()
+            .map(|(_, stored)| parse_overrides(stored))
+            .collect::<Result<Vec<_>>>()?;
+        let trials: Vec<RecordedTrial> = specs
+            .iter()
+            .zip(&overrides)
+            .map(|((spec, stored), overrides)| RecordedTrial {
+                spec,
+                spec_path: Path::new(stored.spec_path.as_deref().unwrap_or_default()),
+                overrides,
+            })
+            .collect();
         let options = TrialOptions {
             progress: false,
             defer_evaluations: true,
         };
-        run_recorded_trial(
-            &spec,
-            Path::new(stored.spec_path.as_deref().unwrap_or_default()),
-            &overrides,
-            &self.runs,
-            &self.db,
-            &options,
-            cancel,
-        )
+        run_recorded_pack(&trials, &self.runs, &self.db, &options, cancel)
     }
 
-    /// Evaluates the checkpoint at `step` with the trial's `[eval]` settings and records
-    /// the evaluation and its episodes.
+    /// Evaluates the checkpoint at `step` of the (one) trial with its `[eval]` settings and
+    /// records the evaluation and its episodes.
     pub fn evaluate(&self, step: u64) -> Result<EvalSummary> {
-        let (spec, _) = self.spec()?;
+        anyhow::ensure!(self.trials.len() == 1, "an evaluation job is of one trial");
+        let (spec, _) = self.specs()?.remove(0);
+        let trial = &self.trials[0];
         if self.threads > 0 {
             tch::set_num_threads(self.threads as i32);
         }
@@ -85,9 +103,7 @@ impl WorkerJob {
             CheckpointFiles::in_dir(&TrialPaths::new(&self.runs, &spec).checkpoints(), step);
         let recorded = block_on(async {
             let store = Store::open(&self.db).await?;
-            store
-                .checkpoint_sha256(&self.experiment, &self.trial, step)
-                .await
+            store.checkpoint_sha256(&self.experiment, trial, step).await
         })?;
         let checkpoint = verify(&files, recorded.as_deref())?;
         let device = parse_device(&self.device)?.resolve()?;
@@ -98,7 +114,7 @@ impl WorkerJob {
         block_on(async {
             let store = Store::open(&self.db).await?;
             store
-                .add_evaluation(&self.experiment, &self.trial, &evaluation, &rows)
+                .add_evaluation(&self.experiment, trial, &evaluation, &rows)
                 .await
         })?;
         Ok(summary)

@@ -21,7 +21,7 @@ pub const ENV_PREFIX: &str = "EBMLAB_";
 /// are checked as dotted spec keys.
 const FREE_TABLES: &[&str] = &["sweep", "trials"];
 /// Optional keys that have no default value.
-const OPTIONAL_KEYS: &[&str] = &["extends", "data.path"];
+const OPTIONAL_KEYS: &[&str] = &["extends", "data.path", "train.precision"];
 /// `EBMLAB_*` variables that are not spec keys.
 const NON_SPEC_VARIABLES: &[&str] = &["LOG", "HEARTBEAT_SECONDS"];
 

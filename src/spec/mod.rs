@@ -2,11 +2,13 @@
 
 mod load;
 mod model;
+mod pack;
 mod sweep;
 mod validate;
 
 pub use load::{check_key, known_keys, load_spec, load_spec_with_env, LoadedSpec, ENV_PREFIX};
 pub use model::{DataSpec, EvalSpec, PolicySection, ResourcesSpec, Spec, TrainSpec};
+pub use pack::PackSize;
 pub use sweep::{describe_settings, expand_trials, TrialPlan};
 pub use validate::{parse_device, validate, DeviceChoice, POLICY_KINDS};
 

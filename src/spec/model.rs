@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::pack::PackSize;
 use crate::policy::ebm::{EbmLossConfig, GradPenaltyConfig, NegativesConfig};
-use crate::policy::{InferenceConfig, InferenceKind, NetConfig, PolicySpec};
+use crate::policy::{InferenceConfig, InferenceKind, NetConfig, PolicySpec, Precision};
 use crate::task::TaskConfig;
 use crate::train::LrSchedule;
 
@@ -127,6 +128,11 @@ pub struct TrainSpec {
     pub temperature: f64,
     pub negatives: NegativesConfig,
     pub grad_penalty: GradPenaltyConfig,
+    /// How matrix products run: `auto` (bf16 on a GPU, fp32 on the CPU), `fp32`, `tf32`,
+    /// `bf16`. Left out of the resolved spec while `auto`, so trial ids of specs that do
+    /// not set it stay as they were.
+    #[serde(skip_serializing_if = "Precision::is_auto")]
+    pub precision: Precision,
 }
 
 impl Default for TrainSpec {
@@ -145,6 +151,7 @@ impl Default for TrainSpec {
             temperature: 1.0,
             negatives: NegativesConfig::default(),
             grad_penalty: GradPenaltyConfig::default(),
+            precision: Precision::Auto,
         }
     }
 }
@@ -228,6 +235,9 @@ pub struct ResourcesSpec {
     pub cpu_slots: usize,
     /// libtorch intra-op threads per trial (0: the cores shared among the slots in use).
     pub threads: usize,
+    /// Trials of one shape trained together as one batched model in one worker: a number,
+    /// or `auto` (as many as half a GPU holds; one on the CPU).
+    pub pack: PackSize,
 }
 
 impl Default for ResourcesSpec {
@@ -237,6 +247,7 @@ impl Default for ResourcesSpec {
             slots_per_gpu: 2,
             cpu_slots: 0,
             threads: 0,
+            pack: PackSize::Auto,
         }
     }
 }

@@ -149,18 +149,26 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a trial running in this process (one more attempt).
-    pub async fn start_trial(&self, experiment: &str, id: &str, device: &str) -> Result<()> {
+    /// Marks a trial running in this process (one more attempt), on `device`, in `pack`
+    /// (`None`: alone).
+    pub async fn start_trial(
+        &self,
+        experiment: &str,
+        id: &str,
+        device: &str,
+        pack: Option<&str>,
+    ) -> Result<()> {
         let host = hostname();
         let now = now();
         sqlx::query(
             "UPDATE trials SET status = 'running', attempt = attempt + 1, pid = ?, host = ?, \
-             device = ?, started_at = ?, heartbeat_at = ?, finished_at = NULL, error = NULL \
-             WHERE experiment = ? AND id = ?",
+             device = ?, pack = ?, started_at = ?, heartbeat_at = ?, finished_at = NULL, \
+             error = NULL WHERE experiment = ? AND id = ?",
         )
         .bind(std::process::id() as i64)
         .bind(host)
         .bind(device)
+        .bind(pack)
         .bind(&now)
         .bind(&now)
         .bind(experiment)

@@ -14,6 +14,8 @@ pub struct TrialStatusRow {
     pub step: i64,
     pub iterations: i64,
     pub device: Option<String>,
+    /// The pack it last trained in (`<first trial>+<others>`), if any.
+    pub pack: Option<String>,
     pub attempt: i64,
     pub heartbeat_at: Option<String>,
     pub error: Option<String>,
@@ -26,7 +28,8 @@ pub struct TrialStatusRow {
 impl Store {
     /// Every trial (of one experiment, or all), with its latest loss and success rate.
     pub async fn trial_status(&self, experiment: Option<&str>) -> Result<Vec<TrialStatusRow>> {
-        let sql = "SELECT t.experiment, t.id, t.overrides, t.status, t.iterations, t.device, \
+        let sql =
+            "SELECT t.experiment, t.id, t.overrides, t.status, t.iterations, t.device, t.pack, \
              t.attempt, t.heartbeat_at, t.error, \
              (SELECT CASE WHEN MAX(l.step) > t.step THEN MAX(l.step) ELSE t.step END \
               FROM metrics_latest l WHERE l.experiment = t.experiment AND l.trial = t.id) \

@@ -258,6 +258,6 @@ impl Trainer {
 }
 
 /// libtorch takes a non-negative i64 seed.
-fn torch_seed(seed: u64) -> i64 {
+pub(crate) fn torch_seed(seed: u64) -> i64 {
     (seed >> 1) as i64
 }

@@ -15,9 +15,12 @@ mod setup;
 pub use evaluate::evaluate_actor;
 pub use observer::{NoObserver, TrialObserver};
 pub use paths::TrialPaths;
-pub use recorder::{evaluation_rows, heartbeat_interval, run_recorded_trial, TrialRecorder};
-pub use run::{completed_report, run_trial};
-pub use setup::{build_trainer, load_demos, training_set};
+pub use recorder::{
+    evaluation_rows, heartbeat_interval, run_recorded_pack, run_recorded_trial, RecordedTrial,
+    TrialRecorder,
+};
+pub use run::{completed_report, run_pack, run_trial};
+pub use setup::{build_learner, load_demos, pack_key, training_set, trial_member};
 
 use std::path::PathBuf;
 

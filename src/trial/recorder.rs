@@ -13,36 +13,77 @@ use anyhow::{Context, Result};
 use tokio::runtime::Runtime;
 use tracing::warn;
 
-use super::{run_trial, MetricsRow, TrialObserver, TrialOptions, TrialReport, TrialStop};
+use super::{pack_key, run_pack, MetricsRow, TrialObserver, TrialOptions, TrialReport, TrialStop};
 use crate::checkpoint::SavedCheckpoint;
 use crate::eval::{EpisodeRecord, EvalSummary};
+use crate::policy::Precision;
 use crate::spec::{parse_device, Spec};
 use crate::store::{block_on, EndWhen, MetricRow, NewEpisode, NewEvaluation, Store, TrialStatus};
+
+/// A trial to run and record: its spec, the file it came from and the settings that set
+/// it apart in its experiment.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordedTrial<'a> {
+    pub spec: &'a Spec,
+    pub spec_path: &'a Path,
+    pub overrides: &'a BTreeMap<String, toml::Value>,
+}
 
 /// Runs one trial with its progress recorded in the results store at `db`: the trial is
 /// `running` (with heartbeats) while it trains, then `completed`, `killed` (cancelled,
 /// checkpoint saved) or `failed` with its reason.
 pub fn run_recorded_trial(
-    spec: &Spec,
-    spec_path: &Path,
-    overrides: &BTreeMap<String, toml::Value>,
+    trial: RecordedTrial,
     runs: &Path,
     db: &Path,
     options: &TrialOptions,
     cancel: &AtomicBool,
 ) -> Result<TrialReport> {
-    let mut recorder = TrialRecorder::new(db, spec_path, spec, overrides)?;
-    let device = parse_device(&spec.resources.device)?.resolve()?;
-    recorder.started(&format!("{device:?}").to_lowercase())?;
-    let result = run_trial(spec, runs, options, cancel, &mut recorder);
-    match &result {
-        Ok(_) => recorder.finished(TrialStatus::Completed, None)?,
-        Err(e) if matches!(e.downcast_ref(), Some(TrialStop::Cancelled { .. })) => {
-            recorder.finished(TrialStatus::Killed, Some(&format!("{e:#}")))?
-        }
-        Err(e) => recorder.finished(TrialStatus::Failed, Some(&format!("{e:#}")))?,
+    run_recorded_pack(&[trial], runs, db, options, cancel)?
+        .pop()
+        .expect("one result per trial")
+}
+
+/// [`run_recorded_trial`] for trials that train together as a pack (see [`run_pack`]):
+/// each is recorded on its own, with the pack it trains in.
+pub fn run_recorded_pack(
+    trials: &[RecordedTrial],
+    runs: &Path,
+    db: &Path,
+    options: &TrialOptions,
+    cancel: &AtomicBool,
+) -> Result<Vec<Result<TrialReport>>> {
+    let mut recorders = trials
+        .iter()
+        .map(|t| TrialRecorder::new(db, t.spec_path, t.spec, t.overrides))
+        .collect::<Result<Vec<_>>>()?;
+    let lead = trials[0].spec;
+    let device = parse_device(&lead.resources.device)?.resolve()?;
+    let precision = match pack_key(lead) {
+        Some(_) => lead.train.precision.resolve(device),
+        None => Precision::Fp32,
+    };
+    let label = format!("{device:?} {precision:?}").to_lowercase();
+    let pack = (trials.len() > 1).then(|| format!("{}+{}", lead.trial_id(), trials.len() - 1));
+    for recorder in &mut recorders {
+        recorder.started(&label, pack.as_deref())?;
     }
-    result
+    let specs: Vec<&Spec> = trials.iter().map(|t| t.spec).collect();
+    let mut observers: Vec<&mut dyn TrialObserver> = recorders
+        .iter_mut()
+        .map(|r| r as &mut dyn TrialObserver)
+        .collect();
+    let results = run_pack(&specs, runs, options, cancel, &mut observers);
+    for (recorder, result) in recorders.iter_mut().zip(&results) {
+        match result {
+            Ok(_) => recorder.finished(TrialStatus::Completed, None)?,
+            Err(e) if matches!(e.downcast_ref(), Some(TrialStop::Cancelled { .. })) => {
+                recorder.finished(TrialStatus::Killed, Some(&format!("{e:#}")))?
+            }
+            Err(e) => recorder.finished(TrialStatus::Failed, Some(&format!("{e:#}")))?,
+        }
+    }
+    Ok(results)
 }
 
 /// An evaluation and its episodes as the store's rows.
@@ -184,12 +225,15 @@ impl TrialRecorder {
         })
     }
 
-    /// The trial starts running in this process on `device`; heartbeats begin.
-    pub fn started(&mut self, device: &str) -> Result<()> {
-        self.runtime.block_on(
-            self.store
-                .start_trial(&self.experiment, &self.trial, device),
-        )?;
+    /// The trial starts running in this process on `device`, in `pack` (`None`: alone);
+    /// heartbeats begin.
+    pub fn started(&mut self, device: &str, pack: Option<&str>) -> Result<()> {
+        self.runtime.block_on(self.store.start_trial(
+            &self.experiment,
+            &self.trial,
+            device,
+            pack,
+        ))?;
         self.heartbeat = Some(Heartbeat::start(
             self.db.clone(),
             self.experiment.clone(),

@@ -1,183 +1,298 @@
-//! Running one trial: set up, continue from the latest checkpoint, train with periodic
-//! metrics, evaluations and checkpoints, then evaluate the end.
+//! Running trials: set up, continue from the latest checkpoints, train with periodic
+//! metrics, evaluations and checkpoints, then evaluate the end. Several trials of one
+//! shape train together as a pack; each still has its own files, records and outcome.
 
 use std::fs;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use tracing::info;
 
 use super::evaluate::{evaluate_actor, write_final_evaluation};
 use super::metrics::CsvLog;
-use super::setup::build_trainer;
+use super::setup::{build_learner, trial_member};
 use super::{MetricsRow, TrialObserver, TrialOptions, TrialPaths, TrialReport, TrialStop};
 use crate::checkpoint::{self, write_atomic};
-use crate::eval::EvalSummary;
+use crate::eval::{EpisodeRecord, EvalSummary};
 use crate::spec::{parse_device, Spec};
 use crate::task::Task;
-use crate::train::{StepMetrics, Trainer};
+use crate::train::{Learner, StepMetrics};
 
 /// Runs (or continues) the trial of `spec` under `runs_root`; `cancel` is polled between
 /// iterations.
 pub fn run_trial(
     spec: &Spec,
-    runs_root: &std::path::Path,
+    runs_root: &Path,
     options: &TrialOptions,
     cancel: &AtomicBool,
     observer: &mut dyn TrialObserver,
 ) -> Result<TrialReport> {
-    let paths = TrialPaths::new(runs_root, spec);
-    if let Some(done) = completed_report(&paths, spec) {
-        info!(trial = %done.trial_id, "already completed");
-        return Ok(done);
+    run_pack(&[spec], runs_root, options, cancel, &mut [observer])
+        .pop()
+        .expect("one result per trial")
+}
+
+/// Runs (or continues) trials together as one pack (see [`crate::train::PackedTrainer`];
+/// one trial that does not pack runs alone). Each gets its own result: a member that fails
+/// leaves the pack and the others go on. `observers[i]` hears of `specs[i]`.
+pub fn run_pack(
+    specs: &[&Spec],
+    runs_root: &Path,
+    options: &TrialOptions,
+    cancel: &AtomicBool,
+    observers: &mut [&mut dyn TrialObserver],
+) -> Vec<Result<TrialReport>> {
+    let mut results: Vec<Option<Result<TrialReport>>> = specs.iter().map(|_| None).collect();
+    let mut members = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let paths = TrialPaths::new(runs_root, spec);
+        match completed_report(&paths, spec) {
+            Some(done) => {
+                info!(trial = %done.trial_id, "already completed");
+                results[i] = Some(Ok(done));
+            }
+            None => match Member::prepare(i, spec, paths, options) {
+                Ok(member) => members.push(member),
+                Err(e) => results[i] = Some(Err(e)),
+            },
+        }
     }
-    write_atomic(&paths.config(), spec.to_toml().as_bytes())?;
+    if !members.is_empty() {
+        train_members(specs, members, cancel, observers, &mut results);
+    }
+    results
+        .into_iter()
+        .map(|r| r.expect("every trial has a result"))
+        .collect()
+}
+
+/// Builds the pack, continues it from its checkpoints and trains it to the end.
+fn train_members(
+    specs: &[&Spec],
+    mut members: Vec<Member>,
+    cancel: &AtomicBool,
+    observers: &mut [&mut dyn TrialObserver],
+    results: &mut [Option<Result<TrialReport>>],
+) {
+    let mut learner = match build(specs, &members) {
+        Ok(learner) => learner,
+        Err(e) => {
+            let e = format!("{e:#}");
+            for m in &members {
+                results[m.index] = Some(Err(anyhow!("{e}")));
+            }
+            return;
+        }
+    };
+    let resumed = resume_from_latest(&mut learner, &members, observers);
+    let resumed_from = match resumed {
+        Ok(step) => step,
+        Err(e) => {
+            let e = format!("{e:#}");
+            for m in &members {
+                results[m.index] = Some(Err(anyhow!("{e}")));
+            }
+            return;
+        }
+    };
+    for m in &mut members {
+        if let Err(e) = m.open_logs(learner.step()) {
+            results[m.index] = Some(Err(e));
+        }
+    }
+    retire(&mut learner, &mut members, |m| results[m.index].is_some());
+    let started = (Instant::now(), learner.step());
+    while !learner.is_empty() {
+        if cancel.load(Ordering::Relaxed) {
+            for (pos, m) in members.iter_mut().enumerate() {
+                let stop = m.checkpoint(&learner, pos, &mut *observers[m.index]);
+                results[m.index] = Some(
+                    stop.and(Err(TrialStop::Cancelled {
+                        step: learner.step(),
+                    }
+                    .into())),
+                );
+            }
+            return;
+        }
+        let metrics = learner.train_step();
+        for (pos, (m, step)) in members.iter_mut().zip(&metrics).enumerate() {
+            let observer = &mut *observers[m.index];
+            let outcome = m
+                .after_step(&learner, pos, step, observer)
+                .and_then(|done| match done {
+                    true => m
+                        .finish(&learner, pos, observer, resumed_from, started)
+                        .map(Some),
+                    false => Ok(None),
+                });
+            match outcome {
+                Ok(Some(report)) => results[m.index] = Some(Ok(report)),
+                Ok(None) => {}
+                Err(e) => results[m.index] = Some(Err(e)),
+            }
+        }
+        retire(&mut learner, &mut members, |m| results[m.index].is_some());
+    }
+}
+
+fn build(specs: &[&Spec], members: &[Member]) -> Result<Learner> {
+    let spec = members[0].spec;
     let device = parse_device(&spec.resources.device)?.resolve()?;
     if spec.resources.threads > 0 {
         tch::set_num_threads(spec.resources.threads as i32);
     }
-    let task = spec.task.build().context("[task]")?;
-    checkpoint::write_task_file(&paths.checkpoints(), &spec.task)?;
-    let mut trainer = build_trainer(spec, task.as_ref(), device)?;
-    let resumed_from = resume_from_latest(&mut trainer, &paths, observer)?;
-    let mut training = Training::open(spec, task.as_ref(), &paths, options, trainer.step())?;
-    let started = Instant::now();
-    let trained_from = trainer.step();
-    training.run(&mut trainer, cancel, observer)?;
-    let train_seconds = started.elapsed().as_secs_f64();
-
-    let (summary, episodes) =
-        evaluate_actor(spec, task.as_ref(), &trainer.policy_view(), trainer.step())?;
-    write_final_evaluation(spec, task.as_ref(), &paths, &episodes)?;
-    observer.evaluation(&summary, &episodes)?;
-    training.record_evaluation(&summary)?;
-    let report = TrialReport {
-        experiment: spec.name.clone(),
-        trial_id: spec.trial_id(),
-        dir: paths.dir.clone(),
-        policy: spec.policy.kind.clone(),
-        iterations: spec.train.iterations,
-        resumed_from,
-        train_seconds,
-        iterations_per_second: (trainer.step() - trained_from) as f64 / train_seconds.max(1e-9),
-        final_evaluation: summary,
-    };
-    write_atomic(
-        &paths.summary(),
-        (serde_json::to_string_pretty(&report)? + "\n").as_bytes(),
-    )?;
-    Ok(report)
+    let mut parts = Vec::with_capacity(members.len());
+    for m in members {
+        parts.push(
+            trial_member(m.spec, m.task.as_ref(), device)
+                .with_context(|| format!("trial {}", m.spec.trial_id()))?,
+        );
+    }
+    let member_specs: Vec<&Spec> = members.iter().map(|m| specs[m.index]).collect();
+    let learner = build_learner(&member_specs, parts, device)?;
+    spec.train.precision.resolve(device).apply()?;
+    Ok(learner)
 }
 
-/// Continues from the latest checkpoint, if the trial ran before. A checkpoint whose bytes
-/// differ from the sha256 recorded when it was written is refused: resuming from altered
-/// weights would give a trial that is not the one recorded.
+/// Removes the members `done` says have ended, from the learner too.
+fn retire(learner: &mut Learner, members: &mut Vec<Member>, done: impl Fn(&Member) -> bool) {
+    for pos in (0..members.len()).rev() {
+        if done(&members[pos]) {
+            learner.remove(pos);
+            members.remove(pos);
+        }
+    }
+}
+
+/// Continues from the members' latest checkpoints, if they ran before (a pack's members
+/// are all at the same step). A checkpoint whose bytes differ from the sha256 recorded when
+/// it was written is refused: resuming from altered weights would give a trial that is
+/// not the one recorded.
 fn resume_from_latest(
-    trainer: &mut Trainer,
-    paths: &TrialPaths,
-    observer: &mut dyn TrialObserver,
+    learner: &mut Learner,
+    members: &[Member],
+    observers: &mut [&mut dyn TrialObserver],
 ) -> Result<Option<u64>> {
-    let dir = paths.checkpoints();
-    let Some(&step) = checkpoint::saved_steps(&dir)?.last() else {
+    let mut checkpoints = Vec::new();
+    for m in members {
+        let dir = m.paths.checkpoints();
+        let Some(&step) = checkpoint::saved_steps(&dir)?.last() else {
+            continue;
+        };
+        let files = checkpoint::CheckpointFiles::in_dir(&dir, step);
+        let recorded = observers[m.index].recorded_checkpoint(step)?;
+        let verified = checkpoint::verify(&files, recorded.as_deref())
+            .context("resuming from the latest checkpoint")?;
+        checkpoints.push(verified);
+    }
+    if checkpoints.is_empty() {
         return Ok(None);
-    };
-    let files = checkpoint::CheckpointFiles::in_dir(&dir, step);
-    let recorded = observer.recorded_checkpoint(step)?;
-    let verified = checkpoint::verify(&files, recorded.as_deref())
-        .context("resuming from the latest checkpoint")?;
-    trainer.restore(&verified)?;
-    info!(step, "resumed from checkpoint");
-    Ok(Some(step))
+    }
+    anyhow::ensure!(
+        checkpoints.len() == members.len(),
+        "some trials of the pack have checkpoints and some do not: they cannot train together"
+    );
+    learner.restore(&checkpoints)?;
+    info!(
+        step = learner.step(),
+        members = members.len(),
+        "resumed from checkpoints"
+    );
+    Ok(Some(learner.step()))
 }
 
-/// The training loop's state: its logs, progress bar and the last good checkpoint.
-struct Training<'a> {
+/// One trial of a running pack: its spec and task, files, logs and progress.
+struct Member<'a> {
+    /// Position in the caller's lists (specs, observers, results).
+    index: usize,
     spec: &'a Spec,
-    task: &'a dyn Task,
-    paths: &'a TrialPaths,
+    task: Box<dyn Task>,
+    paths: TrialPaths,
     options: &'a TrialOptions,
-    metrics_log: CsvLog,
-    eval_log: CsvLog,
+    logs: Option<(CsvLog, CsvLog)>,
     bar: ProgressBar,
     last_good: Option<u64>,
     /// Start of the current logging window: when, and at which step.
     window: (Instant, u64),
+    /// When this run of the trial began training.
     started: Instant,
 }
 
-impl<'a> Training<'a> {
-    fn open(
+impl<'a> Member<'a> {
+    fn prepare(
+        index: usize,
         spec: &'a Spec,
-        task: &'a dyn Task,
-        paths: &'a TrialPaths,
+        paths: TrialPaths,
         options: &'a TrialOptions,
-        start_step: u64,
     ) -> Result<Self> {
+        write_atomic(&paths.config(), spec.to_toml().as_bytes())?;
+        let task = spec.task.build().context("[task]")?;
+        checkpoint::write_task_file(&paths.checkpoints(), &spec.task)?;
         Ok(Self {
+            index,
             spec,
             task,
             paths,
             options,
-            metrics_log: CsvLog::open::<MetricsRow>(&paths.metrics(), start_step, |r| r.step)?,
-            eval_log: CsvLog::open::<EvalSummary>(&paths.evaluations(), start_step, |r| r.step)?,
-            bar: progress_bar(options.progress, spec.train.iterations, start_step),
-            last_good: (start_step > 0).then_some(start_step),
-            window: (Instant::now(), start_step),
+            logs: None,
+            bar: ProgressBar::hidden(),
+            last_good: None,
+            window: (Instant::now(), 0),
             started: Instant::now(),
         })
     }
 
-    /// Trains to `train.iterations`, or until `cancel` (checkpoint saved) or a non-finite
-    /// loss stops it.
-    fn run(
-        &mut self,
-        trainer: &mut Trainer,
-        cancel: &AtomicBool,
-        observer: &mut dyn TrialObserver,
-    ) -> Result<()> {
-        let iterations = self.spec.train.iterations;
-        while trainer.step() < iterations {
-            if cancel.load(Ordering::Relaxed) {
-                self.checkpoint(trainer, observer)?;
-                return Err(TrialStop::Cancelled {
-                    step: trainer.step(),
-                }
-                .into());
-            }
-            let m = trainer.train_step();
-            if !m.loss.is_finite() {
-                self.metrics_log.flush()?;
-                self.bar.abandon();
-                return Err(TrialStop::NonFiniteLoss {
-                    step: m.step,
-                    value: m.loss,
-                    last_good: self.last_good,
-                }
-                .into());
-            }
-            self.after_step(trainer, &m, observer)?;
-        }
-        self.bar.finish_and_clear();
-        self.metrics_log.flush()
+    fn open_logs(&mut self, start_step: u64) -> Result<()> {
+        let metrics = CsvLog::open::<MetricsRow>(&self.paths.metrics(), start_step, |r| r.step)?;
+        let evaluations =
+            CsvLog::open::<EvalSummary>(&self.paths.evaluations(), start_step, |r| r.step)?;
+        self.logs = Some((metrics, evaluations));
+        self.bar = progress_bar(
+            self.options.progress,
+            self.spec.train.iterations,
+            start_step,
+        );
+        self.last_good = (start_step > 0).then_some(start_step);
+        self.window = (Instant::now(), start_step);
+        self.started = Instant::now();
+        Ok(())
     }
 
-    /// Logs, evaluates and checkpoints as the spec asks at the step just taken.
+    fn metrics_log(&mut self) -> &mut CsvLog {
+        &mut self.logs.as_mut().expect("logs are open").0
+    }
+
+    /// Logs, evaluates and checkpoints as the spec asks at the step just taken; true when
+    /// the trial has run all its iterations. A non-finite loss ends it.
     fn after_step(
         &mut self,
-        trainer: &Trainer,
+        learner: &Learner,
+        pos: usize,
         m: &StepMetrics,
         observer: &mut dyn TrialObserver,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let (spec, step) = (self.spec, m.step);
+        if !m.loss.is_finite() {
+            self.metrics_log().flush()?;
+            self.bar.abandon();
+            return Err(TrialStop::NonFiniteLoss {
+                step,
+                value: m.loss,
+                last_good: self.last_good,
+            }
+            .into());
+        }
         let last = step == spec.train.iterations;
         if step % spec.train.log_every == 0 || last {
             let (t0, s0) = self.window;
             let rate = (step - s0) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
             self.window = (Instant::now(), step);
             let row = metrics_row(m, self.started.elapsed().as_secs_f64(), rate);
-            self.metrics_log.append(&row)?;
+            self.metrics_log().append(&row)?;
             observer.metrics(&row)?;
             self.bar
                 .set_message(format!("loss {:.4}  {:.1} it/s", m.loss, rate));
@@ -185,8 +300,7 @@ impl<'a> Training<'a> {
         // Evaluate before checkpointing: a trial killed in between redoes the evaluation.
         let eval_step = spec.train.eval_every > 0 && step % spec.train.eval_every == 0 && !last;
         if eval_step && !self.options.defer_evaluations {
-            let (summary, episodes) =
-                evaluate_actor(spec, self.task, &trainer.policy_view(), step)?;
+            let (summary, episodes) = self.evaluate(learner, pos, step)?;
             observer.evaluation(&summary, &episodes)?;
             self.bar.println(format!(
                 "step {step}: success {:.1}% [{:.1}, {:.1}]",
@@ -198,23 +312,75 @@ impl<'a> Training<'a> {
         }
         let keep_for_evaluation = eval_step && self.options.defer_evaluations;
         if step % spec.train.checkpoint_every == 0 || last || keep_for_evaluation {
-            self.checkpoint(trainer, observer)?;
+            self.checkpoint(learner, pos, observer)?;
         }
         self.bar.set_position(step);
-        Ok(())
+        Ok(last)
     }
 
-    fn checkpoint(&mut self, trainer: &Trainer, observer: &mut dyn TrialObserver) -> Result<()> {
-        self.metrics_log.flush()?;
-        let saved = trainer.save_checkpoint(&self.paths.checkpoints())?;
+    fn evaluate(
+        &self,
+        learner: &Learner,
+        pos: usize,
+        step: u64,
+    ) -> Result<(EvalSummary, Vec<EpisodeRecord>)> {
+        learner.with_policy(pos, |policy| {
+            evaluate_actor(self.spec, self.task.as_ref(), policy, step)
+        })?
+    }
+
+    fn checkpoint(
+        &mut self,
+        learner: &Learner,
+        pos: usize,
+        observer: &mut dyn TrialObserver,
+    ) -> Result<()> {
+        self.metrics_log().flush()?;
+        let saved = learner.save_checkpoint(pos, &self.paths.checkpoints())?;
         observer.checkpoint(&saved)?;
         self.last_good = Some(saved.files.step);
         Ok(())
     }
 
     fn record_evaluation(&mut self, summary: &EvalSummary) -> Result<()> {
-        self.eval_log.append(summary)?;
-        self.eval_log.flush()
+        let log = &mut self.logs.as_mut().expect("logs are open").1;
+        log.append(summary)?;
+        log.flush()
+    }
+
+    /// The final evaluation and the trial's report.
+    fn finish(
+        &mut self,
+        learner: &Learner,
+        pos: usize,
+        observer: &mut dyn TrialObserver,
+        resumed_from: Option<u64>,
+        (started, from_step): (Instant, u64),
+    ) -> Result<TrialReport> {
+        self.bar.finish_and_clear();
+        self.metrics_log().flush()?;
+        let train_seconds = started.elapsed().as_secs_f64();
+        let step = learner.step();
+        let (summary, episodes) = self.evaluate(learner, pos, step)?;
+        write_final_evaluation(self.spec, self.task.as_ref(), &self.paths, &episodes)?;
+        observer.evaluation(&summary, &episodes)?;
+        self.record_evaluation(&summary)?;
+        let report = TrialReport {
+            experiment: self.spec.name.clone(),
+            trial_id: self.spec.trial_id(),
+            dir: self.paths.dir.clone(),
+            policy: self.spec.policy.kind.clone(),
+            iterations: self.spec.train.iterations,
+            resumed_from,
+            train_seconds,
+            iterations_per_second: (step - from_step) as f64 / train_seconds.max(1e-9),
+            final_evaluation: summary,
+        };
+        write_atomic(
+            &self.paths.summary(),
+            (serde_json::to_string_pretty(&report)? + "\n").as_bytes(),
+        )?;
+        Ok(report)
     }
 }
 

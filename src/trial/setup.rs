@@ -9,7 +9,9 @@ use tch::Device;
 use crate::data::{Normalizer, Windows};
 use crate::spec::Spec;
 use crate::task::{episode_seeds, read_demo_dir, record_demos, Demo, Task, TaskInfo};
-use crate::train::{OptimConfig, Trainer, TrainingSet};
+use crate::train::{
+    pack_shape, Learner, OptimConfig, PackMember, PackedTrainer, Trainer, TrainingSet,
+};
 
 /// The demonstrations a spec asks for: a folder in the task's file format (`data.path`),
 /// or `data.demos` episodes of the task's expert from `data.seed`.
@@ -67,8 +69,8 @@ pub fn training_set(
     Ok((normalizer, data))
 }
 
-/// A fresh trainer for the spec's policy on the spec's demos.
-pub fn build_trainer(spec: &Spec, task: &dyn Task, device: Device) -> Result<Trainer> {
+/// What one trial trains: its policy, optimisation settings, data and normalizer.
+pub fn trial_member(spec: &Spec, task: &dyn Task, device: Device) -> Result<PackMember> {
     let demos = load_demos(spec, task)?;
     let (normalizer, data) = training_set(
         &demos,
@@ -77,11 +79,6 @@ pub fn build_trainer(spec: &Spec, task: &dyn Task, device: Device) -> Result<Tra
         task.info(),
         device,
     )?;
-    let optim = OptimConfig {
-        batch_size: spec.train.batch_size,
-        schedule: spec.train.schedule(),
-        seed: spec.train.seed,
-    };
     tracing::info!(
         trial = %spec.trial_id(),
         demos = demos.len(),
@@ -91,5 +88,46 @@ pub fn build_trainer(spec: &Spec, task: &dyn Task, device: Device) -> Result<Tra
         spec.trial_id(),
         spec.name
     );
-    Trainer::new(spec.policy_spec()?, optim, data, normalizer, device)
+    Ok(PackMember {
+        spec: spec.policy_spec()?,
+        optim: OptimConfig {
+            batch_size: spec.train.batch_size,
+            schedule: spec.train.schedule(),
+            seed: spec.train.seed,
+        },
+        data,
+        normalizer,
+    })
+}
+
+/// Whether a trial trains in a pack (an energy model of a plain residual MLP), and the
+/// shape it shares with its pack mates.
+pub fn pack_key(spec: &Spec) -> Option<String> {
+    let policy = spec.policy_spec().ok()?;
+    pack_shape(&policy, spec.train.batch_size)
+        .map(|shape| format!("{shape} precision {:?}", spec.train.precision))
+}
+
+/// A fresh trainer for the trials' members: a pack when they pack, else a solo trainer
+/// (which takes any policy, one trial).
+pub fn build_learner(specs: &[&Spec], members: Vec<PackMember>, device: Device) -> Result<Learner> {
+    let packs = specs.iter().all(|s| pack_key(s).is_some());
+    if packs {
+        let precision = specs[0].train.precision;
+        return Ok(Learner::Pack(Box::new(PackedTrainer::new(
+            members, precision, device,
+        )?)));
+    }
+    ensure!(
+        members.len() == 1,
+        "only energy models of plain residual MLPs (no LayerNorm, no dropout) train in packs"
+    );
+    let m = members.into_iter().next().expect("one member");
+    Ok(Learner::Solo(Some(Box::new(Trainer::new(
+        m.spec,
+        m.optim,
+        m.data,
+        m.normalizer,
+        device,
+    )?))))
 }

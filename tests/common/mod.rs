@@ -118,3 +118,110 @@ pub fn query_csv(db: &std::path::Path, sql: &str) -> String {
     assert!(out.status.success(), "{sql}: {}", stderr(&out));
     stdout(&out)
 }
+
+/// `ebmlab run FILE --quiet --slots 2 --runs RUNS` in the background, heartbeats every 0.2 s.
+pub fn spawn_run(file: &std::path::Path, runs: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ebmlab"))
+        .args(["run", file.to_str().unwrap(), "--quiet", "--slots", "2"])
+        .args(["--runs", runs.to_str().unwrap()])
+        .env("EBMLAB_HEARTBEAT_SECONDS", "0.2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// `kill SIGNAL PIDS...`, which must succeed.
+pub fn kill(signal: &str, pids: &[String]) {
+    let status = std::process::Command::new("kill")
+        .arg(signal)
+        .args(pids)
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pids:?}");
+}
+
+/// Polls `sql` (first value of the first row) until `done` says so, for at most 2 minutes.
+pub fn wait_for(db: &std::path::Path, sql: &str, done: impl Fn(&str) -> bool) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        let value = try_query_csv(db, sql)
+            .and_then(|csv| csv.lines().nth(1).map(str::to_owned))
+            .unwrap_or_default();
+        if done(&value) {
+            return value;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "{sql}: still {value:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The first value of the first row of a query.
+pub fn query_one(db: &std::path::Path, sql: &str) -> String {
+    query_csv(db, sql)
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The seed's PyTorch SequenceEBM, written from the seed document: run with arguments
+/// `MODEL IO NORM BLOCKS [HIDDEN [up-to-a-constant]]`, it loads MODEL (`strict=True`) and
+/// prints the largest difference between its energies of IO's `obs` and `actions` and IO's
+/// `energies` (less their mean difference, with `up-to-a-constant`).
+pub const SEED_MODULE: &str = r#"
+import sys, torch, torch.nn as nn
+from safetensors.torch import load_file
+
+class MLPResidualBlock(nn.Module):
+    def __init__(self, hidden_dim=256, dropout=0.1, norm_type='layer'):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_dim) if norm_type == 'layer' else None
+        self.norm2 = nn.LayerNorm(hidden_dim) if norm_type == 'layer' else None
+        self.fc1 = nn.Linear(hidden_dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, hidden_dim)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.activation = nn.ReLU()
+    def forward(self, x):
+        identity = x
+        out = self.norm1(x) if self.norm1 is not None else x
+        out = self.fc1(self.dropout1(self.activation(out)))
+        out = self.norm2(out) if self.norm2 is not None else out
+        out = self.fc2(self.dropout2(self.activation(out)))
+        return out + identity
+
+class SequenceEBM(nn.Module):
+    def __init__(self, obs_dim=8, action_dim=2, obs_seq_len=2, hidden_dim=256,
+                 num_residual_blocks=1, dropout=0.0, norm_type=None):
+        super().__init__()
+        self.projection = nn.Linear(obs_seq_len * obs_dim + action_dim, hidden_dim)
+        self.blocks = nn.ModuleList([MLPResidualBlock(hidden_dim, dropout, norm_type)
+                                     for _ in range(num_residual_blocks)])
+        self.energy_projection = nn.Linear(hidden_dim, 1)
+    def forward(self, obs_seq, action):
+        B, N, _ = action.shape
+        obs_flat = obs_seq.reshape(B, -1).unsqueeze(1).expand(B, N, -1)
+        x = torch.cat([obs_flat, action], dim=-1).reshape(B * N, -1)
+        x = self.projection(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.energy_projection(x).reshape(B, N)
+
+model_path, io_path, norm_type, blocks = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+hidden = int(sys.argv[5]) if len(sys.argv) > 5 else 256
+model = SequenceEBM(norm_type=None if norm_type == 'none' else norm_type,
+                    num_residual_blocks=blocks, hidden_dim=hidden)
+model.load_state_dict(load_file(model_path), strict=True)
+model.eval()
+io = load_file(io_path)
+with torch.no_grad():
+    ours = model(io['obs'], io['actions'])
+diff = ours - io['energies']
+if len(sys.argv) > 6 and sys.argv[6] == 'up-to-a-constant':
+    diff = diff - diff.mean()
+print(float(diff.abs().max()))
+"#;

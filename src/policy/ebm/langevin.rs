@@ -76,22 +76,131 @@ impl Bounds {
     }
 }
 
-/// Runs Langevin from `init` `(B, N, A)` using `grad` (`dE/da` at given actions).
+/// Runs Langevin from `init` `(B, N, A)` using `grad` (`dE/da` at given actions), with
+/// fresh noise at every step.
 pub fn langevin(
     init: Tensor,
     bounds: &Bounds,
     cfg: &LangevinConfig,
     grad: impl Fn(&Tensor) -> Tensor,
 ) -> Tensor {
+    let coefficients = |i| scalar_coefficients(cfg, i, &init);
+    chain(
+        init.shallow_clone(),
+        bounds,
+        cfg,
+        coefficients,
+        |_, a| a.randn_like(),
+        grad,
+    )
+}
+
+/// [`langevin`] with the noise of every step drawn beforehand: `noise` `(steps, B, N, A)`
+/// (so a trial's draws do not depend on what else runs with it).
+pub fn langevin_with_noise(
+    init: Tensor,
+    bounds: &Bounds,
+    cfg: &LangevinConfig,
+    noise: &Tensor,
+    grad: impl Fn(&Tensor) -> Tensor,
+) -> Tensor {
+    let coefficients = |i| scalar_coefficients(cfg, i, &init);
+    chain(
+        init.shallow_clone(),
+        bounds,
+        cfg,
+        coefficients,
+        |i, _| noise.get(i as i64),
+        grad,
+    )
+}
+
+/// Langevin for a pack of K members, each with its own schedule: `init` `(K, B, N, A)`,
+/// bounds `(K, 1, 1, A)`, `noise` `(K, steps, B, N, A)`. Member k's chain is the same
+/// arithmetic as its solo [`langevin_with_noise`].
+pub fn packed_langevin(
+    init: Tensor,
+    bounds: &Bounds,
+    cfgs: &[LangevinConfig],
+    noise: &Tensor,
+    grad: impl Fn(&Tensor) -> Tensor,
+) -> Tensor {
+    let device = init.device();
+    let per_member = |values: Vec<f32>| {
+        Tensor::from_slice(&values)
+            .to_device(device)
+            .view([values.len() as i64, 1, 1, 1])
+    };
+    let coefficients = |i: usize| {
+        let (g, n): (Vec<f32>, Vec<f32>) = cfgs
+            .iter()
+            .map(|c| {
+                let step = c.step_size(i);
+                ((c.grad_scale * step) as f32, (c.noise_scale * step) as f32)
+            })
+            .unzip();
+        (per_member(g), per_member(n))
+    };
+    let clip: Vec<f32> = cfgs.iter().map(|c| (0.5 * c.delta_clip) as f32).collect();
+    let half_width = (&bounds.high - &bounds.low) * per_member(clip);
+    chain_with_clip(
+        init,
+        bounds,
+        cfgs[0].steps,
+        half_width,
+        coefficients,
+        |i, _| noise.select(1, i as i64),
+        grad,
+    )
+}
+
+/// The step coefficients of a solo chain, as 0-d tensors (the same arithmetic as scalars).
+fn scalar_coefficients(cfg: &LangevinConfig, i: usize, like: &Tensor) -> (Tensor, Tensor) {
+    let step = cfg.step_size(i);
+    let scalar = |x: f64| Tensor::from(x as f32).to_device(like.device());
+    (
+        scalar(cfg.grad_scale * step),
+        scalar(cfg.noise_scale * step),
+    )
+}
+
+fn chain(
+    init: Tensor,
+    bounds: &Bounds,
+    cfg: &LangevinConfig,
+    coefficients: impl Fn(usize) -> (Tensor, Tensor),
+    noise: impl Fn(usize, &Tensor) -> Tensor,
+    grad: impl Fn(&Tensor) -> Tensor,
+) -> Tensor {
+    let half_width = (&bounds.high - &bounds.low) * (0.5 * cfg.delta_clip);
+    chain_with_clip(
+        init,
+        bounds,
+        cfg.steps,
+        half_width,
+        coefficients,
+        noise,
+        grad,
+    )
+}
+
+/// `a <- clip(a - clip(c_g g + c_n noise, ±clip), bounds)` for `steps` steps, detached.
+fn chain_with_clip(
+    init: Tensor,
+    bounds: &Bounds,
+    steps: usize,
+    clip: Tensor,
+    coefficients: impl Fn(usize) -> (Tensor, Tensor),
+    noise: impl Fn(usize, &Tensor) -> Tensor,
+    grad: impl Fn(&Tensor) -> Tensor,
+) -> Tensor {
     tch::no_grad(|| {
-        let clip = (&bounds.high - &bounds.low) * (0.5 * cfg.delta_clip);
         let neg_clip = -&clip;
         let mut actions = init.detach();
-        for i in 0..cfg.steps {
-            let step = cfg.step_size(i);
+        for i in 0..steps {
+            let (g_coef, n_coef) = coefficients(i);
             let g = grad(&actions);
-            let noise = actions.randn_like();
-            let delta = (g * (cfg.grad_scale * step) + noise * (cfg.noise_scale * step))
+            let delta = (g * g_coef + noise(i, &actions) * n_coef)
                 .clamp_tensor(Some(&neg_clip), Some(&clip));
             actions = bounds.clip(&(actions - delta));
         }

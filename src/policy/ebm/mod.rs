@@ -5,11 +5,13 @@ mod dfo;
 mod langevin;
 mod loss;
 mod model;
+mod packed;
 
 pub use dfo::{dfo_minimize, DfoConfig};
-pub use langevin::{langevin, Bounds, LangevinConfig};
+pub use langevin::{langevin, langevin_with_noise, packed_langevin, Bounds, LangevinConfig};
 pub use loss::{gradient_penalty, info_nce, GradNorm, GradPenaltyConfig};
 pub use model::SequenceEbm;
+pub use packed::{packable, packed_ebm_loss, PackedEbm, PackedLoss};
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -76,7 +78,9 @@ pub struct EbmLoss {
     pub energy_negative: Tensor,
 }
 
-/// Counter-examples `(B, count, A)` for observation windows `obs` `(B, S, D)`.
+/// Counter-examples `(B, count, A)` for observation windows `obs` `(B, S, D)`. Their random
+/// draws come in a fixed order, uniform starts then (for Langevin) the noise of every step,
+/// which a pack's member makes in the same order ([`draw_counter_examples`]).
 pub fn counter_examples(
     model: &SequenceEbm,
     context: &Tensor,
@@ -84,16 +88,34 @@ pub fn counter_examples(
     cfg: &NegativesConfig,
 ) -> Tensor {
     let batch = context.size()[0];
-    let init = bounds.uniform(&[batch, cfg.count, model.config().action_dim]);
-    match cfg.kind {
-        NegativeKind::Uniform => init,
-        NegativeKind::Langevin => {
+    let (init, noise) = draw_counter_examples(batch, model.config().action_dim, bounds, cfg);
+    match noise {
+        None => init,
+        Some(noise) => {
             let context = context.detach();
-            langevin(init, bounds, &cfg.langevin, |a| {
+            langevin_with_noise(init, bounds, &cfg.langevin, &noise, |a| {
                 model.action_gradient(&context, a)
             })
         }
     }
+}
+
+/// The random draws of one batch's counter-examples: uniform starts `(B, count, A)` and,
+/// for Langevin, the noise of all its steps `(steps, B, count, A)`.
+pub fn draw_counter_examples(
+    batch: i64,
+    action_dim: i64,
+    bounds: &Bounds,
+    cfg: &NegativesConfig,
+) -> (Tensor, Option<Tensor>) {
+    let init = bounds.uniform(&[batch, cfg.count, action_dim]);
+    let noise = (cfg.kind == NegativeKind::Langevin).then(|| {
+        Tensor::randn(
+            [cfg.langevin.steps as i64, batch, cfg.count, action_dim],
+            (Kind::Float, init.device()),
+        )
+    });
+    (init, noise)
 }
 
 /// InfoNCE over `[counter-examples..., demonstration]` plus the gradient penalty at all of

@@ -1,0 +1,365 @@
+//! K energy models of one shape as one batched model: each weight is stacked along a first
+//! dimension of size K (`[K, out, in]`, PyTorch's `nn.Linear` layout per member), every
+//! product is a batched one, and member `k`'s slice of every tensor is exactly the solo
+//! model's tensor of the same (seed) name. So a pack trains K trials at the cost of one
+//! launch sequence, and each member still saves and loads as a solo checkpoint.
+//!
+//! Only the plain residual MLP is packed (no LayerNorm, no dropout: IBC's particle EBM);
+//! matrix products run in the pack's [`Precision`].
+
+use anyhow::{ensure, Context, Result};
+use tch::{Kind, Tensor};
+
+use crate::policy::{NetConfig, Precision};
+
+/// One linear layer of every member: `weight` `[K, out, in]`, `bias` `[K, out]`.
+#[derive(Debug)]
+struct PackedLinear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl PackedLinear {
+    /// `x` `[K, rows, in]` -> `[K, rows, out]` in `kind`.
+    fn forward(&self, x: &Tensor, kind: Kind) -> Tensor {
+        self.bias.to_kind(kind).unsqueeze(1).baddbmm(
+            x,
+            &self.weight.to_kind(kind).transpose(1, 2),
+            1.0,
+            1.0,
+        )
+    }
+}
+
+#[derive(Debug)]
+pub struct PackedEbm {
+    cfg: NetConfig,
+    members: i64,
+    precision: Precision,
+    projection: PackedLinear,
+    blocks: Vec<(PackedLinear, PackedLinear)>,
+    energy: PackedLinear,
+}
+
+/// Whether a network can be packed.
+pub fn packable(cfg: &NetConfig) -> bool {
+    !cfg.layer_norm && cfg.dropout == 0.0
+}
+
+/// The solo model's tensor names, in the order [`PackedEbm::named_parameters`] gives them.
+fn tensor_names(blocks: usize) -> Vec<String> {
+    let mut names = vec!["projection.weight".to_owned(), "projection.bias".to_owned()];
+    for i in 0..blocks {
+        for layer in ["fc1", "fc2"] {
+            names.push(format!("blocks.{i}.{layer}.weight"));
+            names.push(format!("blocks.{i}.{layer}.bias"));
+        }
+    }
+    names.push("energy_projection.weight".to_owned());
+    names.push("energy_projection.bias".to_owned());
+    names
+}
+
+impl PackedEbm {
+    /// Stacks the members' weights, each given as the solo model's named tensors. The
+    /// stacked tensors are leaves that require gradients.
+    pub fn stack(
+        cfg: &NetConfig,
+        precision: Precision,
+        members: &[Vec<(String, Tensor)>],
+    ) -> Result<Self> {
+        ensure!(
+            packable(cfg),
+            "only networks without LayerNorm and dropout pack"
+        );
+        ensure!(!members.is_empty(), "a pack has at least one member");
+        let stacked = tensor_names(cfg.blocks)
+            .into_iter()
+            .map(|name| {
+                let slices = members
+                    .iter()
+                    .enumerate()
+                    .map(|(k, m)| {
+                        m.iter()
+                            .find(|(n, _)| *n == name)
+                            .map(|(_, t)| t.detach())
+                            .with_context(|| format!("pack member {k} has no tensor `{name}`"))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((name, Tensor::stack(&slices, 0).set_requires_grad(true)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_stacked(cfg, precision, &stacked)
+    }
+
+    /// A pack from tensors already stacked (as [`PackedEbm::named_parameters`] gives them),
+    /// taken as they are (sharing storage, gradients included).
+    pub fn from_stacked(
+        cfg: &NetConfig,
+        precision: Precision,
+        stacked: &[(String, Tensor)],
+    ) -> Result<Self> {
+        let names = tensor_names(cfg.blocks);
+        ensure!(
+            stacked.len() == names.len()
+                && stacked.iter().zip(&names).all(|((n, _), name)| n == name),
+            "the stacked tensors are not this network's"
+        );
+        let mut tensors = stacked.iter().map(|(_, t)| t.shallow_clone());
+        let mut linear = || PackedLinear {
+            weight: tensors.next().expect("a weight per name"),
+            bias: tensors.next().expect("a bias per name"),
+        };
+        let projection = linear();
+        let blocks = (0..cfg.blocks).map(|_| (linear(), linear())).collect();
+        let energy = linear();
+        Ok(Self {
+            cfg: cfg.clone(),
+            members: projection.weight.size()[0],
+            precision,
+            projection,
+            blocks,
+            energy,
+        })
+    }
+
+    pub fn config(&self) -> &NetConfig {
+        &self.cfg
+    }
+
+    pub fn members(&self) -> i64 {
+        self.members
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Every stacked tensor under its solo name.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut tensors = vec![&self.projection];
+        for (fc1, fc2) in &self.blocks {
+            tensors.extend([fc1, fc2]);
+        }
+        tensors.push(&self.energy);
+        tensor_names(self.cfg.blocks)
+            .into_iter()
+            .zip(
+                tensors
+                    .into_iter()
+                    .flat_map(|l| [l.weight.shallow_clone(), l.bias.shallow_clone()]),
+            )
+            .collect()
+    }
+
+    /// Member `k`'s tensors under the solo model's names (copies, on the CPU).
+    pub fn member_state(&self, k: i64) -> Vec<(String, Tensor)> {
+        self.named_parameters()
+            .into_iter()
+            .map(|(name, t)| (name, t.get(k).detach().to_device(tch::Device::Cpu).copy()))
+            .collect()
+    }
+
+    /// Overwrites member `k`'s tensors with a solo model's (named like it).
+    pub fn load_member(&self, k: i64, state: &[(String, Tensor)]) -> Result<()> {
+        for (name, stacked) in self.named_parameters() {
+            let (_, value) = state
+                .iter()
+                .find(|(n, _)| *n == name)
+                .with_context(|| format!("no tensor `{name}`"))?;
+            let mut slot = stacked.get(k);
+            ensure!(
+                slot.size() == value.size(),
+                "`{name}` has shape {:?}, the pack needs {:?}",
+                value.size(),
+                slot.size()
+            );
+            tch::no_grad(|| slot.copy_(value));
+        }
+        Ok(())
+    }
+
+    fn obs_inputs(&self) -> i64 {
+        self.cfg.obs_seq_len * self.cfg.obs_dim
+    }
+
+    /// The observation part of the first layer, `[K, B, hidden]`, for windows
+    /// `[K, B, S, D]`: computed once, shared by every candidate action.
+    pub fn observation_context(&self, obs: &Tensor) -> Tensor {
+        let (k, b) = (obs.size()[0], obs.size()[1]);
+        let kind = self.precision.compute_kind();
+        let w_obs = self.projection.weight.narrow(2, 0, self.obs_inputs());
+        PackedLinear {
+            weight: w_obs,
+            bias: self.projection.bias.shallow_clone(),
+        }
+        .forward(&obs.reshape([k, b, self.obs_inputs()]).to_kind(kind), kind)
+    }
+
+    fn action_weight(&self) -> Tensor {
+        self.projection
+            .weight
+            .narrow(2, self.obs_inputs(), self.cfg.action_dim)
+    }
+
+    /// First hidden layer `[K, B*N, hidden]` for candidates `[K, B, N, A]`.
+    fn first_hidden(&self, context: &Tensor, actions: &Tensor) -> Tensor {
+        let s = actions.size();
+        let kind = self.precision.compute_kind();
+        let h = actions
+            .reshape([s[0], s[1] * s[2], s[3]])
+            .to_kind(kind)
+            .bmm(&self.action_weight().to_kind(kind).transpose(1, 2));
+        (h.view([s[0], s[1], s[2], -1]) + context.to_kind(kind).unsqueeze(2)).view([
+            s[0],
+            s[1] * s[2],
+            -1,
+        ])
+    }
+
+    /// Energies `[K, B, N]` (fp32) of candidates `[K, B, N, A]` given a context.
+    pub fn energies(&self, context: &Tensor, actions: &Tensor) -> Tensor {
+        let s = actions.size();
+        let kind = self.precision.compute_kind();
+        let mut h = self.first_hidden(context, actions);
+        for (fc1, fc2) in &self.blocks {
+            let inner = fc1.forward(&h.relu(), kind).relu();
+            h = fc2.forward(&inner, kind) + h;
+        }
+        self.energy
+            .forward(&h, kind)
+            .to_kind(Kind::Float)
+            .view([s[0], s[1], s[2]])
+    }
+
+    /// `dE/da` `[K, B, N, A]` (fp32) at candidates `[K, B, N, A]`, without a graph: the
+    /// network is piecewise linear, so the input gradient needs only each block's two ReLU
+    /// masks and one `hidden x hidden` product per block each way (see
+    /// `SequenceEbm::action_gradient`, of which this is the batched form).
+    pub fn action_gradient(&self, context: &Tensor, actions: &Tensor) -> Tensor {
+        let s = actions.size();
+        let kind = self.precision.compute_kind();
+        tch::no_grad(|| {
+            let mut h = self.first_hidden(context, actions);
+            let mut saved = Vec::with_capacity(self.blocks.len());
+            for (i, (fc1, fc2)) in self.blocks.iter().enumerate() {
+                let z1 = fc1.forward(&h.relu(), kind);
+                let next = (i + 1 < self.blocks.len()).then(|| fc2.forward(&z1.relu(), kind) + &h);
+                saved.push((h, z1));
+                match next {
+                    Some(next) => h = next,
+                    None => break,
+                }
+            }
+            // dE/dh_out is the output weight row, the same for every row of a member.
+            let w_energy = self.energy.weight.to_kind(kind); // [K, 1, hidden]
+            let mut grad: Option<Tensor> = None;
+            for ((fc1, fc2), (h_in, z1)) in self.blocks.iter().zip(&saved).rev() {
+                let upstream = grad.as_ref().unwrap_or(&w_energy);
+                let g_r2 = upstream.bmm(&fc2.weight.to_kind(kind));
+                let g_z1 = z1.threshold_backward(&g_r2, 0.0);
+                let g_r1 = g_z1.bmm(&fc1.weight.to_kind(kind));
+                let g_h = h_in.threshold_backward(&g_r1, 0.0);
+                grad = Some(g_h + upstream);
+            }
+            let w_act = self.action_weight().to_kind(kind); // [K, hidden, A]
+            let grad = match grad {
+                Some(g) => g.bmm(&w_act),
+                None => w_energy
+                    .bmm(&w_act)
+                    .expand([s[0], s[1] * s[2], s[3]], false),
+            };
+            grad.to_kind(Kind::Float).reshape([s[0], s[1], s[2], s[3]])
+        })
+    }
+}
+
+/// Per-member losses of a pack `[K]` (fp32), and their sum to differentiate (each member's
+/// weights get exactly their own loss's gradient).
+#[derive(Debug)]
+pub struct PackedLoss {
+    pub total: Tensor,
+    pub info_nce: Tensor,
+    pub grad_penalty: Tensor,
+    pub energy_positive: Tensor,
+    pub energy_negative: Tensor,
+}
+
+/// The pack's InfoNCE plus gradient penalty: `obs` `[K, B, S, D]`, `actions` `[K, B, A]`,
+/// counter-example starts `init` `[K, B, N, A]` and Langevin `noise` `[K, steps, B, N, A]`
+/// (drawn per member in its solo order), member configs `cfgs`. The same arithmetic as
+/// `ebm_loss` for each member.
+pub fn packed_ebm_loss(
+    model: &PackedEbm,
+    obs: &Tensor,
+    actions: &Tensor,
+    bounds: &super::Bounds,
+    cfgs: &[super::EbmLossConfig],
+    init: Tensor,
+    noise: Option<&Tensor>,
+) -> PackedLoss {
+    let device = obs.device();
+    let per_member = |f: &dyn Fn(&super::EbmLossConfig) -> f64, dims: i64| {
+        let values: Vec<f32> = cfgs.iter().map(|c| f(c) as f32).collect();
+        let mut shape = vec![1i64; dims as usize];
+        shape[0] = values.len() as i64;
+        Tensor::from_slice(&values)
+            .to_device(device)
+            .view(shape.as_slice())
+    };
+    let context = model.observation_context(obs);
+    let negatives = match noise {
+        None => init,
+        Some(noise) => {
+            let langevin: Vec<super::LangevinConfig> =
+                cfgs.iter().map(|c| c.negatives.langevin.clone()).collect();
+            let ctx = context.detach();
+            super::packed_langevin(init, bounds, &langevin, noise, |a| {
+                model.action_gradient(&ctx, a)
+            })
+        }
+    };
+    let penalise = cfgs[0].grad_penalty.enabled;
+    let candidates = Tensor::cat(&[negatives, actions.unsqueeze(2)], 2)
+        .detach()
+        .set_requires_grad(penalise);
+    let energies = model.energies(&context, &candidates);
+    let count = cfgs[0].negatives.count;
+    // InfoNCE per member: the positive sits in the last column.
+    let logits = -&energies / per_member(&|c| c.temperature, 3);
+    let info_nce = -logits
+        .log_softmax(-1, Kind::Float)
+        .select(2, count)
+        .mean_dim(1, false, Kind::Float);
+    let grad_penalty = if penalise {
+        let grad = Tensor::run_backward(&[energies.sum(None)], &[&candidates], true, true);
+        let p = &cfgs[0].grad_penalty;
+        let norms = match p.norm {
+            super::GradNorm::Inf => grad[0].abs().amax(-1, false),
+            super::GradNorm::L2 => grad[0]
+                .square()
+                .sum_dim_intlist(-1, false, Kind::Float)
+                .sqrt(),
+        };
+        let excess = (norms - per_member(&|c| c.grad_penalty.margin, 3)).clamp_min(0.0);
+        let excess = if p.square { excess.square() } else { excess };
+        excess.mean_dim([1i64, 2].as_slice(), false, Kind::Float)
+            * per_member(&|c| c.grad_penalty.weight, 1)
+    } else {
+        Tensor::zeros([cfgs.len() as i64], (Kind::Float, device))
+    };
+    let per_member_loss = &info_nce + &grad_penalty;
+    PackedLoss {
+        total: per_member_loss.sum(Kind::Float),
+        energy_positive: energies
+            .select(2, count)
+            .mean_dim(1, false, Kind::Float)
+            .detach(),
+        energy_negative: energies
+            .narrow(2, 0, count)
+            .mean_dim([1i64, 2].as_slice(), false, Kind::Float)
+            .detach(),
+        info_nce,
+        grad_penalty,
+    }
+}

@@ -1,0 +1,327 @@
+//! Trials of one shape trained together as one batched model ([`PackedEbm`]): per-member
+//! data, batch order, counter-examples and noise (each drawn from the member's own seed in
+//! its solo order), learning rate schedule and Adam moments, one loss per member. Every
+//! member checkpoints, restores and acts as the solo trial it is.
+
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use tch::{nn, Device, Kind, Tensor};
+
+use super::adam::Adam;
+use super::trainer::{torch_seed, OptimConfig, StepMetrics, TrainingSet};
+use crate::checkpoint::{self, write_run_files, SavedCheckpoint, VerifiedCheckpoint};
+use crate::data::Normalizer;
+use crate::policy::ebm::{
+    draw_counter_examples, packable, packed_ebm_loss, Bounds, EbmLossConfig, PackedEbm, SequenceEbm,
+};
+use crate::policy::{NetConfig, PolicySpec, Precision};
+use crate::task::derive_seed;
+
+/// One trial of a pack: what it trains and on what.
+pub struct PackMember {
+    pub spec: PolicySpec,
+    pub optim: OptimConfig,
+    pub data: TrainingSet,
+    pub normalizer: Normalizer,
+}
+
+impl PackMember {
+    fn loss_config(&self) -> &EbmLossConfig {
+        match &self.spec {
+            PolicySpec::Ebm { loss, .. } => loss,
+            PolicySpec::Mse { .. } => unreachable!("only energy models pack"),
+        }
+    }
+
+    fn bounds(&self, device: Device) -> Bounds {
+        Bounds::new(
+            &self.normalizer.sample_low,
+            &self.normalizer.sample_high,
+            device,
+        )
+    }
+}
+
+/// What members of one pack must share: the tensors' shapes and the loss's form. They
+/// may differ in seed, data, learning rate schedule, temperature, penalty margin and
+/// weight, and Langevin step sizes.
+pub fn pack_shape(spec: &PolicySpec, batch_size: i64) -> Option<String> {
+    let PolicySpec::Ebm { net, loss, .. } = spec else {
+        return None;
+    };
+    if !packable(net) {
+        return None;
+    }
+    let n = &loss.negatives;
+    let p = &loss.grad_penalty;
+    Some(format!(
+        "net {net:?} batch {batch_size} negatives {:?} x{} steps {} penalty {} {:?} {}",
+        n.kind, n.count, n.langevin.steps, p.enabled, p.norm, p.square
+    ))
+}
+
+pub struct PackedTrainer {
+    members: Vec<PackMember>,
+    model: PackedEbm,
+    adam: Adam,
+    /// Sampling bounds `[K, 1, 1, A]`.
+    bounds: Bounds,
+    step: u64,
+    device: Device,
+}
+
+impl PackedTrainer {
+    /// A fresh pack: member k's weights are initialised exactly as its solo trainer's.
+    pub fn new(members: Vec<PackMember>, precision: Precision, device: Device) -> Result<Self> {
+        ensure!(!members.is_empty(), "a pack has at least one member");
+        let shape = pack_shape(&members[0].spec, members[0].optim.batch_size)
+            .context("only energy models without LayerNorm or dropout pack")?;
+        for (k, m) in members.iter().enumerate() {
+            if pack_shape(&m.spec, m.optim.batch_size).as_ref() != Some(&shape) {
+                bail!("pack member {k} has another shape than member 0: {shape}");
+            }
+        }
+        let net = net_config(&members[0].spec).clone();
+        let states: Vec<Vec<(String, Tensor)>> = members
+            .iter()
+            .map(|m| fresh_weights(&net, m.optim.seed, device))
+            .collect();
+        let model = PackedEbm::stack(&net, precision.resolve(device), &states)?;
+        let adam = Adam::new(model.named_parameters());
+        let bounds = stacked_bounds(&members, device);
+        Ok(Self {
+            members,
+            model,
+            adam,
+            bounds,
+            step: 0,
+            device,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.model.precision()
+    }
+
+    pub fn member(&self, k: usize) -> &PackMember {
+        &self.members[k]
+    }
+
+    /// Member `k`'s weights under the solo model's names.
+    pub fn member_state(&self, k: usize) -> Vec<(String, Tensor)> {
+        self.model.member_state(k as i64)
+    }
+
+    /// One iteration of every member.
+    pub fn train_step(&mut self) -> Vec<StepMetrics> {
+        let (k, batch) = (self.members.len(), self.members[0].optim.batch_size);
+        let action_dim = self.model.config().action_dim;
+        let (mut obs, mut actions, mut inits, mut noises) = (vec![], vec![], vec![], vec![]);
+        for m in &self.members {
+            // The member's draws, in its solo trainer's order: batch, starts, noise.
+            tch::manual_seed(torch_seed(derive_seed(m.optim.seed, self.step)));
+            let index = Tensor::randint(m.data.len(), [batch], (Kind::Int64, self.device));
+            obs.push(m.data.obs.index_select(0, &index));
+            actions.push(m.data.actions.index_select(0, &index));
+            let negatives = &m.loss_config().negatives;
+            let (init, noise) =
+                draw_counter_examples(batch, action_dim, &m.bounds(self.device), negatives);
+            inits.push(init);
+            noises.extend(noise);
+        }
+        let noise = (!noises.is_empty()).then(|| Tensor::stack(&noises, 0));
+        let cfgs: Vec<EbmLossConfig> = self
+            .members
+            .iter()
+            .map(|m| m.loss_config().clone())
+            .collect();
+        let lrs: Vec<f64> = self
+            .members
+            .iter()
+            .map(|m| m.optim.schedule.at(self.step))
+            .collect();
+
+        self.adam.zero_grad();
+        let loss = packed_ebm_loss(
+            &self.model,
+            &Tensor::stack(&obs, 0),
+            &Tensor::stack(&actions, 0),
+            &self.bounds,
+            &cfgs,
+            Tensor::stack(&inits, 0),
+            noise.as_ref(),
+        );
+        loss.total.backward();
+        // Every scalar of every member, copied to the host at once.
+        let per_member = Tensor::stack(
+            &[
+                loss.info_nce.detach() + loss.grad_penalty.detach(),
+                loss.info_nce.detach(),
+                loss.grad_penalty.detach(),
+                loss.energy_positive,
+                loss.energy_negative,
+                self.gradient_norms(),
+            ],
+            0,
+        );
+        let values = Vec::<f64>::try_from(
+            per_member
+                .to_kind(Kind::Double)
+                .to_device(Device::Cpu)
+                .view([-1]),
+        )
+        .expect("scalar metrics convert");
+        self.adam.step_members(&lrs);
+        self.step += 1;
+        (0..k)
+            .map(|i| StepMetrics {
+                step: self.step,
+                lr: lrs[i],
+                loss: values[i],
+                info_nce: values[k + i],
+                grad_penalty: values[2 * k + i],
+                energy_positive: values[3 * k + i],
+                energy_negative: values[4 * k + i],
+                grad_norm: values[5 * k + i],
+            })
+            .collect()
+    }
+
+    /// L2 norm of each member's weight gradients, `[K]`.
+    fn gradient_norms(&self) -> Tensor {
+        let squares: Vec<Tensor> = self
+            .model
+            .named_parameters()
+            .iter()
+            .map(|(_, p)| p.grad())
+            .filter(|g| g.defined())
+            .map(|g| {
+                g.square()
+                    .flatten(1, -1)
+                    .sum_dim_intlist(1, false, Kind::Float)
+            })
+            .collect();
+        Tensor::stack(&squares, 0)
+            .sum_dim_intlist(0, false, Kind::Float)
+            .sqrt()
+    }
+
+    /// Member `k`'s checkpoint of the current step in `dir` (a solo trial's files).
+    pub fn save_checkpoint(&self, k: usize, dir: &Path) -> Result<SavedCheckpoint> {
+        let m = &self.members[k];
+        write_run_files(dir, &m.spec, &m.normalizer)?;
+        checkpoint::save(
+            dir,
+            self.step,
+            |model| {
+                Tensor::write_safetensors(&self.model.member_state(k as i64), model)
+                    .with_context(|| format!("writing {}", model.display()))
+            },
+            |optimizer| self.adam.save_member(k as i64, optimizer),
+        )
+    }
+
+    /// Restores every member from its checked checkpoint (all of the same step).
+    pub fn restore(&mut self, checkpoints: &[VerifiedCheckpoint]) -> Result<()> {
+        ensure!(
+            checkpoints.len() == self.members.len(),
+            "{} checkpoints for a pack of {}",
+            checkpoints.len(),
+            self.members.len()
+        );
+        let step = checkpoints[0].step();
+        for (k, c) in checkpoints.iter().enumerate() {
+            let files = c.files();
+            ensure!(
+                c.step() == step,
+                "{}: step {}, the pack's other members are at step {step}",
+                files.model.display(),
+                c.step()
+            );
+            let state = Tensor::read_safetensors(&files.model)
+                .with_context(|| format!("loading {}", files.model.display()))?;
+            self.model
+                .load_member(k as i64, &state)
+                .with_context(|| format!("loading {}", files.model.display()))?;
+            self.adam.load_member(k as i64, &files.optimizer)?;
+        }
+        ensure!(
+            self.adam.steps() as u64 == step,
+            "optimizer state is at step {}, the checkpoints are of step {step}",
+            self.adam.steps()
+        );
+        self.step = step;
+        Ok(())
+    }
+
+    /// Drops member `k` (its trial ended); the others go on unchanged.
+    pub fn remove(&mut self, k: usize) {
+        self.members.remove(k);
+        if self.members.is_empty() {
+            return;
+        }
+        let keep: Vec<i64> = (0..=self.members.len() as i64)
+            .filter(|&i| i != k as i64)
+            .collect();
+        let keep = Tensor::from_slice(&keep).to_device(self.device);
+        let params: Vec<(String, Tensor)> = self
+            .model
+            .named_parameters()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().index_select(0, &keep).set_requires_grad(true)))
+            .collect();
+        let net = self.model.config().clone();
+        let precision = self.model.precision();
+        self.model = PackedEbm::from_stacked(&net, precision, &params)
+            .expect("the kept members form a pack");
+        self.adam
+            .retain_members(&keep, self.model.named_parameters());
+        self.bounds = stacked_bounds(&self.members, self.device);
+    }
+}
+
+fn net_config(spec: &PolicySpec) -> &NetConfig {
+    match spec {
+        PolicySpec::Ebm { net, .. } | PolicySpec::Mse { net } => net,
+    }
+}
+
+/// The weights a solo trainer of `seed` starts from (the same draws in the same order).
+fn fresh_weights(net: &NetConfig, seed: u64, device: Device) -> Vec<(String, Tensor)> {
+    tch::manual_seed(torch_seed(derive_seed(seed, u64::MAX)));
+    let vs = nn::VarStore::new(device);
+    let _model = SequenceEbm::new(&vs.root(), net.clone());
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+}
+
+fn stacked_bounds(members: &[PackMember], device: Device) -> Bounds {
+    let stack = |f: &dyn Fn(&Normalizer) -> &Vec<f32>| {
+        let rows: Vec<Tensor> = members
+            .iter()
+            .map(|m| Tensor::from_slice(f(&m.normalizer)))
+            .collect();
+        let a = rows[0].size()[0];
+        Tensor::stack(&rows, 0)
+            .view([members.len() as i64, 1, 1, a])
+            .to_device(device)
+    };
+    Bounds {
+        low: stack(&|n| &n.sample_low),
+        high: stack(&|n| &n.sample_high),
+    }
+}

@@ -1,0 +1,401 @@
+//! A pack of K trials as one batched model: each member computes what its solo model
+//! computes, trains as its solo run does, and checkpoints as a solo trial.
+
+mod common;
+
+use ebmlab::data::Normalizer;
+use ebmlab::policy::ebm::{
+    EbmLossConfig, GradPenaltyConfig, LangevinConfig, NegativeKind, NegativesConfig, PackedEbm,
+    SequenceEbm,
+};
+use ebmlab::policy::{NetConfig, PolicySpec, Precision};
+use ebmlab::task::particle::{ParticleConfig, ParticleTask};
+use ebmlab::task::{episode_seeds, record_demos, Task};
+use ebmlab::train::{
+    LrSchedule, OptimConfig, PackMember, PackedTrainer, StepMetrics, Trainer, TrainingSet,
+};
+use ebmlab::trial::training_set;
+use tch::{nn, Device, Kind, Tensor};
+
+fn net(blocks: usize) -> NetConfig {
+    NetConfig {
+        hidden: 32,
+        blocks,
+        layer_norm: false,
+        dropout: 0.0,
+        ..Default::default()
+    }
+}
+
+/// A solo model of `seed`'s weights, and its tensors by name.
+fn solo(cfg: &NetConfig, seed: i64) -> (nn::VarStore, SequenceEbm, Vec<(String, Tensor)>) {
+    tch::manual_seed(seed);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = SequenceEbm::new(&vs.root(), cfg.clone());
+    let named = vs.variables().into_iter().collect();
+    (vs, model, named)
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn each_member_of_a_packed_model_computes_its_solo_energies_and_gradients() {
+    let _torch = common::torch_lock();
+    for blocks in [1, 2] {
+        let cfg = net(blocks);
+        let solos: Vec<_> = (0..3).map(|s| solo(&cfg, 10 + s)).collect();
+        let states: Vec<Vec<(String, Tensor)>> = solos
+            .iter()
+            .map(|s| {
+                s.2.iter()
+                    .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                    .collect()
+            })
+            .collect();
+        let packed = PackedEbm::stack(&cfg, Precision::Fp32, &states).unwrap();
+        let obs = Tensor::randn([3, 5, 2, 8], (Kind::Float, Device::Cpu));
+        let actions = Tensor::rand([3, 5, 7, 2], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        let ctx = tch::no_grad(|| packed.observation_context(&obs));
+        let energies = tch::no_grad(|| packed.energies(&ctx, &actions));
+        let grads = packed.action_gradient(&ctx, &actions);
+        for (k, (_, model, _)) in solos.iter().enumerate() {
+            let k = k as i64;
+            let solo_ctx = tch::no_grad(|| model.observation_context(&obs.get(k)));
+            let solo_e =
+                tch::no_grad(|| model.energies_with_context(&solo_ctx, &actions.get(k), false));
+            assert!(
+                max_diff(&energies.get(k), &solo_e) < 1e-5,
+                "energies, blocks {blocks}"
+            );
+            let solo_g = model.action_gradient(&solo_ctx, &actions.get(k));
+            assert!(
+                max_diff(&grads.get(k), &solo_g) < 1e-5,
+                "dE/da, blocks {blocks}"
+            );
+        }
+        // The hand-written gradient is autograd's.
+        let a = actions.set_requires_grad(true);
+        let e = packed.energies(&ctx.detach(), &a);
+        let auto = Tensor::run_backward(&[e.sum(None)], &[&a], false, false);
+        assert!(max_diff(&auto[0], &grads) < 1e-5);
+        // A member's slice is the solo model's tensor, under the same name.
+        for (name, t) in packed.member_state(1) {
+            let (_, solo_t) = solos[1].2.iter().find(|(n, _)| *n == name).unwrap();
+            assert_eq!(max_diff(&t, solo_t), 0.0, "{name}");
+        }
+    }
+}
+
+/// What a member trains on: 2-D particle demos of `data_seed`.
+fn data(data_seed: u64) -> (TrainingSet, Normalizer) {
+    let task = ParticleTask::new(ParticleConfig::default()).unwrap();
+    let demos: Vec<_> = record_demos(&task, &episode_seeds(data_seed, 12))
+        .unwrap()
+        .into_iter()
+        .map(|r| r.demo)
+        .collect();
+    let (normalizer, set) = training_set(&demos, 2, 0.05, task.info(), Device::Cpu).unwrap();
+    (set, normalizer)
+}
+
+/// Four trials that differ in everything a pack lets them differ in.
+fn member_specs() -> Vec<(PolicySpec, OptimConfig, u64)> {
+    (0..4u64)
+        .map(|i| {
+            let loss = EbmLossConfig {
+                temperature: 1.0 + 0.25 * i as f64,
+                negatives: NegativesConfig {
+                    kind: NegativeKind::Langevin,
+                    count: 6,
+                    langevin: LangevinConfig {
+                        steps: 12,
+                        step_size_init: 0.1 - 0.02 * i as f64,
+                        noise_scale: 1.0 - 0.1 * i as f64,
+                        ..Default::default()
+                    },
+                },
+                grad_penalty: GradPenaltyConfig {
+                    margin: 1.0 - 0.2 * i as f64,
+                    ..Default::default()
+                },
+            };
+            let spec = PolicySpec::Ebm {
+                net: net(1),
+                loss,
+                inference: Default::default(),
+            };
+            let optim = OptimConfig {
+                batch_size: 24,
+                schedule: LrSchedule {
+                    lr: 1e-3 * (1.0 + i as f64),
+                    decay_steps: 10,
+                    decay_rate: 0.9 + 0.02 * i as f64,
+                    staircase: i % 2 == 1,
+                },
+                seed: 100 + i,
+            };
+            (spec, optim, i % 2)
+        })
+        .collect()
+}
+
+fn pack(members: &[(PolicySpec, OptimConfig, u64)]) -> PackedTrainer {
+    let members = members
+        .iter()
+        .map(|(spec, optim, data_seed)| {
+            let (data, normalizer) = data(*data_seed);
+            PackMember {
+                spec: spec.clone(),
+                optim: optim.clone(),
+                data,
+                normalizer,
+            }
+        })
+        .collect();
+    PackedTrainer::new(members, Precision::Fp32, Device::Cpu).unwrap()
+}
+
+fn weights_of(state: &[(String, Tensor)]) -> Tensor {
+    let mut state: Vec<&(String, Tensor)> = state.iter().collect();
+    state.sort_by(|a, b| a.0.cmp(&b.0));
+    Tensor::cat(
+        &state
+            .iter()
+            .map(|(_, t)| t.flatten(0, -1))
+            .collect::<Vec<_>>(),
+        0,
+    )
+}
+
+const STEPS: usize = 60;
+
+/// The largest relative difference of two losses.
+fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-3)
+}
+
+#[test]
+fn a_pack_of_one_trains_bit_for_bit_like_the_solo_trainer() {
+    let _torch = common::torch_lock();
+    let specs = member_specs();
+    for (k, (spec, optim, data_seed)) in specs.iter().enumerate().take(2) {
+        let mut alone = pack(&specs[k..=k]);
+        let (set, normalizer) = data(*data_seed);
+        let mut trainer =
+            Trainer::new(spec.clone(), optim.clone(), set, normalizer, Device::Cpu).unwrap();
+        for step in 0..STEPS {
+            let (one, solo) = (alone.train_step().remove(0), trainer.train_step());
+            // The gradient norm is only reported, summed in another order.
+            assert!(rel(one.grad_norm, solo.grad_norm) < 1e-6);
+            let reported = StepMetrics {
+                grad_norm: solo.grad_norm,
+                ..one
+            };
+            assert_eq!(reported, solo, "member {k} step {step}");
+        }
+        let solo_state: Vec<(String, Tensor)> =
+            trainer.var_store().variables().into_iter().collect();
+        assert_eq!(
+            max_diff(
+                &weights_of(&alone.member_state(0)),
+                &weights_of(&solo_state)
+            ),
+            0.0
+        );
+    }
+}
+
+/// Summation order is all that differs between a batch of K products and one: each
+/// member's losses agree with its run alone to float precision at first (relative 1e-5
+/// over 20 steps); over 60 steps the differences may grow (Adam turns rounding noise of
+/// near-zero gradients into learning-rate-sized steps, Langevin's clipping turns small
+/// moves into different counter-examples), within relative 1e-2 of each step's loss and
+/// 1e-3 on average.
+#[test]
+fn a_pack_trains_each_member_as_its_run_alone_within_float_tolerance() {
+    let _torch = common::torch_lock();
+    let specs = member_specs();
+    let mut packed = pack(&specs);
+    let mut alone: Vec<PackedTrainer> = (0..specs.len()).map(|k| pack(&specs[k..=k])).collect();
+    let mut worst_early = 0.0f64;
+    let mut worst = vec![0.0f64; specs.len()];
+    let mut mean = vec![0.0f64; specs.len()];
+    for step in 0..STEPS {
+        let together = packed.train_step();
+        for (k, m) in together.iter().enumerate() {
+            let one = alone[k].train_step().remove(0);
+            assert_eq!((m.step, m.lr), (one.step, one.lr));
+            let r = rel(m.loss, one.loss);
+            if step < 20 {
+                worst_early = worst_early.max(r);
+            }
+            worst[k] = worst[k].max(r);
+            mean[k] += r / STEPS as f64;
+        }
+    }
+    let show = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.1e}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "relative loss differences, pack of {} vs alone: first 20 steps at most {worst_early:.1e}; \
+         over {STEPS} steps per member at most {}, on average {}",
+        specs.len(),
+        show(&worst),
+        show(&mean)
+    );
+    assert!(worst_early < 1e-5, "{worst_early}");
+    assert!(worst.iter().all(|&w| w < 1e-2), "{worst:?}");
+    assert!(mean.iter().all(|&m| m < 1e-3), "{mean:?}");
+}
+
+/// A sweep of `seeds` that packs by 4 (or runs alone with `pack = 1`).
+fn sweep(dir: &std::path::Path, pack: usize, iterations: u64) -> std::path::PathBuf {
+    let file = dir.join(format!("pack{pack}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"packed\"\n[data]\ndemos = 20\n[policy]\nhidden = 32\n\
+             [train]\niterations = {iterations}\nbatch_size = 32\ncheckpoint_every = 100\n\
+             eval_every = 0\nlog_every = 10\n\
+             [train.negatives]\nkind = \"langevin\"\ncount = 8\nsteps = 10\n\
+             [eval]\nepisodes = 4\nsamples = 64\n\
+             [resources]\ndevice = \"cpu\"\npack = {pack}\n\
+             [sweep]\n\"train.seed\" = [0, 1, 2, 3]\n"
+        ),
+    )
+    .unwrap();
+    file
+}
+
+fn checkpoints(runs: &std::path::Path, step: u64) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(runs.join("packed"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .map(|p| p.join(format!("checkpoints/step_{step:07}.safetensors")))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn packed_trials_record_their_pack_and_their_checkpoints_load_in_pytorch_as_solo_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (packed, alone) = (dir.path().join("packed"), dir.path().join("alone"));
+    for (pack, runs) in [(4, &packed), (1, &alone)] {
+        let file = sweep(dir.path(), pack, 50);
+        let out = common::ebmlab(&[
+            "run",
+            file.to_str().unwrap(),
+            "--quiet",
+            "--slots",
+            "1",
+            "--runs",
+            runs.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+    }
+    let db = packed.join("ebmlab.sqlite");
+    let packs = common::query_csv(&db, "SELECT COUNT(DISTINCT pack), COUNT(*) FROM trials");
+    assert_eq!(
+        packs, "COUNT(DISTINCT pack),COUNT(*)\n1,4\n",
+        "one pack of four"
+    );
+    let lone = common::query_csv(
+        &alone.join("ebmlab.sqlite"),
+        "SELECT COUNT(pack) FROM trials",
+    );
+    assert_eq!(lone, "COUNT(pack)\n0\n");
+
+    // PyTorch loads each packed trial's checkpoint strictly and gives the energies our
+    // solo model of the same trial run alone gives, up to a constant: an energy model is
+    // defined up to one (InfoNCE and Langevin see only differences), and the output bias's
+    // gradient is rounding noise that Adam turns into steps in both runs alike.
+    let _torch = common::torch_lock();
+    let obs = Tensor::randn([5, 2, 8], (Kind::Float, Device::Cpu));
+    let actions = Tensor::rand([5, 9, 2], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    for (packed_file, solo_file) in checkpoints(&packed, 50).iter().zip(checkpoints(&alone, 50)) {
+        let vs = {
+            let mut vs = nn::VarStore::new(Device::Cpu);
+            let model = SequenceEbm::new(&vs.root(), net(1));
+            vs.load(&solo_file).unwrap();
+            (vs, model)
+        };
+        let energies = tch::no_grad(|| vs.1.energies(&obs, &actions, false));
+        let io = dir.path().join("io.safetensors");
+        Tensor::write_safetensors(
+            &[
+                ("obs", &obs),
+                ("actions", &actions),
+                ("energies", &energies),
+            ],
+            &io,
+        )
+        .unwrap();
+        let program = format!(
+            "import sys; sys.argv = ['x', {:?}, {:?}, 'none', '1', '32', 'up-to-a-constant']\n{}",
+            packed_file.to_str().unwrap(),
+            io.to_str().unwrap(),
+            common::SEED_MODULE
+        );
+        let diff: f64 = common::run_python(&program, "").trim().parse().unwrap();
+        let scale = energies.abs().max().double_value(&[]);
+        println!(
+            "{}: packed vs alone energies differ by {diff:.2e} (scale {scale:.2})",
+            packed_file.display()
+        );
+        assert!(diff < 1e-4 * scale.max(1.0), "{diff}");
+    }
+}
+
+#[test]
+fn a_packed_run_killed_and_resumed_equals_the_uninterrupted_one_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = sweep(dir.path(), 4, 1500);
+    let killed = dir.path().join("killed");
+    let db = killed.join("ebmlab.sqlite");
+    let mut child = common::spawn_run(&file, &killed);
+    common::wait_for(
+        &db,
+        "SELECT COUNT(*) FROM checkpoints WHERE step >= 300",
+        |v| v == "4",
+    );
+    let worker = common::query_one(&db, "SELECT pid FROM trials LIMIT 1");
+    common::kill("-KILL", &[worker, child.id().to_string()]);
+    child.wait().unwrap();
+    let out = common::resume("packed", &killed);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    let straight = dir.path().join("straight");
+    assert!(common::spawn_run(&file, &straight)
+        .wait()
+        .unwrap()
+        .success());
+    let (a, b) = (checkpoints(&killed, 1500), checkpoints(&straight, 1500));
+    assert_eq!(a.len(), 4);
+    for (a, b) in a.iter().zip(&b) {
+        assert_eq!(
+            std::fs::read(a).unwrap(),
+            std::fs::read(b).unwrap(),
+            "{}",
+            a.display()
+        );
+    }
+    let rows = common::query_csv(
+        &db,
+        "SELECT COUNT(*), COUNT(DISTINCT trial || '/' || step) FROM metrics WHERE name = 'loss'",
+    );
+    assert_eq!(
+        rows,
+        "COUNT(*),COUNT(DISTINCT trial || '/' || step)\n600,600\n"
+    );
+}
