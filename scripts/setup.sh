@@ -10,18 +10,6 @@ step() { printf '\n==> %s\n' "$*"; }
 command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup) first" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "python3 not found: it is needed for the project's .venv" >&2; exit 1; }
 
-# System libraries: fontconfig/freetype for plot text, and a font to draw it with.
-missing=()
-for pkg in pkg-config libfontconfig1-dev libfreetype-dev fonts-dejavu-core; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  step "installing system packages: ${missing[*]}"
-  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
-fi
-
 # The project-local Python environment with libtorch.
 have_torch() {
   [ -x "$VIRTUAL_ENV/bin/python" ] &&

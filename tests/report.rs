@@ -60,7 +60,9 @@ fn report_numbers_are_the_databases_and_unfinished_trials_are_marked() {
     );
     let running = running.lines().nth(1).unwrap().to_owned();
     ebmlab::store::block_on(async {
-        let store = ebmlab::store::Store::open(&db).await.unwrap();
+        let store = ebmlab::store::Store::open(&db.clone().into())
+            .await
+            .unwrap();
         sqlx::query("UPDATE trials SET status = 'running', step = 4 WHERE id = ?")
             .bind(&running)
             .execute(store.pool())
@@ -185,7 +187,7 @@ fn report_numbers_are_the_databases_and_unfinished_trials_are_marked() {
 fn the_baselines_table_holds_the_published_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("b.sqlite");
-    ebmlab::store::block_on(ebmlab::store::Store::open(&db)).unwrap();
+    ebmlab::store::block_on(ebmlab::store::Store::open(&db.clone().into())).unwrap();
     assert_eq!(
         query_csv(
             &db,

@@ -336,3 +336,23 @@ fn trial_ids_follow_the_config() {
     let back: Spec = toml::from_str(&a.to_toml()).unwrap();
     assert_eq!(back, a);
 }
+
+/// Trial ids are what a user's runs are filed under: a spec that did not change keeps its
+/// id across versions of ebmlab (new keys stay out of the hash while at their defaults).
+#[test]
+fn trial_ids_stay_as_they_were_made() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    let quickstart = load(&root.join("quickstart.toml"), &[], &[]).unwrap();
+    assert_eq!(quickstart.trial_id(), "1e375c92ff39");
+    let mut moved = quickstart.clone();
+    moved.resources.pack = ebmlab::spec::PackSize::Count(16);
+    moved.resources.device = "cuda:1".into();
+    assert_eq!(
+        moved.trial_id(),
+        "1e375c92ff39",
+        "where it runs is not identity"
+    );
+    let mut bf16 = quickstart;
+    bf16.train.precision = ebmlab::policy::Precision::Bf16;
+    assert_ne!(bf16.trial_id(), "1e375c92ff39", "its precision is");
+}

@@ -73,10 +73,12 @@ fn fail_fast_exits_1_and_names_the_trial_that_failed_and_why() {
     );
     assert!(text.contains("--fail-fast: train "), "{text}");
     let db = runs.join("ebmlab.sqlite");
-    assert_eq!(
-        query_csv(&db, "SELECT status FROM trials ORDER BY overrides"),
-        "status\nkilled\npending\nfailed\n",
-        "the running one checkpointed and stopped, the third never started"
+    let statuses = query_csv(&db, "SELECT status FROM trials ORDER BY overrides");
+    let statuses: Vec<&str> = statuses.lines().skip(1).collect();
+    // The other one was stopped: checkpointed (killed), or stopped before it started.
+    assert!(
+        matches!(statuses[..], ["killed" | "pending", "pending", "failed"]),
+        "{statuses:?}"
     );
 }
 
@@ -124,7 +126,7 @@ fn altered_checkpoint_bytes_are_refused_by_eval_report_and_resume() {
     let stopped = ebmlab::trial::run_recorded_trial(
         trial,
         &runs,
-        &runs.join("ebmlab.sqlite"),
+        &runs.join("ebmlab.sqlite").into(),
         &Default::default(),
         &stop_at_once,
     );

@@ -46,8 +46,10 @@ pub struct BenchOptions {
     pub python: Option<PathBuf>,
     /// Per-trial overhead of the scheduler, over this many trivial trials (0: skip).
     pub overhead_trials: usize,
-    /// Metric rows written to a results store (0: skip).
+    /// Metric rows written to a results store (0: skip): a SQLite file, and PostgreSQL
+    /// when a URL is given.
     pub ingest_rows: usize,
+    pub ingest_postgres: Option<crate::store::Database>,
     /// Packed training: pack sizes and precisions (no sizes: skip).
     pub pack_sizes: Vec<usize>,
     pub precisions: Vec<Precision>,
@@ -173,7 +175,10 @@ pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()
         orchestration::trial_overhead(opts.overhead_trials, &mut emit)?;
     }
     if opts.ingest_rows > 0 {
-        orchestration::metric_ingest(opts.ingest_rows, 8, &mut emit)?;
+        orchestration::metric_ingest(opts.ingest_rows, 8, None, &mut emit)?;
+        if let Some(postgres) = &opts.ingest_postgres {
+            orchestration::metric_ingest(opts.ingest_rows, 8, Some(postgres), &mut emit)?;
+        }
     }
     if !opts.pack_sizes.is_empty() {
         packed::packed_training(opts, &mut emit)?;

@@ -2,7 +2,6 @@
 //! (worker process start, libtorch load, database open, recording), and how many metric
 //! rows per second the results store takes in.
 
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -14,7 +13,7 @@ use crate::sched::{
     register_trials, run_experiment, EventLog, Experiment, LocalBackend, RunOptions,
 };
 use crate::spec::{expand_trials, load_spec_with_env, TrialPlan};
-use crate::store::{block_on, MetricRow, Store};
+use crate::store::{block_on, Database, MetricRow, Store};
 use crate::trial::{run_trial, NoObserver, TrialOptions};
 
 /// A trial with almost no work: one iteration of a tiny net, one short episode.
@@ -96,11 +95,15 @@ pub fn trial_overhead(trials: usize, emit: &mut dyn FnMut(&BenchRecord)) -> Resu
 }
 
 /// Milliseconds the scheduler takes to run `plans` (registered first) on one CPU slot.
-fn scheduled_ms(dir: &std::path::Path, spec_path: &std::path::Path, plans: &[TrialPlan]) -> Result<f64> {
+fn scheduled_ms(
+    dir: &std::path::Path,
+    spec_path: &std::path::Path,
+    plans: &[TrialPlan],
+) -> Result<f64> {
     let name = plans[0].spec.name.clone();
     let experiment = Experiment {
         runs: dir.join(&name),
-        db: dir.join(&name).join("ebmlab.sqlite"),
+        db: Database::Sqlite(dir.join(&name).join("ebmlab.sqlite")),
         name,
     };
     register_trials(&experiment.db, spec_path, plans)?;
@@ -109,6 +112,7 @@ fn scheduled_ms(dir: &std::path::Path, spec_path: &std::path::Path, plans: &[Tri
         max_retries: 0,
         stale_after: std::time::Duration::from_secs(60),
         cpu_slots: Some(1),
+        detach: false,
     };
     let ids: Vec<String> = plans.iter().map(|p| p.id()).collect();
     let started = Instant::now();
@@ -128,17 +132,20 @@ fn scheduled_ms(dir: &std::path::Path, spec_path: &std::path::Path, plans: &[Tri
 }
 
 /// Metric rows written the way a trial's recorder writes them (batches of 2,000), by one
-/// writer and by `writers` concurrent ones.
+/// writer and by `writers` concurrent ones, into a fresh SQLite file, or into `postgres`
+/// (under an experiment name of their own) when given.
 pub fn metric_ingest(
     rows: usize,
     writers: usize,
+    postgres: Option<&Database>,
     emit: &mut dyn FnMut(&BenchRecord),
 ) -> Result<()> {
     let dir = tempfile::tempdir()?;
+    let run = format!("bench-ingest-{}", std::process::id());
     let batch = |writer: usize, start: usize, n: usize| -> Vec<MetricRow> {
         (start..start + n)
             .map(|i| MetricRow {
-                experiment: "bench".into(),
+                experiment: run.clone(),
                 trial: format!("w{writer}"),
                 step: (i / 8) as i64,
                 name: format!("m{}", i % 8),
@@ -147,7 +154,7 @@ pub fn metric_ingest(
             })
             .collect()
     };
-    let write_all = |db: &Path, writer: usize, n: usize| -> Result<()> {
+    let write_all = |db: &Database, writer: usize, n: usize| -> Result<()> {
         block_on(async {
             let store = Store::open(db).await?;
             for start in (0..n).step_by(2000) {
@@ -158,19 +165,25 @@ pub fn metric_ingest(
             anyhow::Ok(())
         })
     };
-    let single = dir.path().join("single.sqlite");
+    let (single, shared, kind) = match postgres {
+        Some(db) => (db.clone(), db.clone(), "postgres"),
+        None => (
+            Database::Sqlite(dir.path().join("single.sqlite")),
+            Database::Sqlite(dir.path().join("shared.sqlite")),
+            "sqlite",
+        ),
+    };
     block_on(Store::open(&single))?;
     let started = Instant::now();
     write_all(&single, 0, rows)?;
     let ms = started.elapsed().as_secs_f64() * 1e3;
     emit(&figure(
         "metric_ingest",
-        json!({"rows": rows, "writers": 1, "batch": 2000}),
+        json!({"rows": rows, "writers": 1, "batch": 2000, "database": kind}),
         ms,
         Some(rows as f64 / (ms / 1e3)),
     ));
 
-    let shared = dir.path().join("shared.sqlite");
     block_on(Store::open(&shared))?;
     let per_writer = rows / writers;
     let started = Instant::now();
@@ -178,7 +191,8 @@ pub fn metric_ingest(
         let handles: Vec<_> = (0..writers)
             .map(|w| {
                 let shared = &shared;
-                scope.spawn(move || write_all(shared, w, per_writer))
+                // Writers 1.. of the second round: the single writer already wrote `w0`.
+                scope.spawn(move || write_all(shared, w + 1, per_writer))
             })
             .collect();
         handles
@@ -188,7 +202,7 @@ pub fn metric_ingest(
     let ms = started.elapsed().as_secs_f64() * 1e3;
     emit(&figure(
         "metric_ingest",
-        json!({"rows": per_writer * writers, "writers": writers, "batch": 2000}),
+        json!({"rows": per_writer * writers, "writers": writers, "batch": 2000, "database": kind}),
         ms,
         Some((per_writer * writers) as f64 / (ms / 1e3)),
     ));

@@ -75,6 +75,9 @@ pub struct BenchArgs {
     overhead_trials: usize,
     #[arg(long, default_value_t = 200_000)]
     ingest_rows: usize,
+    /// Also measure metric ingest into this PostgreSQL database (a URL).
+    #[arg(long, value_parser = super::parse_database)]
+    ingest_postgres: Option<crate::store::Database>,
     /// Pack sizes for the packed figures.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
     pack_sizes: Vec<usize>,
@@ -139,6 +142,7 @@ pub fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         } else {
             0
         },
+        ingest_postgres: args.ingest_postgres.clone(),
         pack_sizes: if all || args.only.contains(&BenchItem::Packed) {
             args.pack_sizes.clone()
         } else {

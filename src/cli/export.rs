@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::store::{block_on, Store, DEFAULT_DB};
+use crate::store::{block_on, Database, Store, DEFAULT_DB};
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -16,9 +16,9 @@ pub struct ExportArgs {
     /// and `episodes.csv` into (created if missing).
     #[arg(long = "csv", value_name = "DIR")]
     dir: PathBuf,
-    /// The results database.
-    #[arg(long, default_value = DEFAULT_DB)]
-    db: PathBuf,
+    /// The results database: a SQLite file or `postgres://user@host/db`.
+    #[arg(long, env = "EBMLAB_DB", default_value = DEFAULT_DB, value_parser = super::parse_database)]
+    db: Database,
 }
 
 pub fn run(args: ExportArgs) -> Result<ExitCode> {
@@ -32,7 +32,7 @@ pub fn run(args: ExportArgs) -> Result<ExitCode> {
         bail!(
             "no trials of experiment `{}` in {}",
             args.experiment,
-            args.db.display()
+            args.db
         );
     }
     for (name, result) in &results {

@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::exit::Exit;
+use crate::store::Database;
 use tracing_subscriber::EnvFilter;
 
 /// A flag that SIGINT and SIGTERM raise; trials poll it between iterations, save a
@@ -73,12 +74,15 @@ enum Command {
     Worker(worker::WorkerArgs),
 }
 
-/// The database of a runs folder unless `--db` names another.
-pub fn database_path(
-    runs: &std::path::Path,
-    db: &Option<std::path::PathBuf>,
-) -> std::path::PathBuf {
-    db.clone().unwrap_or_else(|| runs.join("ebmlab.sqlite"))
+/// The database of a runs folder unless `--db` (or `EBMLAB_DB`) names another.
+pub fn database_path(runs: &std::path::Path, db: &Option<Database>) -> Database {
+    db.clone()
+        .unwrap_or_else(|| Database::Sqlite(runs.join("ebmlab.sqlite")))
+}
+
+/// `--db`: a SQLite file (path or `sqlite://PATH`) or a PostgreSQL URL.
+pub fn parse_database(text: &str) -> Result<Database, String> {
+    text.parse().map_err(|e: anyhow::Error| e.to_string())
 }
 
 /// What `train` and `run` read: a spec, its overrides, and where results go.
@@ -92,13 +96,14 @@ pub struct SpecArgs {
     /// Where runs are written.
     #[arg(long, default_value = "runs")]
     pub runs: std::path::PathBuf,
-    /// Results database (default: RUNS/ebmlab.sqlite).
-    #[arg(long)]
-    pub db: Option<std::path::PathBuf>,
+    /// Results database: a SQLite file or `postgres://user@host/db` (default:
+    /// RUNS/ebmlab.sqlite).
+    #[arg(long, env = "EBMLAB_DB", value_parser = parse_database)]
+    pub db: Option<Database>,
 }
 
 impl SpecArgs {
-    pub fn database(&self) -> std::path::PathBuf {
+    pub fn database(&self) -> Database {
         database_path(&self.runs, &self.db)
     }
 }
@@ -136,8 +141,9 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(verbose: u8) {
+    // PostgreSQL's notices (sqlx logs them) are not news for a user.
     let default = match verbose {
-        0 => "info",
+        0 => "info,sqlx=warn",
         1 => "debug",
         _ => "trace",
     };

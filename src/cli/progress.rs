@@ -70,6 +70,13 @@ impl Reporter for ConsoleReporter {
             RunEvent::LeftToOtherRun { trial } => {
                 self.say(format!("trial {trial}: running in another process; left to it"))
             }
+            RunEvent::Following {
+                backend_job,
+                trials,
+            } => self.say(format!(
+                "job {backend_job} still runs {}: following it",
+                trials.join(" ")
+            )),
             RunEvent::NothingToRun => self.say(format!("{}: nothing to run", self.experiment)),
             RunEvent::Started {
                 jobs,

@@ -1,12 +1,11 @@
 //! `ebmlab query "SQL"`: read-only SQL over the results database.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
 
-use crate::store::{block_on, QueryResult, Store, DEFAULT_DB};
+use crate::store::{block_on, Database, QueryResult, Store, DEFAULT_DB};
 
 #[derive(Debug, Args)]
 pub struct QueryArgs {
@@ -15,9 +14,9 @@ pub struct QueryArgs {
     /// Print CSV instead of an aligned table.
     #[arg(long)]
     csv: bool,
-    /// The results database.
-    #[arg(long, default_value = DEFAULT_DB)]
-    db: PathBuf,
+    /// The results database: a SQLite file or `postgres://user@host/db`.
+    #[arg(long, env = "EBMLAB_DB", default_value = DEFAULT_DB, value_parser = super::parse_database)]
+    db: Database,
 }
 
 pub fn run(args: QueryArgs) -> Result<ExitCode> {

@@ -10,7 +10,7 @@ use clap::Args;
 
 use crate::exit::Exit;
 use crate::report::{write_report, ReportOptions};
-use crate::store::DEFAULT_DB;
+use crate::store::{Database, DEFAULT_DB};
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
@@ -20,9 +20,9 @@ pub struct ReportArgs {
     /// Output folder (default: reports/<experiments joined by +>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// The results database.
-    #[arg(long, default_value = DEFAULT_DB)]
-    db: PathBuf,
+    /// The results database: a SQLite file or `postgres://user@host/db`.
+    #[arg(long, env = "EBMLAB_DB", default_value = DEFAULT_DB, value_parser = super::parse_database)]
+    db: Database,
     /// Evaluation episodes of the best checkpoint to draw (replayed from it; 0: none).
     #[arg(long, default_value_t = 16)]
     trajectories: usize,

@@ -19,9 +19,10 @@ pub struct ResumeArgs {
     experiment: String,
     #[arg(long, default_value = "runs")]
     runs: PathBuf,
-    /// Results database (default: RUNS/ebmlab.sqlite).
-    #[arg(long)]
-    db: Option<PathBuf>,
+    /// Results database: a SQLite file or `postgres://user@host/db` (default:
+    /// RUNS/ebmlab.sqlite).
+    #[arg(long, env = "EBMLAB_DB", value_parser = super::parse_database)]
+    db: Option<crate::store::Database>,
     #[command(flatten)]
     sched: SchedArgs,
 }
@@ -33,11 +34,7 @@ pub fn run(args: ResumeArgs) -> Result<ExitCode> {
         store.experiment_trials(&args.experiment).await
     })?;
     if trials.is_empty() {
-        bail!(
-            "no trials of experiment `{}` in {}",
-            args.experiment,
-            db.display()
-        );
+        bail!("no trials of experiment `{}` in {}", args.experiment, db);
     }
     let open = trials
         .iter()
@@ -53,6 +50,10 @@ pub fn run(args: ResumeArgs) -> Result<ExitCode> {
         runs: args.runs.clone(),
         db,
     };
+    // The `[slurm]` options the experiment was run with (its first trial's).
+    let slurm = serde_json::from_str::<crate::spec::Spec>(&trials[0].config_json)
+        .map(|spec| spec.slurm)
+        .unwrap_or_default();
     let ids: Vec<String> = trials.into_iter().map(|t| t.id).collect();
-    schedule_and_report(&experiment, &ids, &args.sched)
+    schedule_and_report(&experiment, &ids, &args.sched, &slurm)
 }

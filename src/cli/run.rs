@@ -49,5 +49,5 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         db,
     };
     let trials: Vec<String> = plans.iter().map(|p| p.id()).collect();
-    schedule_and_report(&experiment, &trials, &args.sched)
+    schedule_and_report(&experiment, &trials, &args.sched, &loaded.spec.slurm)
 }

@@ -5,7 +5,10 @@ use std::process::ExitCode;
 use super::progress::ConsoleReporter;
 use super::status;
 use crate::exit::Exit;
-use crate::sched::{Experiment, LocalBackend, RunOptions, RunOutcome};
+use crate::sched::{
+    Backend, Experiment, LocalBackend, RunOptions, RunOutcome, SlurmBackend, SlurmOptions,
+};
+use crate::spec::SlurmSpec;
 use crate::store::{block_on, Store, TrialStatus};
 
 /// How `run` and `resume` schedule their jobs.
@@ -26,6 +29,20 @@ pub struct SchedArgs {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Where workers run: `local` (processes on this host) or `slurm` (`sbatch` jobs; the
+    /// runs folder must be on a filesystem the nodes share; `[slurm]` sets the options).
+    #[arg(long, value_enum, default_value_t = BackendKind::Local)]
+    pub backend: BackendKind,
+    /// Submit the jobs and return (with `--backend slurm`): `status`, `query` and `report`
+    /// read the database; `resume` follows the jobs still running.
+    #[arg(long)]
+    pub detach: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    Local,
+    Slurm,
 }
 
 impl SchedArgs {
@@ -35,6 +52,7 @@ impl SchedArgs {
             max_retries: self.max_retries,
             stale_after: std::time::Duration::from_secs(self.stale_after),
             cpu_slots: self.slots,
+            detach: self.detach,
         }
     }
 }
@@ -45,15 +63,36 @@ pub fn schedule_and_report(
     experiment: &Experiment,
     trials: &[String],
     args: &SchedArgs,
+    slurm: &SlurmSpec,
 ) -> anyhow::Result<ExitCode> {
+    if args.detach && args.backend == BackendKind::Local {
+        anyhow::bail!("--detach needs a backend that runs jobs on its own: --backend slurm");
+    }
     let mut reporter = ConsoleReporter::new(&experiment.name, !args.quiet);
+    let backend: Box<dyn Backend> = match args.backend {
+        BackendKind::Local => Box::new(LocalBackend::new()),
+        BackendKind::Slurm => Box::new(SlurmBackend::new(SlurmOptions {
+            spec: slurm.clone(),
+            poll: None,
+        })?),
+    };
     let summary = crate::sched::run_experiment(
         experiment,
         trials,
         &args.options(),
-        &LocalBackend::new(),
+        backend.as_ref(),
         &mut reporter,
     )?;
+    if summary.detached > 0 {
+        println!(
+            "{}: {} jobs submitted ({} backend); `ebmlab status {0}` shows them, \
+             `ebmlab resume {0}` follows them",
+            experiment.name,
+            summary.detached,
+            backend.name()
+        );
+        return Ok(Exit::Success.into());
+    }
     let rows = block_on(async {
         let store = Store::open(&experiment.db).await?;
         store.trial_status(Some(&experiment.name)).await

@@ -1,20 +1,21 @@
 //! `ebmlab status [EXPERIMENT]`: trials, states, progress and latest numbers.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
 
-use crate::store::{block_on, parse_timestamp, Store, TrialStatus, TrialStatusRow, DEFAULT_DB};
+use crate::store::{
+    block_on, parse_timestamp, Database, Store, TrialStatus, TrialStatusRow, DEFAULT_DB,
+};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Only this experiment.
     experiment: Option<String>,
-    /// The results database.
-    #[arg(long, default_value = DEFAULT_DB)]
-    db: PathBuf,
+    /// The results database: a SQLite file or `postgres://user@host/db`.
+    #[arg(long, env = "EBMLAB_DB", default_value = DEFAULT_DB, value_parser = super::parse_database)]
+    db: Database,
 }
 
 fn age(timestamp: Option<&str>) -> String {
@@ -41,23 +42,31 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
         store.trial_status(args.experiment.as_deref()).await
     })?;
     if rows.is_empty() {
-        println!("no trials recorded in {}", args.db.display());
+        println!("no trials recorded in {}", args.db);
         return Ok(ExitCode::SUCCESS);
     }
     print_trials(&rows);
     Ok(ExitCode::SUCCESS)
 }
 
-/// The status table: one line per trial (and its error under a failed or killed one).
+/// The status table: one line per trial (and its error under a failed or killed one); the
+/// backend's job ids (Slurm's) when trials have them.
 pub fn print_trials(rows: &[TrialStatusRow]) {
+    let jobs = rows.iter().any(|r| r.backend_job.is_some());
+    let job = |r: Option<&TrialStatusRow>| match (jobs, r) {
+        (false, _) => String::new(),
+        (true, None) => format!("{:>10} ", "job"),
+        (true, Some(r)) => format!("{:>10} ", r.backend_job.as_deref().unwrap_or("-")),
+    };
     println!(
-        "{:16} {:12} {:9} {:>15} {:12} {:15} {:>9} {:>22} {:>9}  settings",
+        "{:16} {:12} {:9} {:>15} {:12} {:15} {}{:>9} {:>22} {:>9}  settings",
         "experiment",
         "trial",
         "status",
         "progress",
         "device",
         "pack",
+        job(None),
         "loss",
         "success [95% CI]",
         "heartbeat"
@@ -86,13 +95,14 @@ pub fn print_trials(rows: &[TrialStatusRow]) {
             r.overrides.clone()
         };
         println!(
-            "{:16} {:12} {:9} {:>15} {:12} {:15} {:>9} {:>22} {:>9}  {}",
+            "{:16} {:12} {:9} {:>15} {:12} {:15} {}{:>9} {:>22} {:>9}  {}",
             r.experiment,
             r.id,
             r.status,
             progress,
             r.device.as_deref().unwrap_or("-"),
             r.pack.as_deref().unwrap_or("-"),
+            job(Some(r)),
             r.loss.map_or("-".into(), |l| format!("{l:.4}")),
             success,
             if r.status == TrialStatus::Running {

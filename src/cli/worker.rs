@@ -42,13 +42,16 @@ pub struct JobArgs {
     evaluate: Option<u64>,
     #[arg(long, required = true)]
     runs: PathBuf,
-    #[arg(long, required = true)]
-    db: PathBuf,
+    #[arg(long, required = true, value_parser = super::parse_database)]
+    db: crate::store::Database,
     /// `cpu` or `cuda` (the GPU that CUDA_VISIBLE_DEVICES leaves visible).
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Evaluate at `train.eval_every` within this job (no evaluation jobs will follow).
+    #[arg(long)]
+    inline_evaluations: bool,
 }
 
 /// A served job's arguments, parsed as the command line would be.
@@ -88,6 +91,7 @@ fn try_job(args: JobArgs, cancel: &AtomicBool) -> Result<Exit> {
         db: args.db,
         device: args.device,
         threads: args.threads,
+        inline_evaluations: args.inline_evaluations,
     };
     if let Some(step) = args.evaluate {
         let s = job.evaluate(step)?;

@@ -44,6 +44,7 @@ fn circle(center: (f64, f64), radius: f64) -> Vec<(f64, f64)> {
 /// Writes the picture of one episode to `path` (PNG, 560 x 690; the legend sits below the unit square).
 pub fn plot_episode(path: &Path, episode: &EpisodePlot) -> Result<()> {
     let sketch = episode.sketch;
+    super::fonts();
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
         let root = BitMapBackend::new(path, (560, 690)).into_drawing_area();
         root.fill(&WHITE)?;

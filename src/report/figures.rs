@@ -35,6 +35,7 @@ pub struct TrajectoryPanel {
 type Fallible = Result<(), Box<dyn std::error::Error>>;
 
 fn wrap(path: &Path, draw: impl FnOnce() -> Fallible) -> Result<()> {
+    crate::plot::fonts();
     draw().map_err(|e| anyhow!("drawing {}: {e}", path.display()))
 }
 

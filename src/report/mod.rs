@@ -21,7 +21,7 @@ use tracing::warn;
 
 use crate::checkpoint::ChecksumError;
 use crate::spec::Spec;
-use crate::store::{block_on, now, Baseline, Store, TrialStatus};
+use crate::store::{block_on, now, Baseline, Database, Store, TrialStatus};
 use figures::{RateSeries, SeedCurves};
 
 /// What to put in a report.
@@ -46,7 +46,7 @@ pub struct ReportFiles {
 
 /// Writes `report.md`, `report.html`, `report.json` and `figures/` for `experiments`.
 pub fn write_report(
-    db: &Path,
+    db: &Database,
     experiments: &[String],
     options: &ReportOptions,
 ) -> Result<ReportFiles> {
@@ -56,7 +56,7 @@ pub fn write_report(
         for name in experiments {
             let trials = store.report_trials(name).await?;
             if trials.is_empty() {
-                bail!("no trials of experiment `{name}` in {}", db.display());
+                bail!("no trials of experiment `{name}` in {db}");
             }
             all.push(ExperimentRows {
                 name: name.clone(),
@@ -90,7 +90,7 @@ pub fn write_report(
     let report = Report {
         title: format!("ebmlab report: {}", experiments.join(", ")),
         generated: now(),
-        database: db.display().to_string(),
+        database: db.to_string(),
         comparison: if sections.len() > 1 {
             sections.iter().flat_map(|s| s.settings.clone()).collect()
         } else {
@@ -137,7 +137,7 @@ fn slug(text: &str) -> String {
 const DIMENSION_KEY: &str = "task.n_dim";
 
 fn experiment_section(
-    db: &Path,
+    db: &Database,
     rows: &ExperimentRows,
     baselines: &[Baseline],
     out: &Path,
@@ -336,7 +336,7 @@ fn success_figure(
 }
 
 fn draw_trajectories(
-    db: &Path,
+    db: &Database,
     rows: &ExperimentRows,
     specs: &BTreeMap<&str, Spec>,
     trial: &str,

@@ -19,7 +19,7 @@ use super::settle::{settle, Finished, Settled};
 use super::slots::{plan_slots, Machine, Slot, SlotDevice};
 use crate::checkpoint::saved_steps;
 use crate::spec::{describe_settings, Spec};
-use crate::store::{hostname, now, parse_timestamp, EndWhen, Store, TrialStatus};
+use crate::store::{hostname, now, parse_timestamp, Database, EndWhen, Store, TrialStatus};
 use crate::trial::{pack_key, TrialPaths};
 
 /// An experiment's place: its name, runs folder and results database.
@@ -27,7 +27,7 @@ use crate::trial::{pack_key, TrialPaths};
 pub struct Experiment {
     pub name: String,
     pub runs: PathBuf,
-    pub db: PathBuf,
+    pub db: Database,
 }
 
 /// How `run` and `resume` schedule.
@@ -41,6 +41,9 @@ pub struct RunOptions {
     pub stale_after: Duration,
     /// CPU slots (overrides `resources.cpu_slots`).
     pub cpu_slots: Option<usize>,
+    /// Start the jobs and return without following them (a cluster backend runs them on;
+    /// `status` and `resume` pick them up from the database).
+    pub detach: bool,
 }
 
 /// A request from outside to stop the run (a signal, by name).
@@ -66,6 +69,8 @@ pub struct RunSummary {
     pub running_elsewhere: Vec<String>,
     /// Why the run stopped early, if it did.
     pub stop: Option<StopReason>,
+    /// Jobs started and left running (`--detach`).
+    pub detached: usize,
 }
 
 impl RunSummary {
@@ -165,7 +170,9 @@ pub async fn dispatch(
         return Ok(run.summary);
     };
     // Packs are sized for the device the slots are on; then the slots for the jobs.
-    let on_gpu = plan_slots(machine, &first.resources, options.cpu_slots, 1)?
+    let probe = plan_slots(machine, &first.resources, options.cpu_slots, 1)?;
+    let on_gpu = backend
+        .slots(probe, 1)
         .iter()
         .any(|s| s.device != SlotDevice::Cpu);
     // Without `nvidia-smi` a GPU is taken to have 16 GiB.
@@ -175,12 +182,13 @@ pub async fn dispatch(
     let evaluations = std::mem::take(&mut run.queue);
     run.queue = packs.into_iter().map(Job::train_pack).collect();
     run.queue.extend(evaluations);
-    let slots = plan_slots(
+    let here = plan_slots(
         machine,
         &first.resources,
         options.cpu_slots,
         run.queue.len(),
     )?;
+    let slots = backend.slots(here, run.queue.len());
     run.summary.slots = slots.iter().map(Slot::label).collect();
     run.reporter.report(RunEvent::Started {
         jobs: run.queue.len(),
@@ -191,6 +199,10 @@ pub async fn dispatch(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         run.launch_ready().await?;
+        if options.detach && run.queue.is_empty() {
+            run.summary.detached = run.running.len();
+            break;
+        }
         let level = *run.stop.borrow();
         if run.running.is_empty() && (run.queue.is_empty() || level > StopLevel::Run) {
             break;
@@ -235,8 +247,26 @@ impl Dispatcher<'_> {
     /// finished trials' checkpoints, and returns the trials to train.
     async fn plan(&mut self, trials: &[String]) -> Result<Vec<String>> {
         let name = &self.experiment.name;
+        let recorded = self.store.experiment_trials(name).await?;
+        // Jobs of the backend that still run trials (started by an earlier run): followed,
+        // never started twice.
+        let mut alive: HashMap<String, Vec<String>> = HashMap::new();
+        for t in recorded
+            .iter()
+            .filter(|t| t.status != TrialStatus::Completed)
+        {
+            if let Some(job) = &t.backend_job {
+                if self.backend.alive(job)? {
+                    alive.entry(job.clone()).or_default().push(t.id.clone());
+                }
+            }
+        }
+        let followed = |id: &str| alive.values().any(|trials| trials.iter().any(|t| t == id));
         let (host, now) = (hostname(), parse_timestamp(&now()).unwrap_or_default());
         for t in self.store.running_trials(name).await? {
+            if followed(&t.id) {
+                continue;
+            }
             match liveness(&t, &host, now, self.options.stale_after) {
                 Liveness::Stale(reason) => {
                     let reason = format!("{reason}; resumable from its latest checkpoint");
@@ -257,7 +287,6 @@ impl Dispatcher<'_> {
                 Liveness::Alive => self.summary.running_elsewhere.push(t.id.clone()),
             }
         }
-        let recorded = self.store.experiment_trials(name).await?;
         let mut to_train = Vec::new();
         for id in trials {
             let stored = recorded
@@ -272,7 +301,9 @@ impl Dispatcher<'_> {
                 id.clone(),
                 describe_settings(&serde_json::to_value(&overrides)?),
             );
-            if self.summary.running_elsewhere.contains(id) {
+            if followed(id) {
+                continue;
+            } else if self.summary.running_elsewhere.contains(id) {
                 self.reporter
                     .report(RunEvent::LeftToOtherRun { trial: id.clone() });
             } else if stored.status == TrialStatus::Completed {
@@ -281,6 +312,25 @@ impl Dispatcher<'_> {
             } else {
                 to_train.push(id.clone());
             }
+        }
+        let mut attach: Vec<(String, Vec<String>)> = alive
+            .into_iter()
+            .map(|(job, members)| {
+                let members = members.into_iter().filter(|t| trials.contains(t)).collect();
+                (job, members)
+            })
+            .filter(|(_, members): &(String, Vec<String>)| !members.is_empty())
+            .collect();
+        attach.sort();
+        for (job, members) in attach {
+            self.reporter.report(RunEvent::Following {
+                backend_job: job.clone(),
+                trials: members.clone(),
+            });
+            self.queue.push_front(Job {
+                attach: Some(job),
+                ..Job::train_pack(members)
+            });
         }
         Ok(to_train)
     }
@@ -325,7 +375,7 @@ impl Dispatcher<'_> {
             let slot = self.free.pop_front().expect("a free slot");
             let key = self.next_key;
             self.next_key += 1;
-            match self.start(key, &job, &slot) {
+            match self.start(key, &job, &slot).await {
                 Ok(()) => self.summary.launched += 1,
                 Err(e) => {
                     self.free.push_back(slot);
@@ -350,10 +400,11 @@ impl Dispatcher<'_> {
         Ok(())
     }
 
-    fn start(&mut self, key: usize, job: &Job, slot: &Slot) -> Result<()> {
+    async fn start(&mut self, key: usize, job: &Job, slot: &Slot) -> Result<()> {
         let spec = &self.specs[job.lead()];
         let paths = TrialPaths::new(&self.experiment.runs, spec);
-        let launch = worker_launch(self.experiment, job, slot, &paths)?;
+        // Detached, nobody is there to start evaluation jobs: trials evaluate as they go.
+        let launch = worker_launch(self.experiment, job, slot, &paths, self.options.detach)?;
         let log = launch.log.clone();
         let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
         let link = WorkerLink {
@@ -361,7 +412,14 @@ impl Dispatcher<'_> {
             stop: self.stop_rx.clone(),
             exits: self.exits_tx.clone(),
         };
-        let worker = self.backend.launch(launch, link)?;
+        let launched = self.backend.launch(launch, link)?;
+        // A trial's job is its training job (the one `resume` may follow).
+        if let (Some(backend_job), JobKind::Train) = (&launched.backend_job, job.kind) {
+            self.store
+                .record_backend_job(&self.experiment.name, &job.trials, backend_job)
+                .await?;
+        }
+        let worker = launched.worker;
         self.reporter.report(RunEvent::JobStarted {
             key,
             job: job.clone(),

@@ -62,6 +62,12 @@ pub enum RunEvent {
     LeftToOtherRun {
         trial: String,
     },
+    /// Trials whose backend job (started by an earlier run) still runs: followed to its
+    /// end rather than started again.
+    Following {
+        backend_job: String,
+        trials: Vec<String>,
+    },
     NothingToRun,
     Started {
         jobs: usize,

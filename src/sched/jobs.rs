@@ -22,6 +22,9 @@ pub struct Job {
     pub kind: JobKind,
     /// Failed attempts so far (retries come from `--max-retries`).
     pub failures: u32,
+    /// A job of the backend that already runs these trials (queued or running, started by
+    /// an earlier run): follow it rather than start them again.
+    pub attach: Option<String>,
 }
 
 impl Job {
@@ -36,6 +39,7 @@ impl Job {
             trials,
             kind: JobKind::Train,
             failures: 0,
+            attach: None,
         }
     }
 
@@ -44,6 +48,7 @@ impl Job {
             trials: vec![trial.to_owned()],
             kind: JobKind::Evaluate { step },
             failures: 0,
+            attach: None,
         }
     }
 
@@ -62,6 +67,9 @@ impl Job {
 
     pub fn describe(&self) -> String {
         match (self.kind, &self.trials[..]) {
+            (JobKind::Train, [trial]) if self.attach.is_some() => {
+                format!("follow {trial}")
+            }
             (JobKind::Train, [trial]) => format!("train {trial}"),
             (JobKind::Train, trials) => {
                 format!("train pack of {} ({})", trials.len(), trials.join(" "))

@@ -24,6 +24,7 @@ pub fn worker_launch(
     job: &Job,
     slot: &Slot,
     paths: &TrialPaths,
+    inline_evaluations: bool,
 ) -> Result<Launch> {
     std::fs::create_dir_all(&paths.dir)
         .with_context(|| format!("creating {}", paths.dir.display()))?;
@@ -39,7 +40,7 @@ pub fn worker_launch(
         "--runs".into(),
         experiment.runs.display().to_string(),
         "--db".into(),
-        experiment.db.display().to_string(),
+        experiment.db.arg(),
         "--device".into(),
         device.into(),
         "--threads".into(),
@@ -50,6 +51,9 @@ pub fn worker_launch(
     }
     if let JobKind::Evaluate { step } = job.kind {
         args.extend(["--evaluate".into(), step.to_string()]);
+    }
+    if inline_evaluations {
+        args.push("--inline-evaluations".into());
     }
     Ok(Launch {
         job: job.clone(),

@@ -17,8 +17,8 @@ mod worker;
 mod tests;
 
 pub use backend::{
-    Backend, Launch, LocalBackend, ServeReply, ServeRequest, StopLevel, WorkerEnd, WorkerExit,
-    WorkerLink,
+    Backend, Launch, Launched, LocalBackend, ServeReply, ServeRequest, SlurmBackend, SlurmOptions,
+    StopLevel, WorkerEnd, WorkerExit, WorkerLink,
 };
 pub use dispatch::{
     dispatch, run_experiment, Experiment, JobFailure, RunOptions, RunSummary, StopRequest,

@@ -6,10 +6,10 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::spec::TrialPlan;
-use crate::store::{block_on, Store};
+use crate::store::{block_on, Database, Store};
 
 /// Records the experiment and each planned trial (as pending, unless already known).
-pub fn register_trials(db: &Path, spec_path: &Path, plans: &[TrialPlan]) -> Result<()> {
+pub fn register_trials(db: &Database, spec_path: &Path, plans: &[TrialPlan]) -> Result<()> {
     let Some(first) = plans.first() else {
         return Ok(());
     };

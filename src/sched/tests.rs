@@ -2,7 +2,6 @@
 //! worker follows a script and records its trial in the store as a real worker would.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::spec::Spec;
-use crate::store::{EndWhen, Store, TrialStatus};
+use crate::store::{Database, EndWhen, Store, TrialStatus};
 
 /// What a fake worker does with its job.
 #[derive(Debug, Clone)]
@@ -34,7 +33,7 @@ enum Script {
 }
 
 struct FakeBackend {
-    db: PathBuf,
+    db: Database,
     experiment: String,
     /// Scripts per (lead) trial, one per launch; `Succeed` once they run out.
     scripts: Mutex<HashMap<String, VecDeque<Script>>>,
@@ -47,7 +46,7 @@ impl Backend for FakeBackend {
         "fake"
     }
 
-    fn launch(&self, launch: Launch, link: WorkerLink) -> Result<String> {
+    fn launch(&self, launch: Launch, link: WorkerLink) -> Result<Launched> {
         let (key, mut stop) = (link.key, link.stop.clone());
         let trials = launch.job.trials.clone();
         self.launched.lock().unwrap().push(trials.clone());
@@ -122,7 +121,10 @@ impl Backend for FakeBackend {
             };
             link.ended(end);
         });
-        Ok(format!("fake {key}"))
+        Ok(Launched {
+            worker: format!("fake {key}"),
+            backend_job: None,
+        })
     }
 }
 
@@ -179,7 +181,7 @@ impl Fixture {
         let experiment = Experiment {
             name: "fake".into(),
             runs: dir.path().join("runs"),
-            db: dir.path().join("runs/ebmlab.sqlite"),
+            db: Database::Sqlite(dir.path().join("runs/ebmlab.sqlite")),
         };
         let trials = crate::store::block_on(async {
             let store = Store::open(&experiment.db).await.unwrap();
@@ -281,6 +283,7 @@ fn options(fail_fast: bool, max_retries: u32) -> RunOptions {
         max_retries,
         stale_after: Duration::from_secs(60),
         cpu_slots: Some(2),
+        detach: false,
     }
 }
 

@@ -13,7 +13,7 @@ use crate::checkpoint::{verify, CheckpointFiles};
 use crate::eval::EvalSummary;
 use crate::policy::LoadedPolicy;
 use crate::spec::{parse_device, Spec};
-use crate::store::{block_on, Store, StoredTrial};
+use crate::store::{block_on, Database, Store, StoredTrial};
 use crate::trial::{
     evaluate_actor, evaluation_rows, run_recorded_pack, RecordedTrial, TrialOptions, TrialPaths,
     TrialReport,
@@ -26,11 +26,13 @@ pub struct WorkerJob {
     /// One trial, or the members of a pack (training only).
     pub trials: Vec<String>,
     pub runs: PathBuf,
-    pub db: PathBuf,
+    pub db: Database,
     /// `cpu` or `cuda` (the one GPU `CUDA_VISIBLE_DEVICES` leaves visible).
     pub device: String,
     /// libtorch intra-op threads (0: libtorch's default).
     pub threads: usize,
+    /// Evaluate at `train.eval_every` within the training job (no evaluation jobs follow).
+    pub inline_evaluations: bool,
 }
 
 /// A recorded trial's overrides (a JSON object of dotted keys to values).
@@ -85,7 +87,7 @@ impl WorkerJob {
             .collect();
         let options = TrialOptions {
             progress: false,
-            defer_evaluations: true,
+            defer_evaluations: !self.inline_evaluations,
         };
         run_recorded_pack(&trials, &self.runs, &self.db, &options, cancel)
     }
@@ -135,6 +137,7 @@ mod tests {
             overrides_json: r#"{"train.seed": 3}"#.into(),
             config_json: "{}".into(),
             spec_path: None,
+            backend_job: None,
         };
         assert_eq!(
             parse_overrides(&trial).unwrap()["train.seed"].as_integer(),

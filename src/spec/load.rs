@@ -21,9 +21,11 @@ pub const ENV_PREFIX: &str = "EBMLAB_";
 /// are checked as dotted spec keys.
 const FREE_TABLES: &[&str] = &["sweep", "trials"];
 /// Optional keys that have no default value.
-const OPTIONAL_KEYS: &[&str] = &["extends", "data.path", "train.precision"];
-/// `EBMLAB_*` variables that are not spec keys.
-const NON_SPEC_VARIABLES: &[&str] = &["LOG", "HEARTBEAT_SECONDS"];
+const OPTIONAL_KEYS: &[&str] = &["extends", "data.path", "train.precision", "resources.pack"];
+/// `EBMLAB_*` variables that set top-level spec keys; below the top, a spec key's
+/// variable has `__` between its levels (`EBMLAB_TRAIN__ITERATIONS`). Any other `EBMLAB_*`
+/// variable (`EBMLAB_DB`, `EBMLAB_LOG`, ...) is a setting of the tool, not of the spec.
+const TOP_LEVEL_VARIABLES: &[&str] = &["NAME", "EXTENDS"];
 
 /// A resolved spec and where it came from.
 #[derive(Debug, Clone)]
@@ -43,6 +45,10 @@ fn known_keys_for(defaults: &Spec) -> BTreeSet<String> {
     let value = toml::Value::try_from(defaults).expect("the default spec serializes");
     let mut keys = BTreeSet::new();
     collect_keys(&value, "", &mut keys);
+    // `[slurm]` is left out of a spec while at its defaults; its keys are known all the same.
+    let slurm = toml::Value::try_from(super::SlurmSpec::default()).expect("serializes");
+    keys.insert("slurm".to_owned());
+    collect_keys(&slurm, "slurm", &mut keys);
     keys.extend(OPTIONAL_KEYS.iter().map(|k| k.to_string()));
     keys.extend(FREE_TABLES.iter().map(|k| k.to_string()));
     keys
@@ -252,7 +258,7 @@ pub fn load_spec_with_env(
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        if NON_SPEC_VARIABLES.contains(&rest) {
+        if !rest.contains("__") && !TOP_LEVEL_VARIABLES.contains(&rest) {
             continue;
         }
         let key = rest.to_lowercase().replace("__", ".");

@@ -7,7 +7,7 @@ mod sweep;
 mod validate;
 
 pub use load::{check_key, known_keys, load_spec, load_spec_with_env, LoadedSpec, ENV_PREFIX};
-pub use model::{DataSpec, EvalSpec, PolicySection, ResourcesSpec, Spec, TrainSpec};
+pub use model::{DataSpec, EvalSpec, PolicySection, ResourcesSpec, SlurmSpec, Spec, TrainSpec};
 pub use pack::PackSize;
 pub use sweep::{describe_settings, expand_trials, TrialPlan};
 pub use validate::{parse_device, validate, DeviceChoice, POLICY_KINDS};
@@ -28,9 +28,11 @@ impl Spec {
         identity.sweep.clear();
         identity.trials.clear();
         identity.eval.plots = false;
-        // Where a trial runs (device, slots, threads) is the scheduler's choice, not
-        // part of what it computes.
+        // Where a trial runs (device, slots, threads, pack) is the scheduler's choice, not
+        // part of what it computes. (Keys added to the spec since ids were first made are
+        // left out of it while at their defaults, so those ids stay valid.)
         identity.resources = Default::default();
+        identity.slurm = Default::default();
         let canonical = serde_json::to_string(&identity).expect("a spec serializes");
         let digest = Sha256::digest(canonical.as_bytes());
         digest.iter().take(6).map(|b| format!("{b:02x}")).collect()

@@ -31,6 +31,9 @@ pub struct Spec {
     pub eval: EvalSpec,
     #[serde(default)]
     pub resources: ResourcesSpec,
+    /// How jobs are submitted with `--backend slurm` (left out while at its defaults).
+    #[serde(default, skip_serializing_if = "SlurmSpec::is_default")]
+    pub slurm: SlurmSpec,
     /// Dotted keys to lists of values; their cartesian product is the experiment's trials.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sweep: BTreeMap<String, Vec<toml::Value>>,
@@ -51,6 +54,7 @@ impl Default for Spec {
             train: TrainSpec::default(),
             eval: EvalSpec::default(),
             resources: ResourcesSpec::default(),
+            slurm: SlurmSpec::default(),
             sweep: BTreeMap::new(),
             trials: Vec::new(),
         }
@@ -236,7 +240,9 @@ pub struct ResourcesSpec {
     /// libtorch intra-op threads per trial (0: the cores shared among the slots in use).
     pub threads: usize,
     /// Trials of one shape trained together as one batched model in one worker: a number,
-    /// or `auto` (as many as half a GPU holds; one on the CPU).
+    /// or `auto` (as many as half a GPU holds; one on the CPU). Left out of the resolved
+    /// spec while `auto`.
+    #[serde(skip_serializing_if = "PackSize::is_auto")]
     pub pack: PackSize,
 }
 
@@ -249,6 +255,31 @@ impl Default for ResourcesSpec {
             threads: 0,
             pack: PackSize::Auto,
         }
+    }
+}
+
+/// `[slurm]`: the `sbatch` options of each job with `--backend slurm` (empty: Slurm's
+/// defaults). Not part of a trial's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlurmSpec {
+    pub partition: String,
+    pub account: String,
+    /// `--time`, e.g. `"2:00:00"`.
+    pub time_limit: String,
+    /// GPUs per job (`--gres=gpu:N`); 0: a CPU job.
+    pub gpus: u32,
+    /// CPUs per job (`--cpus-per-task`; 0: `resources.threads`, else 1).
+    pub cpus: u32,
+    /// `--mem`, e.g. `"8G"`.
+    pub mem: String,
+    /// More `sbatch` options, as they are written, e.g. `["--qos=high"]`.
+    pub extra: Vec<String>,
+}
+
+impl SlurmSpec {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
     }
 }
 

@@ -12,6 +12,12 @@ pub enum PackSize {
     Count(usize),
 }
 
+impl PackSize {
+    pub fn is_auto(&self) -> bool {
+        *self == PackSize::Auto
+    }
+}
+
 impl Serialize for PackSize {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {

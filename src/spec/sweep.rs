@@ -29,7 +29,7 @@ impl TrialPlan {
 /// `key=value key=value` for a trial's settings (a JSON object of dotted keys, as the
 /// store records them; strings unquoted), or `(base spec)` when there are none.
 pub fn describe_settings(settings: &serde_json::Value) -> String {
-    let pairs: Vec<String> = settings
+    let mut pairs: Vec<String> = settings
         .as_object()
         .into_iter()
         .flatten()
@@ -38,6 +38,8 @@ pub fn describe_settings(settings: &serde_json::Value) -> String {
             other => format!("{k}={other}"),
         })
         .collect();
+    // Keys in order, whatever order the JSON came in.
+    pairs.sort();
     if pairs.is_empty() {
         "(base spec)".into()
     } else {

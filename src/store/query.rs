@@ -1,8 +1,15 @@
-//! Arbitrary read-only SQL, rendered as text cells.
+//! Arbitrary read-only SQL, rendered as text cells. On SQLite a statement SQLite judges a
+//! write is refused before it runs (and the file is open read-only); on PostgreSQL the
+//! statement runs in a read-only transaction, its rows rendered through `row_to_json`.
+
+use std::str::FromStr;
 
 use anyhow::{Context, Result};
-use sqlx::sqlite::{SqlitePool, SqliteRow};
-use sqlx::{Column, Row, TypeInfo, ValueRef};
+use sqlx::postgres::PgConnection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteRow};
+use sqlx::{Column, ConnectOptions as _, Connection as _, Executor as _, Row, TypeInfo, ValueRef};
+
+use super::{Database, Store};
 
 /// Column names and rows of a query, every cell as text (`NULL` as empty).
 #[derive(Debug, Clone, PartialEq)]
@@ -28,9 +35,8 @@ fn cell(row: &SqliteRow, i: usize) -> Result<String> {
 /// Whether any statement of `sql` would write (SQLite's own judgement,
 /// `sqlite3_stmt_readonly`); a statement that does not prepare is left to run and fail
 /// with SQLite's message.
-async fn writes(pool: &SqlitePool, sql: &str) -> Result<bool> {
+async fn writes(conn: &mut SqliteConnection, sql: &str) -> Result<bool> {
     use libsqlite3_sys as ffi;
-    let mut conn = pool.acquire().await?;
     let mut handle = conn.lock_handle().await?;
     let db = handle.as_raw_handle().as_ptr();
     let text = std::ffi::CString::new(sql).context("the query holds a NUL byte")?;
@@ -59,25 +65,43 @@ async fn writes(pool: &SqlitePool, sql: &str) -> Result<bool> {
     Ok(false)
 }
 
-pub async fn run(pool: &SqlitePool, sql: &str, bind: Option<&str>) -> Result<QueryResult> {
-    if writes(pool, sql).await? {
-        anyhow::bail!(
-            "`ebmlab query` is read-only, and this statement would change the database: {sql}"
-        );
+/// Runs one statement (with `$1` bound to `bind`, if given) without letting it write.
+pub async fn run(store: &Store, sql: &str, bind: Option<&str>) -> Result<QueryResult> {
+    match store.database() {
+        Database::Sqlite(_) => run_sqlite(store.database(), sql, bind).await,
+        Database::Postgres(url) => run_postgres(url, sql, bind).await,
+    }
+}
+
+fn refused(sql: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "`ebmlab query` is read-only, and this statement would change the database: {sql}"
+    )
+}
+
+async fn run_sqlite(db: &Database, sql: &str, bind: Option<&str>) -> Result<QueryResult> {
+    let mut conn = SqliteConnectOptions::from_str(&db.url("ro"))?
+        .read_only(true)
+        .pragma("query_only", "ON")
+        .connect()
+        .await
+        .with_context(|| format!("opening results database {db}"))?;
+    if writes(&mut conn, sql).await? {
+        return Err(refused(sql));
     }
     let mut query = sqlx::query(sql);
     if let Some(value) = bind {
         query = query.bind(value);
     }
     let rows = query
-        .fetch_all(pool)
+        .fetch_all(&mut conn)
         .await
         .with_context(|| format!("query failed: {sql}"))?;
     // Column names come from the statement, so an empty result still has its header.
     let columns = match rows.first() {
         Some(r) => r.columns().iter().map(|c| c.name().to_owned()).collect(),
         None => {
-            let described = sqlx::Executor::describe(pool, sql).await?;
+            let described = conn.describe(sql).await?;
             described
                 .columns()
                 .iter()
@@ -96,28 +120,82 @@ pub async fn run(pool: &SqlitePool, sql: &str, bind: Option<&str>) -> Result<Que
     Ok(QueryResult { columns, rows: out })
 }
 
-/// Each table of an experiment's export and the query that fills it (`?` is the experiment).
+/// PostgreSQL: the statement in a read-only transaction, over the simple query protocol,
+/// whose rows come as text whatever their types (numeric, arrays, intervals included).
+async fn run_postgres(url: &str, sql: &str, bind: Option<&str>) -> Result<QueryResult> {
+    use sqlx::postgres::PgValueRef;
+    let db: Database = url.parse()?;
+    // A bound value is written into the statement as a quoted literal: the simple
+    // protocol takes no parameters.
+    let statement = match bind {
+        Some(value) => sql.replace("$1", &format!("'{}'", value.replace('\'', "''"))),
+        None => sql.to_owned(),
+    };
+    let mut conn = PgConnection::connect(url)
+        .await
+        .with_context(|| format!("opening results database {db}"))?;
+    conn.execute("BEGIN READ ONLY").await?;
+    let fetched = conn.fetch_all(statement.as_str()).await;
+    let described = match &fetched {
+        Ok(rows) if rows.is_empty() => Some(conn.describe(statement.as_str()).await),
+        _ => None,
+    };
+    let _ = conn.execute("ROLLBACK").await;
+    let rows = fetched.map_err(|e| {
+        let read_only = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|code| code == "25006");
+        if read_only {
+            refused(sql)
+        } else {
+            anyhow::Error::new(e).context(format!("query failed: {sql}"))
+        }
+    })?;
+    let columns = match (rows.first(), described) {
+        (Some(row), _) => row.columns().iter().map(|c| c.name().to_owned()).collect(),
+        (None, Some(Ok(d))) => d.columns().iter().map(|c| c.name().to_owned()).collect(),
+        (None, _) => Vec::new(),
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let cells = (0..row.len())
+            .map(|i| {
+                let raw: PgValueRef = row.try_get_raw(i)?;
+                Ok(if raw.is_null() {
+                    String::new()
+                } else {
+                    raw.as_str().map_err(|e| anyhow::anyhow!(e))?.to_owned()
+                })
+            })
+            .collect::<Result<Vec<String>>>()?;
+        out.push(cells);
+    }
+    Ok(QueryResult { columns, rows: out })
+}
+
+/// Each table of an experiment's export and the query that fills it (`$1` is the experiment).
 const EXPORT_TABLES: &[(&str, &str)] = &[
     (
         "trials",
-        "SELECT * FROM trials WHERE experiment = ? ORDER BY overrides, id",
+        "SELECT * FROM trials WHERE experiment = $1 ORDER BY overrides, id",
     ),
     (
         "metrics",
-        "SELECT * FROM metrics WHERE experiment = ? ORDER BY trial, step, name",
+        "SELECT * FROM metrics WHERE experiment = $1 ORDER BY trial, step, name",
     ),
     (
         "checkpoints",
-        "SELECT * FROM checkpoints WHERE experiment = ? ORDER BY trial, step",
+        "SELECT * FROM checkpoints WHERE experiment = $1 ORDER BY trial, step",
     ),
     (
         "evaluations",
-        "SELECT * FROM evaluations WHERE experiment = ? ORDER BY trial, step",
+        "SELECT * FROM evaluations WHERE experiment = $1 ORDER BY trial, step",
     ),
     (
         "episodes",
         "SELECT e.trial, e.step, p.* FROM episodes p JOIN evaluations e ON e.id = p.evaluation \
-         WHERE e.experiment = ? ORDER BY e.trial, e.step, p.idx",
+         WHERE e.experiment = $1 ORDER BY e.trial, e.step, p.idx",
     ),
 ];
 
@@ -130,7 +208,7 @@ impl super::Store {
     ) -> Result<Vec<(&'static str, QueryResult)>> {
         let mut tables = Vec::with_capacity(EXPORT_TABLES.len());
         for (name, sql) in EXPORT_TABLES {
-            tables.push((*name, run(self.pool(), sql, Some(experiment)).await?));
+            tables.push((*name, run(self, sql, Some(experiment)).await?));
         }
         Ok(tables)
     }

@@ -2,13 +2,11 @@
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use sqlx::QueryBuilder;
 
 use super::Store;
 
-/// Trial states, as stored (`trials.status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, Serialize, Deserialize)]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+/// Trial states, as stored (`trials.status`, text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TrialStatus {
     Pending,
@@ -27,6 +25,58 @@ impl TrialStatus {
             TrialStatus::Failed => "failed",
             TrialStatus::Killed => "killed",
         }
+    }
+}
+
+impl std::str::FromStr for TrialStatus {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        [
+            TrialStatus::Pending,
+            TrialStatus::Running,
+            TrialStatus::Completed,
+            TrialStatus::Failed,
+            TrialStatus::Killed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+        .ok_or_else(|| format!("`{text}` is not a trial status"))
+    }
+}
+
+/// Stored as its text, in any database sqlx speaks.
+impl<DB: sqlx::Database> sqlx::Type<DB> for TrialStatus
+where
+    String: sqlx::Type<DB>,
+{
+    fn type_info() -> DB::TypeInfo {
+        <String as sqlx::Type<DB>>::type_info()
+    }
+
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        <String as sqlx::Type<DB>>::compatible(ty)
+    }
+}
+
+impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for TrialStatus
+where
+    String: sqlx::Decode<'r, DB>,
+{
+    fn decode(value: DB::ValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(<String as sqlx::Decode<'r, DB>>::decode(value)?.parse()?)
+    }
+}
+
+impl<'q, DB: sqlx::Database> sqlx::Encode<'q, DB> for TrialStatus
+where
+    &'q str: sqlx::Encode<'q, DB>,
+{
+    fn encode_by_ref(
+        &self,
+        buf: &mut DB::ArgumentBuffer<'q>,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&'q str as sqlx::Encode<'q, DB>>::encode_by_ref(&self.as_str(), buf)
     }
 }
 
@@ -113,7 +163,7 @@ pub fn now() -> String {
 impl Store {
     pub async fn upsert_experiment(&self, name: &str, spec_path: &str) -> Result<()> {
         sqlx::query(
-            "INSERT INTO experiments (name, spec_path, created_at) VALUES (?, ?, ?) \
+            "INSERT INTO experiments (name, spec_path, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO UPDATE SET spec_path = excluded.spec_path",
         )
         .bind(name)
@@ -136,7 +186,7 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO trials (experiment, id, overrides, config, status, iterations) \
-             VALUES (?, ?, ?, ?, 'pending', ?) ON CONFLICT (experiment, id) DO NOTHING",
+             VALUES ($1, $2, $3, $4, 'pending', $5) ON CONFLICT (experiment, id) DO NOTHING",
         )
         .bind(experiment)
         .bind(id)
@@ -161,9 +211,9 @@ impl Store {
         let host = hostname();
         let now = now();
         sqlx::query(
-            "UPDATE trials SET status = 'running', attempt = attempt + 1, pid = ?, host = ?, \
-             device = ?, pack = ?, started_at = ?, heartbeat_at = ?, finished_at = NULL, \
-             error = NULL WHERE experiment = ? AND id = ?",
+            "UPDATE trials SET status = 'running', attempt = attempt + 1, pid = $1, host = $2, \
+             device = $3, pack = $4, started_at = $5, heartbeat_at = $6, finished_at = NULL, \
+             error = NULL WHERE experiment = $7 AND id = $8",
         )
         .bind(std::process::id() as i64)
         .bind(host)
@@ -178,11 +228,29 @@ impl Store {
         Ok(())
     }
 
+    /// The backend's job that runs (or will run) these trials, e.g. a Slurm job id.
+    pub async fn record_backend_job(
+        &self,
+        experiment: &str,
+        trials: &[String],
+        backend_job: &str,
+    ) -> Result<()> {
+        for trial in trials {
+            sqlx::query("UPDATE trials SET backend_job = $1 WHERE experiment = $2 AND id = $3")
+                .bind(backend_job)
+                .bind(experiment)
+                .bind(trial)
+                .execute(self.pool())
+                .await?;
+        }
+        Ok(())
+    }
+
     /// The trial is alive at `step` (0: no step yet, the recorded one stays).
     pub async fn heartbeat(&self, experiment: &str, id: &str, step: u64) -> Result<()> {
         sqlx::query(
-            "UPDATE trials SET heartbeat_at = ?, step = CASE WHEN ? > 0 THEN ? ELSE step END \
-             WHERE experiment = ? AND id = ? AND status = 'running'",
+            "UPDATE trials SET heartbeat_at = $1, step = CASE WHEN $2 > 0 THEN $3 ELSE step END \
+             WHERE experiment = $4 AND id = $5 AND status = 'running'",
         )
         .bind(now())
         .bind(step as i64)
@@ -210,8 +278,8 @@ impl Store {
             EndWhen::Unfinished => " AND status NOT IN ('completed', 'failed')",
         };
         let done = sqlx::query(&format!(
-            "UPDATE trials SET status = ?, error = ?, finished_at = ?, pid = NULL \
-             WHERE experiment = ? AND id = ?{condition}"
+            "UPDATE trials SET status = $1, error = $2, finished_at = $3, pid = NULL \
+             WHERE experiment = $4 AND id = $5{condition}"
         ))
         .bind(status)
         .bind(error)
@@ -231,7 +299,7 @@ impl Store {
         step: u64,
     ) -> Result<Option<String>> {
         Ok(sqlx::query_scalar(
-            "SELECT sha256 FROM checkpoints WHERE experiment = ? AND trial = ? AND step = ?",
+            "SELECT sha256 FROM checkpoints WHERE experiment = $1 AND trial = $2 AND step = $3",
         )
         .bind(experiment)
         .bind(trial)
@@ -243,7 +311,7 @@ impl Store {
     /// Steps of a trial's recorded checkpoints that have no evaluation yet.
     pub async fn unevaluated_checkpoints(&self, experiment: &str, trial: &str) -> Result<Vec<u64>> {
         let steps: Vec<i64> = sqlx::query_scalar(
-            "SELECT c.step FROM checkpoints c WHERE c.experiment = ? AND c.trial = ? \
+            "SELECT c.step FROM checkpoints c WHERE c.experiment = $1 AND c.trial = $2 \
              AND NOT EXISTS (SELECT 1 FROM evaluations e WHERE e.experiment = c.experiment \
              AND e.trial = c.trial AND e.step = c.step) ORDER BY c.step",
         )
@@ -265,7 +333,7 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO checkpoints (experiment, trial, step, path, sha256, bytes, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (experiment, trial, step) DO UPDATE \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (experiment, trial, step) DO UPDATE \
              SET path = excluded.path, sha256 = excluded.sha256, bytes = excluded.bytes",
         )
         .bind(experiment)
@@ -290,7 +358,7 @@ impl Store {
     ) -> Result<i64> {
         self.write(async |conn| {
             let old: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM evaluations WHERE experiment = ? AND trial = ? AND step = ?",
+                "SELECT id FROM evaluations WHERE experiment = $1 AND trial = $2 AND step = $3",
             )
             .bind(experiment)
             .bind(trial)
@@ -298,11 +366,11 @@ impl Store {
             .fetch_optional(&mut *conn)
             .await?;
             if let Some(old) = old {
-                sqlx::query("DELETE FROM episodes WHERE evaluation = ?")
+                sqlx::query("DELETE FROM episodes WHERE evaluation = $1")
                     .bind(old)
                     .execute(&mut *conn)
                     .await?;
-                sqlx::query("DELETE FROM evaluations WHERE id = ?")
+                sqlx::query("DELETE FROM evaluations WHERE id = $1")
                     .bind(old)
                     .execute(&mut *conn)
                     .await?;
@@ -310,7 +378,7 @@ impl Store {
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO evaluations (experiment, trial, step, episodes, successes, success_rate, \
                  ci_low, ci_high, mean_min_distance_first_goal, mean_min_distance_second_goal, \
-                 wall_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                 wall_seconds) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
             )
             .bind(experiment)
             .bind(trial)
@@ -325,24 +393,30 @@ impl Store {
             .bind(summary.wall_seconds)
             .fetch_one(&mut *conn)
             .await?;
-            for (chunk_index, chunk) in episodes.chunks(500).enumerate() {
-                let mut insert = QueryBuilder::new(
+            for (chunk_index, chunk) in episodes.chunks(super::ROWS_PER_STATEMENT).enumerate() {
+                let sql = format!(
                     "INSERT INTO episodes (evaluation, idx, seed, success, steps, \
                      min_distance_first_goal, min_distance_second_goal, \
-                     final_distance_first_goal, final_distance_second_goal) ",
+                     final_distance_first_goal, final_distance_second_goal) VALUES {}",
+                    super::placeholders(chunk.len(), 9)
                 );
-                insert.push_values(chunk.iter().enumerate(), |mut b, (i, e)| {
-                    b.push_bind(id)
-                        .push_bind((chunk_index * 500 + i) as i64)
-                        .push_bind(e.seed.to_string())
-                        .push_bind(e.success)
-                        .push_bind(e.steps as i64)
-                        .push_bind(e.min_distance_first_goal)
-                        .push_bind(e.min_distance_second_goal)
-                        .push_bind(e.final_distance_first_goal)
-                        .push_bind(e.final_distance_second_goal);
-                });
-                insert.build().execute(&mut *conn).await?;
+                let mut args = sqlx::any::AnyArguments::default();
+                for (i, e) in chunk.iter().enumerate() {
+                    let idx = (chunk_index * super::ROWS_PER_STATEMENT + i) as i64;
+                    bind_all!(
+                        args,
+                        id,
+                        idx,
+                        e.seed.to_string(),
+                        i64::from(e.success),
+                        e.steps as i64,
+                        e.min_distance_first_goal,
+                        e.min_distance_second_goal,
+                        e.final_distance_first_goal,
+                        e.final_distance_second_goal
+                    );
+                }
+                sqlx::query_with(&sql, args).execute(&mut *conn).await?;
             }
             Ok(id)
         })

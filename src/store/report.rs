@@ -59,7 +59,7 @@ impl Store {
     pub async fn report_trials(&self, experiment: &str) -> Result<Vec<ReportTrial>> {
         Ok(sqlx::query_as(
             "SELECT experiment, id, overrides, config, status, step, iterations, error \
-             FROM trials WHERE experiment = ? ORDER BY overrides, id",
+             FROM trials WHERE experiment = $1 ORDER BY overrides, id",
         )
         .bind(experiment)
         .fetch_all(self.pool())
@@ -69,7 +69,7 @@ impl Store {
     pub async fn report_evaluations(&self, experiment: &str) -> Result<Vec<ReportEvaluation>> {
         Ok(sqlx::query_as(
             "SELECT trial, step, episodes, successes, success_rate, ci_low, ci_high \
-             FROM evaluations WHERE experiment = ? ORDER BY trial, step",
+             FROM evaluations WHERE experiment = $1 ORDER BY trial, step",
         )
         .bind(experiment)
         .fetch_all(self.pool())
@@ -83,7 +83,7 @@ impl Store {
             points.extend(
                 sqlx::query_as::<_, CurvePoint>(
                     "SELECT trial, name, step, value FROM metrics \
-                     WHERE experiment = ? AND name = ? ORDER BY trial, step",
+                     WHERE experiment = $1 AND name = $2 ORDER BY trial, step",
                 )
                 .bind(experiment)
                 .bind(name)
@@ -113,7 +113,7 @@ impl Store {
         step: i64,
     ) -> Result<Option<(String, String)>> {
         Ok(sqlx::query_as(
-            "SELECT path, sha256 FROM checkpoints WHERE experiment = ? AND trial = ? AND step = ?",
+            "SELECT path, sha256 FROM checkpoints WHERE experiment = $1 AND trial = $2 AND step = $3",
         )
         .bind(experiment)
         .bind(trial)

@@ -16,6 +16,8 @@ pub struct TrialStatusRow {
     pub device: Option<String>,
     /// The pack it last trained in (`<first trial>+<others>`), if any.
     pub pack: Option<String>,
+    /// The backend's job it last ran in (a Slurm job id), if any.
+    pub backend_job: Option<String>,
     pub attempt: i64,
     pub heartbeat_at: Option<String>,
     pub error: Option<String>,
@@ -30,6 +32,7 @@ impl Store {
     pub async fn trial_status(&self, experiment: Option<&str>) -> Result<Vec<TrialStatusRow>> {
         let sql =
             "SELECT t.experiment, t.id, t.overrides, t.status, t.iterations, t.device, t.pack, \
+             t.backend_job, \
              t.attempt, t.heartbeat_at, t.error, \
              (SELECT CASE WHEN MAX(l.step) > t.step THEN MAX(l.step) ELSE t.step END \
               FROM metrics_latest l WHERE l.experiment = t.experiment AND l.trial = t.id) \
@@ -40,9 +43,9 @@ impl Store {
              FROM trials t LEFT JOIN evaluations e ON e.id = ( \
                  SELECT e2.id FROM evaluations e2 WHERE e2.experiment = t.experiment \
                  AND e2.trial = t.id ORDER BY e2.step DESC LIMIT 1) \
-             WHERE (? IS NULL OR t.experiment = ?) ORDER BY t.experiment, t.overrides, t.id";
+             WHERE (CAST($1 AS TEXT) IS NULL OR t.experiment = $1) \
+             ORDER BY t.experiment, t.overrides, t.id";
         Ok(sqlx::query_as(sql)
-            .bind(experiment)
             .bind(experiment)
             .fetch_all(self.pool())
             .await?)
@@ -103,18 +106,21 @@ pub struct StoredTrial {
     #[sqlx(rename = "config")]
     pub config_json: String,
     pub spec_path: Option<String>,
+    /// The backend's job it last ran in (a Slurm job id).
+    pub backend_job: Option<String>,
 }
 
 impl Store {
     /// The trials of `experiment` (only trial `id`, if given), in listing order.
     async fn stored_trials(&self, experiment: &str, id: Option<&str>) -> Result<Vec<StoredTrial>> {
         Ok(sqlx::query_as(
-            "SELECT t.id, t.status, t.error, t.overrides, t.config, x.spec_path FROM trials t \
+            "SELECT t.id, t.status, t.error, t.overrides, t.config, x.spec_path, t.backend_job \
+             FROM trials t \
              JOIN experiments x ON x.name = t.experiment \
-             WHERE t.experiment = ? AND (? IS NULL OR t.id = ?) ORDER BY t.overrides, t.id",
+             WHERE t.experiment = $1 AND (CAST($2 AS TEXT) IS NULL OR t.id = $2) \
+             ORDER BY t.overrides, t.id",
         )
         .bind(experiment)
-        .bind(id)
         .bind(id)
         .fetch_all(self.pool())
         .await?)
@@ -148,7 +154,7 @@ impl Store {
     pub async fn running_trials(&self, experiment: &str) -> Result<Vec<RunningTrial>> {
         Ok(sqlx::query_as(
             "SELECT id, pid, host, heartbeat_at FROM trials \
-             WHERE experiment = ? AND status = 'running' ORDER BY id",
+             WHERE experiment = $1 AND status = 'running' ORDER BY id",
         )
         .bind(experiment)
         .fetch_all(self.pool())

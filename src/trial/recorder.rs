@@ -3,7 +3,7 @@
 //! thread of its own while the trial runs (so a process that dies without a word is seen).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -18,7 +18,9 @@ use crate::checkpoint::SavedCheckpoint;
 use crate::eval::{EpisodeRecord, EvalSummary};
 use crate::policy::Precision;
 use crate::spec::{parse_device, Spec};
-use crate::store::{block_on, EndWhen, MetricRow, NewEpisode, NewEvaluation, Store, TrialStatus};
+use crate::store::{
+    block_on, Database, EndWhen, MetricRow, NewEpisode, NewEvaluation, Store, TrialStatus,
+};
 
 /// A trial to run and record: its spec, the file it came from and the settings that set
 /// it apart in its experiment.
@@ -35,7 +37,7 @@ pub struct RecordedTrial<'a> {
 pub fn run_recorded_trial(
     trial: RecordedTrial,
     runs: &Path,
-    db: &Path,
+    db: &Database,
     options: &TrialOptions,
     cancel: &AtomicBool,
 ) -> Result<TrialReport> {
@@ -49,7 +51,7 @@ pub fn run_recorded_trial(
 pub fn run_recorded_pack(
     trials: &[RecordedTrial],
     runs: &Path,
-    db: &Path,
+    db: &Database,
     options: &TrialOptions,
     cancel: &AtomicBool,
 ) -> Result<Vec<Result<TrialReport>>> {
@@ -139,7 +141,7 @@ pub fn heartbeat_interval() -> Duration {
 pub struct TrialRecorder {
     runtime: Runtime,
     store: Store,
-    db: PathBuf,
+    db: Database,
     experiment: String,
     trial: String,
     pending: Vec<MetricRow>,
@@ -156,7 +158,7 @@ struct Heartbeat {
 }
 
 impl Heartbeat {
-    fn start(db: PathBuf, experiment: String, trial: String, step: Arc<AtomicU64>) -> Self {
+    fn start(db: Database, experiment: String, trial: String, step: Arc<AtomicU64>) -> Self {
         let (stop, stopped) = mpsc::channel::<()>();
         let interval = heartbeat_interval();
         let thread = std::thread::spawn(move || {
@@ -187,7 +189,7 @@ impl Heartbeat {
 impl TrialRecorder {
     /// Opens the store at `db` and records the experiment and the trial (pending).
     pub fn new(
-        db: &Path,
+        db: &Database,
         spec_path: &Path,
         spec: &Spec,
         overrides: &BTreeMap<String, toml::Value>,
@@ -215,7 +217,7 @@ impl TrialRecorder {
         Ok(Self {
             runtime,
             store,
-            db: db.to_owned(),
+            db: db.clone(),
             experiment,
             trial,
             pending: Vec::new(),

@@ -91,12 +91,22 @@ pub fn report(
     out: &std::path::Path,
     trajectories: usize,
 ) -> Output {
+    report_with(db.to_str().unwrap(), experiments, out, trajectories)
+}
+
+/// [`report`] of a database named as `--db` takes it (a path or a URL).
+pub fn report_with(
+    db: &str,
+    experiments: &[&str],
+    out: &std::path::Path,
+    trajectories: usize,
+) -> Output {
     let trajectories = trajectories.to_string();
     let mut args = vec!["report"];
     args.extend_from_slice(experiments);
     args.extend([
         "--db",
-        db.to_str().unwrap(),
+        db,
         "--out",
         out.to_str().unwrap(),
         "--trajectories",
@@ -225,3 +235,53 @@ if len(sys.argv) > 6 and sys.argv[6] == 'up-to-a-constant':
     diff = diff - diff.mean()
 print(float(diff.abs().max()))
 "#;
+
+/// The PostgreSQL server the tests use (`EBMLAB_TEST_POSTGRES`, a URL; `scripts/test.sh`
+/// starts one with `scripts/cluster.sh` and sets it). Under CI its absence is an error, so
+/// the PostgreSQL half of a test cannot be skipped there unseen.
+pub fn postgres_server() -> Option<String> {
+    match std::env::var("EBMLAB_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("CI must test PostgreSQL: set EBMLAB_TEST_POSTGRES (scripts/test.sh does)")
+        }
+        _ => {
+            eprintln!("EBMLAB_TEST_POSTGRES is not set: PostgreSQL left out of this test");
+            None
+        }
+    }
+}
+
+/// A PostgreSQL database of the test's own: a fresh schema on the test server, reached
+/// through a URL whose `search_path` is that schema.
+pub fn postgres_database(name: &str) -> Option<ebmlab::store::Database> {
+    let server = postgres_server()?;
+    let schema = format!(
+        "t_{}_{}_{}",
+        name,
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    ebmlab::store::block_on(async {
+        use sqlx::{Connection as _, Executor as _};
+        let mut conn = sqlx::PgConnection::connect(&server).await.unwrap();
+        conn.execute(format!("CREATE SCHEMA {schema}").as_str())
+            .await
+            .unwrap();
+    });
+    let separator = if server.contains('?') { '&' } else { '?' };
+    let url = format!("{server}{separator}options=-c%20search_path%3D{schema}");
+    Some(url.parse().unwrap())
+}
+
+/// Fresh results databases for one test: a SQLite file in `dir`, and PostgreSQL (above).
+pub fn test_databases(dir: &std::path::Path, name: &str) -> Vec<ebmlab::store::Database> {
+    let mut dbs = vec![ebmlab::store::Database::Sqlite(
+        dir.join(format!("{name}.sqlite")),
+    )];
+    dbs.extend(postgres_database(name));
+    dbs
+}

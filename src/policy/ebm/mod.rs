@@ -1,12 +1,14 @@
 //! The implicit (energy-based) policy: SequenceEBM trained with InfoNCE over counter-examples
 //! plus a gradient penalty, acting by DFO or Langevin minimisation of the energy.
 
+mod autoregressive;
 mod dfo;
 mod langevin;
 mod loss;
 mod model;
 mod packed;
 
+pub use autoregressive::{dfo_dimension, AutoregressiveEbm};
 pub use dfo::{dfo_minimize, DfoConfig};
 pub use langevin::{langevin, langevin_with_noise, packed_langevin, Bounds, LangevinConfig};
 pub use loss::{gradient_penalty, info_nce, GradNorm, GradPenaltyConfig};

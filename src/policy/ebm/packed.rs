@@ -135,6 +135,22 @@ impl PackedEbm {
         self.precision
     }
 
+    /// Member `k` alone, as a pack of one (sharing the tensors).
+    pub fn member(&self, k: i64) -> PackedEbm {
+        let one = |l: &PackedLinear| PackedLinear {
+            weight: l.weight.narrow(0, k, 1),
+            bias: l.bias.narrow(0, k, 1),
+        };
+        PackedEbm {
+            cfg: self.cfg.clone(),
+            members: 1,
+            precision: self.precision,
+            projection: one(&self.projection),
+            blocks: self.blocks.iter().map(|(a, b)| (one(a), one(b))).collect(),
+            energy: one(&self.energy),
+        }
+    }
+
     /// Every stacked tensor under its solo name.
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut tensors = vec![&self.projection];

@@ -15,7 +15,8 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::mpsc;
 
 use super::{
-    watched_pid, Backend, Launch, ServeReply, ServeRequest, StopLevel, WorkerEnd, WorkerLink,
+    watched_pid, Backend, Launch, Launched, ServeReply, ServeRequest, StopLevel, WorkerEnd,
+    WorkerLink,
 };
 
 /// A serving worker waiting for a job.
@@ -96,7 +97,11 @@ impl Backend for LocalBackend {
         "local"
     }
 
-    fn launch(&self, launch: Launch, link: WorkerLink) -> Result<String> {
+    fn launch(&self, launch: Launch, link: WorkerLink) -> Result<Launched> {
+        anyhow::ensure!(
+            launch.job.attach.is_none(),
+            "local workers of another run cannot be re-attached"
+        );
         let waiting = self.idle.lock().expect("pool lock").remove(&launch.slot);
         let worker = match waiting {
             Some(worker) if !worker.jobs.is_closed() => worker,
@@ -107,7 +112,10 @@ impl Backend for LocalBackend {
             .jobs
             .send((launch, link))
             .map_err(|_| anyhow::anyhow!("worker pid {pid} is gone"))?;
-        Ok(format!("pid {pid}"))
+        Ok(Launched {
+            worker: format!("pid {pid}"),
+            backend_job: None,
+        })
     }
 }
 

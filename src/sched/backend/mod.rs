@@ -1,11 +1,13 @@
 //! Where workers run. The scheduler hands a backend a job's worker command and its slot;
 //! the backend runs it, asks it to stop when told, and reports how it ended. `local` runs
-//! long-lived worker processes on this host, one per slot; a Slurm backend would submit
-//! the same command with `sbatch` and watch the job.
+//! long-lived worker processes on this host, one per slot; `slurm` submits each job with
+//! `sbatch` and follows it with `squeue` and `sacct`.
 
 mod local;
+mod slurm;
 
 pub use local::LocalBackend;
+pub use slurm::{SlurmBackend, SlurmOptions};
 
 use std::path::PathBuf;
 
@@ -72,11 +74,31 @@ impl WorkerLink {
     }
 }
 
+/// A started (or re-attached) job: how to name its worker, and the backend's own id of
+/// the job when it has one (a Slurm job id), recorded with the job's trials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launched {
+    pub worker: String,
+    pub backend_job: Option<String>,
+}
+
 pub trait Backend {
     fn name(&self) -> &'static str;
-    /// Starts `launch` and returns how to name the worker (`pid N` here). The worker is
-    /// asked to stop when the link's stop level escalates, and its end is sent back on it.
-    fn launch(&self, launch: Launch, link: WorkerLink) -> Result<String>;
+    /// Starts `launch` (or, when `launch.job.attach` names a job of this backend still
+    /// queued or running, follows that job instead). The worker is asked to stop when the
+    /// link's stop level escalates, and its end is sent back on it.
+    fn launch(&self, launch: Launch, link: WorkerLink) -> Result<Launched>;
+
+    /// Whether a job this backend started (by its id) is still queued or running, so a
+    /// new run follows it rather than starting its trials again.
+    fn alive(&self, _backend_job: &str) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// The slots for `jobs` jobs, given those this host offers: a cluster offers its own.
+    fn slots(&self, here: Vec<super::slots::Slot>, _jobs: usize) -> Vec<super::slots::Slot> {
+        here
+    }
 }
 
 /// A job for a serving worker (`ebmlab worker --serve`), one JSON line on its stdin: its
