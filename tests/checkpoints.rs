@@ -158,7 +158,26 @@ fn save_load_continue_equals_an_uninterrupted_run() {
         Default::default(),
     );
     let mse = small_mse(32, 0.1);
-    for spec in [ebm, mse] {
+    let ar = PolicySpec::ArEbm {
+        net: small_net(32, 0.0),
+        loss: EbmLossConfig {
+            negatives: NegativesConfig {
+                kind: NegativeKind::Uniform,
+                count: 4,
+                ..Default::default()
+            },
+            grad_penalty: ebmlab::policy::ebm::GradPenaltyConfig {
+                enabled: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        inference: ebmlab::policy::InferenceConfig {
+            kind: ebmlab::policy::InferenceKind::AutoregressiveDfo,
+            ..Default::default()
+        },
+    };
+    for spec in [ebm, mse, ar] {
         let mut straight = trainer(&spec, &demos);
         for _ in 0..8 {
             straight.train_step();

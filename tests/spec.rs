@@ -292,7 +292,15 @@ fn the_task_kind_chooses_the_task_keys_and_defaults() {
 #[test]
 fn shipped_experiments_load() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
-    for name in ["base", "particle_ibc", "particle_mse", "quickstart"] {
+    for name in [
+        "base",
+        "particle_ibc",
+        "particle_mse",
+        "quickstart",
+        "sweep_small",
+        "particle_nd",
+        "particle_nd_cpu",
+    ] {
         let spec = load(&root.join(format!("{name}.toml")), &[], &[])
             .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert!(!spec.name.is_empty());
@@ -308,6 +316,19 @@ fn shipped_experiments_load() {
         ),
         (100_000, 512, 8, 100, 16_384)
     );
+    // The N-D study: 5 dimensions x 4 methods x 3 seeds, its CPU version 4 x 4 x 1, every
+    // trial a valid spec (an ar_ebm trial is IBC's variant).
+    for (name, count) in [("particle_nd", 60), ("particle_nd_cpu", 16)] {
+        let spec = load(&root.join(format!("{name}.toml")), &[], &[]).unwrap();
+        let trials = ebmlab::spec::expand_trials(&spec).unwrap();
+        assert_eq!(trials.len(), count, "{name}");
+        let kinds: std::collections::BTreeSet<String> =
+            trials.iter().map(|t| t.spec.policy.kind.clone()).collect();
+        assert_eq!(
+            kinds.into_iter().collect::<Vec<_>>(),
+            ["ar_ebm", "ebm", "mse"]
+        );
+    }
     assert_eq!(
         load(&root.join("particle_mse.toml"), &[], &[])
             .unwrap()

@@ -24,10 +24,11 @@ pub struct EvalArgs {
     /// Base seed of the episodes (the trial's `eval.seed` by default).
     #[arg(long)]
     seed: Option<u64>,
-    /// How the EBM picks actions.
-    #[arg(long, value_parser = ["dfo", "langevin"])]
+    /// How the EBM picks actions (`autoregressive_dfo` is the only way of an `ar_ebm`).
+    #[arg(long, value_parser = ["dfo", "langevin", "autoregressive_dfo"])]
     inference: Option<String>,
-    /// DFO samples (or Langevin samples with --inference langevin).
+    /// DFO samples (per dimension with autoregressive DFO; Langevin samples with
+    /// --inference langevin).
     #[arg(long)]
     samples: Option<i64>,
     /// One PNG per episode.
@@ -85,21 +86,27 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let device = parse_device(&args.device)?.resolve()?;
     let mut policy = LoadedPolicy::load(&checkpoint, device)?;
     check_shapes(&task_config, task.info(), policy.spec())?;
-    if let PolicySpec::Ebm { inference, .. } = policy.spec_mut() {
+    if let Some(inference) = policy.spec_mut().inference_mut() {
         if let Some(kind) = &args.inference {
-            inference.kind = if kind == "langevin" {
-                InferenceKind::Langevin
-            } else {
-                InferenceKind::Dfo
+            inference.kind = match kind.as_str() {
+                "langevin" => InferenceKind::Langevin,
+                "autoregressive_dfo" => InferenceKind::AutoregressiveDfo,
+                _ => InferenceKind::Dfo,
             };
         }
         if let Some(samples) = args.samples {
             match inference.kind {
-                InferenceKind::Dfo => inference.samples = samples,
+                InferenceKind::Dfo | InferenceKind::AutoregressiveDfo => {
+                    inference.samples = samples
+                }
                 InferenceKind::Langevin => inference.langevin_samples = samples,
             }
         }
     }
+    policy
+        .spec()
+        .check()
+        .context("--inference does not fit the checkpoint's policy")?;
     let seed = args
         .seed
         .or(spec.as_ref().map(|s| s.eval.seed))

@@ -24,6 +24,8 @@ impl LoadedPolicy {
     pub fn load(checkpoint: &VerifiedCheckpoint, device: Device) -> Result<Self> {
         let files = checkpoint.files();
         let (spec, normalizer) = read_run_files(files.dir())?;
+        spec.check()
+            .with_context(|| format!("{}: the policy it names", files.dir().display()))?;
         let mut vs = nn::VarStore::new(device);
         let net = PolicyNet::build(&vs, &spec);
         vs.load(&files.model)
@@ -117,6 +119,10 @@ impl PolicyView<'_> {
         let actions = tch::no_grad(|| match (self.net, self.spec) {
             (PolicyNet::Ebm(model), PolicySpec::Ebm { inference, .. }) => {
                 infer_actions(model, &obs, self.bounds, inference)
+            }
+            (PolicyNet::ArEbm(model), PolicySpec::ArEbm { inference, .. }) => {
+                let rows = inference.rows_per_pass(self.device);
+                model.infer(&obs, self.bounds, &inference.dfo(), rows)
             }
             (PolicyNet::Mse(model), PolicySpec::Mse { .. }) => {
                 self.bounds.clip(&model.forward(&obs, false))

@@ -12,6 +12,9 @@ pub enum InferenceKind {
     Dfo,
     /// Uniform samples refined by Langevin, then the lowest energy (IBC's Langevin config).
     Langevin,
+    /// DFO one action dimension at a time, each with its own energy model (`ar_ebm`
+    /// policies only; `samples`, `iters`, noise and temperature apply per dimension).
+    AutoregressiveDfo,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,6 +121,9 @@ pub fn infer_actions(
         })
     };
     let actions = match cfg.kind {
+        InferenceKind::AutoregressiveDfo => {
+            unreachable!("autoregressive DFO needs an ar_ebm policy (checked with the spec)")
+        }
         InferenceKind::Dfo => dfo_minimize(batch, action_dim, bounds, &cfg.dfo(), energy),
         InferenceKind::Langevin => {
             let langevin_cfg = LangevinConfig {

@@ -1,5 +1,5 @@
-//! Policies: the implicit energy-based policy and the explicit MSE baseline, chosen by
-//! `kind` in the spec.
+//! Policies: the implicit energy-based policy, its autoregressive form (one energy model per
+//! action dimension) and the explicit MSE baseline, chosen by `kind` in the spec.
 
 mod acting;
 pub mod ebm;
@@ -17,7 +17,7 @@ use tch::nn;
 
 pub use resnet::NetConfig;
 
-use ebm::{EbmLossConfig, SequenceEbm};
+use ebm::{AutoregressiveEbm, EbmLossConfig, NegativeKind, SequenceEbm};
 use mse::MsePolicyNet;
 
 /// Everything that defines a policy's network, objective and way of acting.
@@ -25,6 +25,12 @@ use mse::MsePolicyNet;
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PolicySpec {
     Ebm {
+        net: NetConfig,
+        loss: EbmLossConfig,
+        inference: InferenceConfig,
+    },
+    /// One energy model per action dimension, acting by autoregressive DFO (IBC B.2).
+    ArEbm {
         net: NetConfig,
         loss: EbmLossConfig,
         inference: InferenceConfig,
@@ -38,15 +44,72 @@ impl PolicySpec {
     pub fn kind(&self) -> &'static str {
         match self {
             PolicySpec::Ebm { .. } => "ebm",
+            PolicySpec::ArEbm { .. } => "ar_ebm",
             PolicySpec::Mse { .. } => "mse",
         }
     }
 
     /// Observation window length, observation size and action size the network expects.
     pub fn shapes(&self) -> (i64, i64, i64) {
+        let net = self.net();
+        (net.obs_seq_len, net.obs_dim, net.action_dim)
+    }
+
+    pub fn net(&self) -> &NetConfig {
         match self {
-            PolicySpec::Ebm { net, .. } => (net.obs_seq_len, net.obs_dim, net.action_dim),
-            PolicySpec::Mse { net } => (net.obs_seq_len, net.obs_dim, net.action_dim),
+            PolicySpec::Ebm { net, .. }
+            | PolicySpec::ArEbm { net, .. }
+            | PolicySpec::Mse { net } => net,
+        }
+    }
+
+    /// Combinations the types allow but no policy can act on; errors name the spec key.
+    pub fn check(&self) -> anyhow::Result<()> {
+        use anyhow::ensure;
+        match self {
+            PolicySpec::Ebm { inference, .. } => ensure!(
+                inference.kind != InferenceKind::AutoregressiveDfo,
+                "eval.inference: autoregressive_dfo needs policy.kind = \"ar_ebm\" (one energy \
+                 model per action dimension)"
+            ),
+            PolicySpec::ArEbm {
+                net,
+                loss,
+                inference,
+            } => {
+                ensure!(
+                    inference.kind == InferenceKind::AutoregressiveDfo,
+                    "eval.inference: an ar_ebm policy acts by autoregressive_dfo, not {:?}",
+                    inference.kind
+                );
+                ensure!(
+                    loss.negatives.kind == NegativeKind::Uniform,
+                    "train.negatives.kind: an ar_ebm policy trains on uniform counter-examples \
+                     of each dimension (IBC appendix B.2); set it to \"uniform\""
+                );
+                ensure!(
+                    !loss.grad_penalty.enabled,
+                    "train.grad_penalty.enabled: an ar_ebm policy trains with InfoNCE alone \
+                     (IBC appendix B.2); set it to false"
+                );
+                ensure!(
+                    ebm::packable(net),
+                    "policy.layer_norm, policy.dropout: ar_ebm models are plain residual MLPs \
+                     (no LayerNorm, no dropout)"
+                );
+            }
+            PolicySpec::Mse { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// How an energy-based policy acts (none for the explicit one).
+    pub fn inference_mut(&mut self) -> Option<&mut InferenceConfig> {
+        match self {
+            PolicySpec::Ebm { inference, .. } | PolicySpec::ArEbm { inference, .. } => {
+                Some(inference)
+            }
+            PolicySpec::Mse { .. } => None,
         }
     }
 }
@@ -55,6 +118,7 @@ impl PolicySpec {
 #[derive(Debug)]
 pub enum PolicyNet {
     Ebm(SequenceEbm),
+    ArEbm(AutoregressiveEbm),
     Mse(MsePolicyNet),
 }
 
@@ -64,6 +128,9 @@ impl PolicyNet {
         let root = vs.root();
         match spec {
             PolicySpec::Ebm { net, .. } => PolicyNet::Ebm(SequenceEbm::new(&root, net.clone())),
+            PolicySpec::ArEbm { net, .. } => {
+                PolicyNet::ArEbm(AutoregressiveEbm::new(&root, net.clone()))
+            }
             PolicySpec::Mse { net } => PolicyNet::Mse(MsePolicyNet::new(&root, net.clone())),
         }
     }

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 /// One seed's curves: (step, value) points.
@@ -15,11 +17,13 @@ pub struct SeedCurves {
     pub success: Vec<(f64, f64)>,
 }
 
-/// A line of points with 95% intervals: (x, rate, low, high).
+/// A line of points with 95% intervals: (x, rate, low, high), and the published rates of
+/// the same method: (x, rate).
 #[derive(Debug, Clone)]
 pub struct RateSeries {
     pub label: String,
     pub points: Vec<(f64, f64, f64, f64)>,
+    pub published: Vec<(f64, f64)>,
 }
 
 /// One evaluation episode to draw: positions (first two dimensions), the goals, outcome.
@@ -160,72 +164,106 @@ pub fn learning_curves(path: &Path, title: &str, seeds: &[SeedCurves]) -> Result
     })
 }
 
-/// Success rate with 95% intervals against `x_label`, one line per series, IBC's
-/// published points as stars.
+/// Success rate with 95% intervals against `x_label`, one line per series, the published
+/// points as stars in their series' colour; `log_x` for dimensions (2, 4, ..., 32).
 pub fn success_against(
     path: &Path,
     title: &str,
     x_label: &str,
+    log_x: bool,
     series: &[RateSeries],
-    ibc: &[(String, f64, f64)],
 ) -> Result<()> {
     wrap(path, || {
         let root = BitMapBackend::new(path, (760, 480)).into_drawing_area();
         root.fill(&WHITE)?;
-        let xs = series
-            .iter()
-            .flat_map(|s| s.points.iter().map(|p| p.0))
-            .chain(ibc.iter().map(|p| p.1));
+        let xs = series.iter().flat_map(|s| {
+            s.points
+                .iter()
+                .map(|p| p.0)
+                .chain(s.published.iter().map(|p| p.0))
+        });
         let (lo, hi) = range(xs);
-        let pad = (hi - lo).max(1.0) * 0.08;
-        let mut chart = ChartBuilder::on(&root)
+        let mut builder = ChartBuilder::on(&root);
+        builder
             .caption(title, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(36)
-            .y_label_area_size(48)
-            .build_cartesian_2d(lo - pad..hi + pad, 0f64..1.05f64)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc("success rate")
-            .draw()?;
-        for (i, s) in series.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            chart
-                .draw_series(LineSeries::new(
-                    s.points.iter().map(|p| (p.0, p.1)),
-                    color.stroke_width(2),
-                ))?
-                .label(s.label.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-                });
-            chart.draw_series(s.points.iter().map(|&(x, _, l, h)| {
-                ErrorBar::new_vertical(x, l, (l + h) / 2.0, h, color.stroke_width(2), 8)
-            }))?;
-            chart.draw_series(
-                s.points
-                    .iter()
-                    .map(|&(x, y, _, _)| Circle::new((x, y), 4, color.filled())),
-            )?;
-        }
-        if !ibc.is_empty() {
-            chart
-                .draw_series(ibc.iter().map(|(_, x, y)| {
-                    EmptyElement::at((*x, *y)) + Polygon::new(star(), RED.filled())
-                }))?
-                .label("IBC (published)")
-                .legend(|(x, y)| EmptyElement::at((x + 8, y)) + Polygon::new(star(), RED.filled()));
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .draw()?;
+            .y_label_area_size(48);
+        if log_x && lo > 0.0 {
+            let chart = builder
+                .build_cartesian_2d((lo / 1.25..hi * 1.25).log_scale().base(2.0), 0f64..1.05f64)?;
+            draw_rates(chart, x_label, series)
+        } else {
+            let pad = (hi - lo).max(1.0) * 0.08;
+            let chart = builder.build_cartesian_2d(lo - pad..hi + pad, 0f64..1.05f64)?;
+            draw_rates(chart, x_label, series)
+        }?;
         root.present()?;
         Ok(())
     })
+}
+
+fn draw_rates<'a, X>(
+    mut chart: ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, RangedCoordf64>>,
+    x_label: &str,
+    series: &[RateSeries],
+) -> Fallible
+where
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc("success rate")
+        .draw()?;
+    for (i, s) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                s.points.iter().map(|p| (p.0, p.1)),
+                color.stroke_width(2),
+            ))?
+            .label(s.label.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+        chart.draw_series(s.points.iter().map(|&(x, _, l, h)| {
+            ErrorBar::new_vertical(x, l, (l + h) / 2.0, h, color.stroke_width(2), 8)
+        }))?;
+        chart.draw_series(
+            s.points
+                .iter()
+                .map(|&(x, y, _, _)| Circle::new((x, y), 4, color.filled())),
+        )?;
+        chart.draw_series(s.published.iter().map(|&(x, y)| {
+            EmptyElement::at((x, y))
+                + Polygon::new(star(), color.filled())
+                + PathElement::new(closed(star()), BLACK.stroke_width(1))
+        }))?;
+    }
+    if series.iter().any(|s| !s.published.is_empty()) {
+        chart
+            .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())?
+            .label("star: IBC's published rate (same colour, same method)")
+            .legend(|(x, y)| {
+                EmptyElement::at((x + 8, y)) + Polygon::new(star(), BLACK.mix(0.6).filled())
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()?;
+    Ok(())
+}
+
+/// A polygon's outline as a closed path.
+fn closed(mut points: Vec<(i32, i32)>) -> Vec<(i32, i32)> {
+    if let Some(&first) = points.first() {
+        points.push(first);
+    }
+    points
 }
 
 /// A five-pointed star in pixel offsets.

@@ -2,6 +2,7 @@
 //! published numbers, made from the results database alone (so a report can be made while
 //! a sweep still runs; unfinished trials are marked).
 
+mod agreement;
 mod figures;
 mod model;
 mod render;
@@ -182,6 +183,7 @@ fn experiment_section(
     }
     let section = ExperimentSection {
         name: rows.name.clone(),
+        beside_ibc: agreement::method_sentences(&trials, baselines),
         settings,
         trials,
         figures,
@@ -261,8 +263,9 @@ fn learning_curves(
     Ok(figures)
 }
 
-/// Success against a swept numeric key (the task's dimension when none is swept), per
-/// policy, pooled over seeds, with IBC's points where the key is the dimension.
+/// Success against the task's dimension when trials differ in it (else a swept numeric
+/// key), one line per method pooled over seeds, with the published number of the same
+/// method at each dimension as a star in the line's colour.
 fn success_figure(
     rows: &ExperimentRows,
     trials: &[TrialDigest],
@@ -270,8 +273,14 @@ fn success_figure(
     baselines: &[Baseline],
     out: &Path,
 ) -> Result<Option<Figure>> {
-    let key = swept_numeric_key(trials).unwrap_or_else(|| DIMENSION_KEY.to_owned());
-    let mut pooled: BTreeMap<(String, i64), (i64, i64, f64)> = BTreeMap::new();
+    let dims_vary = trials.iter().any(|t| t.n_dim != trials[0].n_dim);
+    let key = if dims_vary {
+        DIMENSION_KEY.to_owned()
+    } else {
+        swept_numeric_key(trials).unwrap_or_else(|| DIMENSION_KEY.to_owned())
+    };
+    // (method, x) -> successes, episodes, x, a trial of it
+    let mut pooled: BTreeMap<(String, i64), (i64, i64, f64, &TrialDigest)> = BTreeMap::new();
     for t in trials {
         let x = if key == DIMENSION_KEY {
             Some(t.n_dim as f64)
@@ -281,56 +290,50 @@ fn success_figure(
         let (Some((s, n)), Some(x)) = (t.final_step_success, x) else {
             continue;
         };
-        let label = match &t.variant {
-            Some(v) => format!("{} ({v})", t.policy),
-            None => t.policy.clone(),
-        };
-        let entry = pooled.entry((label, (x * 1e6) as i64)).or_insert((0, 0, x));
+        let entry = pooled
+            .entry((t.method(), (x * 1e6) as i64))
+            .or_insert((0, 0, x, t));
         entry.0 += s;
         entry.1 += n;
     }
     let mut series: BTreeMap<String, RateSeries> = BTreeMap::new();
-    for ((label, _), (s, n, x)) in &pooled {
+    for ((label, _), (s, n, x, t)) in &pooled {
         let Some((rate, lo, hi)) = pooled_success(*s, *n) else {
             continue;
         };
-        series
-            .entry(label.clone())
-            .or_insert_with(|| RateSeries {
-                label: label.clone(),
-                points: Vec::new(),
-            })
-            .points
-            .push((*x, rate, lo, hi));
+        let line = series.entry(label.clone()).or_insert_with(|| RateSeries {
+            label: label.clone(),
+            points: Vec::new(),
+            published: Vec::new(),
+        });
+        line.points.push((*x, rate, lo, hi));
+        if key == DIMENSION_KEY {
+            if let Some(ibc) =
+                matching_baseline(baselines, &t.task, &t.policy, t.variant.as_deref(), t.n_dim)
+            {
+                line.published.push((*x, ibc.success_rate));
+            }
+        }
     }
     if series.is_empty() {
         return Ok(None);
     }
-    let ibc: Vec<(String, f64, f64)> = if key == DIMENSION_KEY {
-        baselines
-            .iter()
-            .filter(|b| {
-                trials
-                    .iter()
-                    .any(|t| t.policy == b.method && t.task == b.task)
-            })
-            .filter_map(|b| Some((b.source.clone(), b.n_dim as f64, b.success_rate?)))
-            .filter(|(_, x, _)| pooled.values().any(|p| (p.2 - x).abs() < 1e-9))
-            .collect()
-    } else {
-        Vec::new()
-    };
     let series: Vec<RateSeries> = series.into_values().collect();
     let file = format!("figures/{}-success-vs-{}.png", slug(&rows.name), slug(&key));
+    let label = if key == DIMENSION_KEY {
+        "N (action dimensions)"
+    } else {
+        &key
+    };
     figures::success_against(
         &out.join(&file),
-        &format!("{}: success against {key}", rows.name),
-        &key,
+        &format!("{}: success against {label}", rows.name),
+        label,
+        key == DIMENSION_KEY,
         &series,
-        &ibc,
     )?;
     Ok(Some(Figure {
-        title: format!("Success against {key}"),
+        title: format!("Success against {label}"),
         file,
     }))
 }

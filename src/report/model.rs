@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::eval::{wilson_interval, Z95};
 use crate::policy::ebm::NegativeKind;
+use crate::policy::InferenceKind;
 use crate::spec::{describe_settings, Spec};
 use crate::store::{Baseline, CurvePoint, ReportEvaluation, ReportTrial, TrialStatus};
 
@@ -134,13 +135,7 @@ pub fn digest_trials(rows: &ExperimentRows) -> Result<Vec<TrialDigest>> {
                         .then(b.step.cmp(&a.step))
                 })
                 .map(|e| (e.step, e.success_rate));
-            let variant = (spec.policy.kind == "ebm").then(|| {
-                match spec.train.negatives.kind {
-                    NegativeKind::Langevin => "langevin",
-                    NegativeKind::Uniform => "uniform",
-                }
-                .to_owned()
-            });
+            let variant = method_variant(&spec);
             let task = spec
                 .task
                 .build()
@@ -169,9 +164,40 @@ pub fn digest_trials(rows: &ExperimentRows) -> Result<Vec<TrialDigest>> {
         .collect()
 }
 
-/// The IBC number to put beside a setting: same task dimension and method with a stated
-/// success rate, preferring the same EBM variant (IBC's DFO-trained EBM uses uniform
-/// counter-examples) and a source with a step count.
+/// How an energy-based trial trains and acts, named as the `baselines` table names the
+/// pairings IBC ran: `langevin` (Langevin counter-examples and Langevin inference) and
+/// `uniform` (uniform counter-examples and DFO inference: IBC's `dfo`). Other pairings
+/// name both halves and match no published number.
+pub fn method_variant(spec: &Spec) -> Option<String> {
+    if spec.policy.kind != "ebm" {
+        return None;
+    }
+    let inference = match spec.eval.inference {
+        InferenceKind::Dfo => "DFO",
+        InferenceKind::Langevin => "Langevin",
+        InferenceKind::AutoregressiveDfo => "autoregressive DFO",
+    };
+    Some(match (spec.train.negatives.kind, spec.eval.inference) {
+        (NegativeKind::Langevin, InferenceKind::Langevin) => "langevin".to_owned(),
+        (NegativeKind::Uniform, InferenceKind::Dfo) => "uniform".to_owned(),
+        (NegativeKind::Langevin, _) => format!("langevin negatives, {inference} inference"),
+        (NegativeKind::Uniform, _) => format!("uniform negatives, {inference} inference"),
+    })
+}
+
+impl TrialDigest {
+    /// The method as figures and sentences name it: the policy and its variant.
+    pub fn method(&self) -> String {
+        match &self.variant {
+            Some(v) => format!("{} ({v})", self.policy),
+            None => self.policy.clone(),
+        }
+    }
+}
+
+/// The IBC number to put beside a setting: same task, dimension, method and variant (the
+/// same training and inference, so like is compared with like) with a stated success
+/// rate, preferring a source with a step count.
 pub fn matching_baseline(
     baselines: &[Baseline],
     task: &str,
@@ -183,8 +209,8 @@ pub fn matching_baseline(
     baselines
         .iter()
         .filter(|b| b.task == task && b.n_dim == n_dim as i64 && b.method == policy)
-        .filter(|b| b.success_rate.is_some())
-        .min_by_key(|b| (b.variant.as_deref() != wanted, b.steps.is_none()))
+        .filter(|b| b.success_rate.is_some() && b.variant.as_deref() == wanted)
+        .min_by_key(|b| b.steps.is_none())
         .map(|b| IbcNumber {
             source: b.source.clone(),
             success_rate: b.success_rate.unwrap_or_default(),
@@ -349,9 +375,16 @@ mod tests {
         ];
         let ebm = matching_baseline(&all, "particle", "ebm", Some("langevin"), 2).unwrap();
         assert_eq!((ebm.success_rate, ebm.steps), (0.96, Some(10_000)));
-        // No DFO-trained number at 2-D: the Langevin one stands in, labelled by its variant.
-        let uniform = matching_baseline(&all, "particle", "ebm", Some("uniform"), 2).unwrap();
-        assert_eq!(uniform.variant.as_deref(), Some("langevin"));
+        // No DFO-trained number at 2-D, and the Langevin-trained one is another method.
+        assert!(matching_baseline(&all, "particle", "ebm", Some("uniform"), 2).is_none());
+        assert!(matching_baseline(
+            &all,
+            "particle",
+            "ebm",
+            Some("langevin negatives, DFO inference"),
+            2
+        )
+        .is_none());
         assert_eq!(
             matching_baseline(&all, "particle", "mse", None, 2)
                 .unwrap()

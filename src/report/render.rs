@@ -26,6 +26,8 @@ pub struct ExperimentSection {
     pub settings: Vec<SettingRow>,
     pub trials: Vec<TrialDigest>,
     pub figures: Vec<Figure>,
+    /// A sentence per method: where it agrees with IBC and where not.
+    pub beside_ibc: Vec<String>,
     pub notes: Vec<String>,
 }
 
@@ -188,7 +190,8 @@ pub fn markdown(report: &Report) -> String {
         out,
         "Generated {} from `{}`. Success is pooled over the final evaluations' episodes of the \
          completed trials of a setting, with its Wilson 95% interval; the IBC column is the \
-         closest published number (`baselines` table) and the difference is in percentage points.\n",
+         published number of the same method, trained and acting alike (`baselines` table), \
+         and the difference is in percentage points.\n",
         report.generated, report.database
     );
     if !report.comparison.is_empty() {
@@ -204,6 +207,13 @@ pub fn markdown(report: &Report) -> String {
         let _ = writeln!(out, "## {}\n", e.name);
         let rows: Vec<_> = e.settings.iter().map(|r| setting_cells(r, false)).collect();
         md_table(&mut out, &HEADER, &rows);
+        if !e.beside_ibc.is_empty() {
+            let _ = writeln!(out, "### Beside IBC\n");
+            for sentence in &e.beside_ibc {
+                let _ = writeln!(out, "- {sentence}");
+            }
+            out.push('\n');
+        }
         for note in &e.notes {
             let _ = writeln!(out, "- {note}");
         }
@@ -272,7 +282,8 @@ pub fn html(report: &Report, dir: &Path) -> String {
         out,
         "<p>Generated {} from <code>{}</code>. Success is pooled over the final evaluations' \
          episodes of the completed trials of a setting, with its Wilson 95% interval; the IBC \
-         column is the closest published number and the difference is in percentage points.</p>",
+         column is the published number of the same method, trained and acting alike, and the \
+         difference is in percentage points.</p>",
         html_escape(&report.generated),
         html_escape(&report.database)
     );
@@ -289,6 +300,13 @@ pub fn html(report: &Report, dir: &Path) -> String {
         let _ = writeln!(out, "<h2>{}</h2>", html_escape(&e.name));
         let rows: Vec<_> = e.settings.iter().map(|r| setting_cells(r, false)).collect();
         html_table(&mut out, &HEADER, &rows);
+        if !e.beside_ibc.is_empty() {
+            out.push_str("<h3>Beside IBC</h3><ul>");
+            for sentence in &e.beside_ibc {
+                let _ = write!(out, "<li>{}</li>", html_escape(sentence));
+            }
+            out.push_str("</ul>");
+        }
         if !e.notes.is_empty() {
             out.push_str("<ul>");
             for note in &e.notes {

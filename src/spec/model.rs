@@ -88,7 +88,8 @@ impl Default for DataSpec {
     }
 }
 
-/// `[policy]`: which policy (`ebm` or `mse`) and its network.
+/// `[policy]`: which policy (`ebm`, `ar_ebm`: one energy model per action dimension, or
+/// `mse`) and its network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicySection {
@@ -297,18 +298,24 @@ impl Spec {
             dropout: p.dropout,
             layer_norm: p.layer_norm,
         };
-        Ok(if p.kind == "mse" {
-            PolicySpec::Mse { net }
-        } else {
-            PolicySpec::Ebm {
+        let loss = EbmLossConfig {
+            temperature: self.train.temperature,
+            negatives: self.train.negatives.clone(),
+            grad_penalty: self.train.grad_penalty.clone(),
+        };
+        let inference = self.eval.inference();
+        Ok(match p.kind.as_str() {
+            "mse" => PolicySpec::Mse { net },
+            "ar_ebm" => PolicySpec::ArEbm {
                 net,
-                loss: EbmLossConfig {
-                    temperature: self.train.temperature,
-                    negatives: self.train.negatives.clone(),
-                    grad_penalty: self.train.grad_penalty.clone(),
-                },
-                inference: self.eval.inference(),
-            }
+                loss,
+                inference,
+            },
+            _ => PolicySpec::Ebm {
+                net,
+                loss,
+                inference,
+            },
         })
     }
 }

@@ -4,7 +4,7 @@ use anyhow::{bail, ensure, Result};
 
 use super::model::Spec;
 
-pub const POLICY_KINDS: &[&str] = &["ebm", "mse"];
+pub const POLICY_KINDS: &[&str] = &["ebm", "ar_ebm", "mse"];
 
 pub fn validate(spec: &Spec) -> Result<()> {
     ensure!(
@@ -66,6 +66,7 @@ pub fn validate(spec: &Spec) -> Result<()> {
         "policy.dropout must be in [0, 1), got {}",
         spec.policy.dropout
     );
+    spec.policy_spec()?.check()?;
     parse_device(&spec.resources.device)?;
     for (key, values) in &spec.sweep {
         ensure!(

@@ -30,7 +30,9 @@ impl PackMember {
     fn loss_config(&self) -> &EbmLossConfig {
         match &self.spec {
             PolicySpec::Ebm { loss, .. } => loss,
-            PolicySpec::Mse { .. } => unreachable!("only energy models pack"),
+            PolicySpec::ArEbm { .. } | PolicySpec::Mse { .. } => {
+                unreachable!("only energy models of one network pack")
+            }
         }
     }
 
@@ -82,7 +84,7 @@ impl PackedTrainer {
                 bail!("pack member {k} has another shape than member 0: {shape}");
             }
         }
-        let net = net_config(&members[0].spec).clone();
+        let net = members[0].spec.net().clone();
         let states: Vec<Vec<(String, Tensor)>> = members
             .iter()
             .map(|m| fresh_weights(&net, m.optim.seed, device))
@@ -290,12 +292,6 @@ impl PackedTrainer {
         self.adam
             .retain_members(&keep, self.model.named_parameters());
         self.bounds = stacked_bounds(&self.members, self.device);
-    }
-}
-
-fn net_config(spec: &PolicySpec) -> &NetConfig {
-    match spec {
-        PolicySpec::Ebm { net, .. } | PolicySpec::Mse { net } => net,
     }
 }
 

@@ -15,7 +15,7 @@ use super::adam::Adam;
 use super::schedule::LrSchedule;
 use crate::checkpoint::{self, write_run_files, SavedCheckpoint, VerifiedCheckpoint};
 use crate::data::{Normalizer, Windows};
-use crate::policy::ebm::{ebm_loss, Bounds};
+use crate::policy::ebm::{ar_ebm_loss, ebm_loss, Bounds, EbmLoss};
 use crate::policy::{PolicyNet, PolicySpec, PolicyView};
 use crate::task::derive_seed;
 
@@ -171,14 +171,10 @@ impl Trainer {
         // `double_value` would be a device synchronisation on a GPU.
         let (loss, parts) = match (&self.net, &self.spec) {
             (PolicyNet::Ebm(model), PolicySpec::Ebm { loss, .. }) => {
-                let l = ebm_loss(model, &obs, &actions, &self.bounds, loss);
-                let parts = [
-                    l.info_nce.detach(),
-                    l.grad_penalty.detach(),
-                    l.energy_positive,
-                    l.energy_negative,
-                ];
-                (l.total, parts)
+                with_parts(ebm_loss(model, &obs, &actions, &self.bounds, loss))
+            }
+            (PolicyNet::ArEbm(model), PolicySpec::ArEbm { loss, .. }) => {
+                with_parts(ar_ebm_loss(model, &obs, &actions, &self.bounds, loss))
             }
             (PolicyNet::Mse(model), PolicySpec::Mse { .. }) => {
                 let zero = || Tensor::zeros([], (Kind::Float, device));
@@ -255,6 +251,17 @@ impl Trainer {
         self.step = files.step;
         Ok(())
     }
+}
+
+/// An energy model's loss and its logged parts (InfoNCE, penalty, mean energies).
+fn with_parts(l: EbmLoss) -> (Tensor, [Tensor; 4]) {
+    let parts = [
+        l.info_nce.detach(),
+        l.grad_penalty.detach(),
+        l.energy_positive,
+        l.energy_negative,
+    ];
+    (l.total, parts)
 }
 
 /// libtorch takes a non-negative i64 seed.

@@ -14,7 +14,7 @@
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
-use super::{Bounds, DfoConfig, PackedEbm};
+use super::{Bounds, DfoConfig, EbmLoss, EbmLossConfig, PackedEbm};
 use crate::policy::{NetConfig, Precision};
 
 #[derive(Debug)]
@@ -35,14 +35,12 @@ impl AutoregressiveEbm {
                 lo: -bound,
                 up: bound,
             };
+            let layer = name.split('.').fold(p.clone(), |path, part| path / part);
             named.push((
                 format!("{name}.weight"),
-                p.var(&format!("{name}.weight"), &[m, out, fan_in], init),
+                layer.var("weight", &[m, out, fan_in], init),
             ));
-            named.push((
-                format!("{name}.bias"),
-                p.var(&format!("{name}.bias"), &[m, out], init),
-            ));
+            named.push((format!("{name}.bias"), layer.var("bias", &[m, out], init)));
         };
         linear("projection", inputs, cfg.hidden);
         for i in 0..cfg.blocks {
@@ -71,9 +69,22 @@ impl AutoregressiveEbm {
             .view([m, 1, 1, m])
     }
 
+    /// Energies `[m, B, N]` of every model for full action vectors `candidates`
+    /// `[m, B, N, m]` (model j's row j), given observation windows `(B, S, D)`: model j
+    /// sees the candidate's values up to j only.
+    pub fn energies(&self, obs: &Tensor, candidates: &Tensor) -> Tensor {
+        let m = self.dims();
+        let context = self
+            .models
+            .observation_context(&obs.unsqueeze(0).expand([m, -1, -1, -1], false));
+        self.models
+            .energies(&context, &(candidates * self.prefix_mask(obs.device())))
+    }
+
     /// InfoNCE of every model at once: `obs` `(B, S, D)`, demonstrated `actions` `(B, m)`,
-    /// counter-examples `negatives` `(m, B, N)` (model j's values of dimension j). Returns
-    /// the per-model losses `[m]` and energies `[m, B, N + 1]` (positive last).
+    /// counter-examples `negatives` `(m, B, N)` (model j's values of dimension j, the true
+    /// values of the dimensions before it kept). Returns the per-model losses `[m]` and
+    /// energies `[m, B, N + 1]` (positive last).
     pub fn losses(
         &self,
         obs: &Tensor,
@@ -83,11 +94,8 @@ impl AutoregressiveEbm {
     ) -> (Tensor, Tensor) {
         let (m, b, n) = (self.dims(), actions.size()[0], negatives.size()[2]);
         let device = actions.device();
-        let context = self
-            .models
-            .observation_context(&obs.unsqueeze(0).expand([m, -1, -1, -1], false));
-        // Model j's candidates: the true values before j, the value under test at j, zeros
-        // after j.
+        // Model j's candidates: the true values before j, the value under test at j (the
+        // mask zeroes those after j).
         let truth = actions.view([1, b, 1, m]).expand([m, b, n + 1, m], false);
         let tested = Tensor::cat(
             &[
@@ -98,8 +106,8 @@ impl AutoregressiveEbm {
         )
         .unsqueeze(3); // [m, B, N + 1, 1]
         let own = Tensor::eye(m, (Kind::Float, device)).view([m, 1, 1, m]);
-        let candidates = (&truth * (1.0 - &own) + &tested * &own) * self.prefix_mask(device);
-        let energies = self.models.energies(&context, &candidates);
+        let candidates = &truth * (1.0 - &own) + &tested * &own;
+        let energies = self.energies(obs, &candidates);
         let losses = -(-&energies / temperature)
             .log_softmax(-1, Kind::Float)
             .select(2, n)
@@ -137,6 +145,32 @@ impl AutoregressiveEbm {
             }
             chosen
         })
+    }
+}
+
+/// The autoregressive objective of one batch: per-model InfoNCE against `count`
+/// counter-examples of its own dimension, uniform in that dimension's bounds (IBC B.2:
+/// InfoNCE alone, no gradient penalty). The total is the sum over models, so each model
+/// gets the gradient of its own loss. Counter-examples are drawn as `[m, B, count]`.
+pub fn ar_ebm_loss(
+    model: &AutoregressiveEbm,
+    obs: &Tensor,
+    actions: &Tensor,
+    bounds: &Bounds,
+    cfg: &EbmLossConfig,
+) -> EbmLoss {
+    let (m, b, n) = (model.dims(), actions.size()[0], cfg.negatives.count);
+    let u = Tensor::rand([m, b, n], (Kind::Float, actions.device()));
+    let low = bounds.low.view([m, 1, 1]);
+    let negatives = &low + u * (bounds.high.view([m, 1, 1]) - &low);
+    let (losses, energies) = model.losses(obs, actions, &negatives, cfg.temperature);
+    let nce = losses.sum(Kind::Float);
+    EbmLoss {
+        total: nce.shallow_clone(),
+        energy_positive: energies.select(2, n).mean(Kind::Float).detach(),
+        energy_negative: energies.narrow(2, 0, n).mean(Kind::Float).detach(),
+        info_nce: nce,
+        grad_penalty: Tensor::zeros([], (Kind::Float, actions.device())),
     }
 }
 

@@ -8,7 +8,7 @@ mod loss;
 mod model;
 mod packed;
 
-pub use autoregressive::{dfo_dimension, AutoregressiveEbm};
+pub use autoregressive::{ar_ebm_loss, dfo_dimension, AutoregressiveEbm};
 pub use dfo::{dfo_minimize, DfoConfig};
 pub use langevin::{langevin, langevin_with_noise, packed_langevin, Bounds, LangevinConfig};
 pub use loss::{gradient_penalty, info_nce, GradNorm, GradPenaltyConfig};
