@@ -57,7 +57,9 @@ fn sentence(
     baselines: &[Baseline],
 ) -> String {
     let (mut agree, mut differ, mut unpublished) = (Vec::new(), Vec::new(), Vec::new());
+    let mut tested = Vec::new();
     for p in points {
+        tested.push(p.n_dim);
         let Some((rate, low, high)) = pooled_success(p.successes, p.episodes) else {
             continue;
         };
@@ -105,13 +107,23 @@ fn sentence(
         .variant
         .as_deref()
         .map(|v| if v == "uniform" { "dfo" } else { v });
-    let mut claims: Vec<String> = baselines
+    // Claims made at a dimension within the range studied, each once.
+    let (lowest, highest) = (
+        tested.first().copied().unwrap_or(0),
+        tested.last().copied().unwrap_or(0),
+    );
+    let mut claims: Vec<String> = Vec::new();
+    for b in baselines
         .iter()
         .filter(|b| b.task == first.task && b.method == first.policy)
         .filter(|b| b.success_rate.is_none() && b.variant.as_deref() == wanted)
-        .map(|b| format!("{} ({})", b.note, b.source))
-        .collect();
-    claims.dedup();
+        .filter(|b| (lowest as i64..=highest as i64).contains(&b.n_dim))
+    {
+        let claim = format!("{} ({})", b.note, b.source);
+        if !claims.contains(&claim) {
+            claims.push(claim);
+        }
+    }
     let mut text = format!("{method}: {}.", parts.join("; "));
     if !claims.is_empty() {
         text.push_str(&format!(" IBC states: {}.", claims.join("; ")));
