@@ -122,6 +122,11 @@ pub(crate) fn record(
     }
 }
 
+/// A precision as the spec spells it.
+pub(crate) fn precision_name(precision: Precision) -> String {
+    format!("{precision:?}").to_lowercase()
+}
+
 /// The IBC/seed particle EBM (256 x 1 block, no normalization) for 2-D.
 pub(crate) fn ibc_spec(opts: &BenchOptions) -> PolicySpec {
     PolicySpec::Ebm {
@@ -210,16 +215,22 @@ pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()
             bail!("the benchmark policy is an EBM");
         };
         let bounds = Bounds::new(&[-1.0, -1.0], &[1.0, 1.0], opts.device);
-        for &batch in &opts.dfo_batches {
-            let obs = Tensor::randn([batch, 2, 8], (Kind::Float, opts.device));
-            let times = time_ms(opts.device, opts.warmup, opts.repeats, || {
-                let _ = infer_actions(model, &obs, &bounds, inference);
-            });
-            let config = json!({
-                "batch": batch, "samples": opts.dfo_samples, "iters": opts.dfo_iters,
-                "hidden": opts.hidden,
-            });
-            emit(&record("dfo", opts.device, config, times));
+        for &precision in &opts.precisions {
+            let inference = InferenceConfig {
+                precision,
+                ..inference.clone()
+            };
+            for &batch in &opts.dfo_batches {
+                let obs = Tensor::randn([batch, 2, 8], (Kind::Float, opts.device));
+                let times = time_ms(opts.device, opts.warmup, opts.repeats, || {
+                    let _ = infer_actions(model, &obs, &bounds, &inference);
+                });
+                let config = json!({
+                    "batch": batch, "samples": opts.dfo_samples, "iters": opts.dfo_iters,
+                    "hidden": opts.hidden, "precision": precision_name(precision),
+                });
+                emit(&record("dfo", opts.device, config, times));
+            }
         }
     }
     let eval_config = json!({
@@ -227,20 +238,25 @@ pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()
         "samples": opts.eval_samples, "iters": opts.dfo_iters, "n_steps": 50, "n_dim": 2,
     });
     if opts.eval {
-        let mut spec = ibc_spec(opts);
-        if let PolicySpec::Ebm { net, inference, .. } = &mut spec {
-            net.hidden = opts.eval_hidden;
-            inference.samples = opts.eval_samples;
-        }
-        // Untrained weights of the same shape: the work is that of a trained policy.
-        let policy = build_trainer(opts, spec)?;
         let task = TaskConfig::default().build()?;
         let seeds = episode_seeds(0, opts.eval_episodes);
-        // A whole evaluation warms caches well enough after one run.
-        let times = time_ms(opts.device, opts.warmup.min(1), opts.repeats, || {
-            rollout(task.as_ref(), &policy.policy_view(), &seeds, 0).expect("rollout runs");
-        });
-        emit(&record("eval", opts.device, eval_config.clone(), times));
+        for &precision in &opts.precisions {
+            let mut spec = ibc_spec(opts);
+            if let PolicySpec::Ebm { net, inference, .. } = &mut spec {
+                net.hidden = opts.eval_hidden;
+                inference.samples = opts.eval_samples;
+                inference.precision = precision;
+            }
+            // Untrained weights of the same shape: the work is that of a trained policy.
+            let policy = build_trainer(opts, spec)?;
+            // A whole evaluation warms caches well enough after one run.
+            let times = time_ms(opts.device, opts.warmup.min(1), opts.repeats, || {
+                rollout(task.as_ref(), &policy.policy_view(), &seeds, 0).expect("rollout runs");
+            });
+            let mut config = eval_config.clone();
+            config["precision"] = json!(precision_name(precision));
+            emit(&record("eval", opts.device, config, times));
+        }
     }
     if let Some(python) = &opts.python {
         let mut only = Vec::new();
@@ -262,11 +278,8 @@ pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()
             "train": train_config,
             "dfo": {"batches": opts.dfo_batches, "samples": opts.dfo_samples, "iters": opts.dfo_iters},
             "eval": eval_config,
-            "packed": {
-                "sizes": opts.pack_sizes,
-                "precisions": opts.precisions.iter()
-                    .map(|p| format!("{p:?}").to_lowercase()).collect::<Vec<_>>(),
-            },
+            "precisions": opts.precisions.iter().map(|&p| precision_name(p)).collect::<Vec<_>>(),
+            "packed": {"sizes": opts.pack_sizes},
         });
         let output = Command::new(python)
             .args(["-c", REFERENCE_SCRIPT, &settings.to_string()])

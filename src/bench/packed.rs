@@ -57,7 +57,7 @@ pub fn packed_training(opts: &BenchOptions, emit: &mut impl FnMut(&BenchRecord))
             });
             let config = json!({
                 "members": members,
-                "precision": format!("{precision:?}").to_lowercase(),
+                "precision": super::precision_name(precision),
                 "hidden": opts.hidden, "batch_size": opts.batch_size,
                 "negatives": opts.negatives, "langevin_steps": opts.langevin_steps,
             });

@@ -86,7 +86,7 @@ def dfo(model, obs, samples, iters):
         a = torch.rand(B, samples, 2, device=device) * 2 - 1
         noise = 0.33
         for _ in range(iters):
-            e = model(obs, a)
+            e = model(obs, a).float()
             p = F.softmax(-e, dim=-1)
             idx = torch.multinomial(p, samples, replacement=True)
             a = torch.gather(a, 1, idx.unsqueeze(-1).expand(B, samples, 2))
@@ -130,13 +130,25 @@ if "train_step" in cfg["only"]:
                                      t["negatives"], t["langevin_steps"]),
                   cfg["warmup"], cfg["repeats"])
     emit("train_step", t, times)
+def precision_context(precision):
+    """fp32, TF32 products, or bf16 autocast (products in bf16, softmax in fp32)."""
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 if "dfo" in cfg["only"]:
-    for batch in cfg["dfo"]["batches"]:
-        obs = torch.randn(batch, 2, t["obs_dim"], device=device)
-        times = timed(lambda: dfo(model, obs, cfg["dfo"]["samples"], cfg["dfo"]["iters"]),
-                      cfg["warmup"], cfg["repeats"])
-        emit("dfo", {"batch": batch, "samples": cfg["dfo"]["samples"],
-                     "iters": cfg["dfo"]["iters"], "hidden": t["hidden"]}, times)
+    for precision in cfg["precisions"]:
+        for batch in cfg["dfo"]["batches"]:
+            obs = torch.randn(batch, 2, t["obs_dim"], device=device)
+
+            def dfo_call():
+                with precision_context(precision):
+                    dfo(model, obs, cfg["dfo"]["samples"], cfg["dfo"]["iters"])
+
+            times = timed(dfo_call, cfg["warmup"], cfg["repeats"])
+            emit("dfo", {"batch": batch, "samples": cfg["dfo"]["samples"],
+                         "iters": cfg["dfo"]["iters"], "hidden": t["hidden"],
+                         "precision": precision}, times)
 
 
 def particle_eval(model, episodes, samples, iters, n_steps, n_dim):
@@ -169,10 +181,14 @@ def particle_eval(model, episodes, samples, iters, n_steps, n_dim):
 if "eval" in cfg["only"]:
     e = cfg["eval"]
     eval_model = SequenceEBM(4 * e["n_dim"], e["n_dim"], 2, e["hidden"], 1).to(device)
-    times = timed(lambda: particle_eval(eval_model, e["episodes"], e["samples"], e["iters"],
-                                        e["n_steps"], e["n_dim"]),
-                  min(cfg["warmup"], 1), cfg["repeats"])
-    emit("eval", e, times)
+    for precision in cfg["precisions"]:
+        def eval_call():
+            with precision_context(precision):
+                particle_eval(eval_model, e["episodes"], e["samples"], e["iters"],
+                              e["n_steps"], e["n_dim"])
+
+        times = timed(eval_call, min(cfg["warmup"], 1), cfg["repeats"])
+        emit("eval", dict(e, precision=precision), times)
 
 
 class PackedEBM:
@@ -274,7 +290,7 @@ def packed_bench(k, precision, graphs):
 
 
 if "packed_train" in cfg["only"]:
-    for precision in cfg["packed"]["precisions"]:
+    for precision in cfg["precisions"]:
         for k in cfg["packed"]["sizes"]:
             packed_bench(k, precision, False)
             if device.type == "cuda":

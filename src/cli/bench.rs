@@ -164,10 +164,8 @@ pub fn run_bench(args: BenchArgs) -> Result<ExitCode> {
 }
 
 fn parse_precision(text: &str) -> Result<Precision, String> {
-    match text {
-        "fp32" => Ok(Precision::Fp32),
-        "tf32" => Ok(Precision::Tf32),
-        "bf16" => Ok(Precision::Bf16),
-        other => Err(format!("`{other}`: expected fp32, tf32 or bf16")),
+    match text.parse::<Precision>()? {
+        Precision::Auto => Err("`auto`: name fp32, tf32 or bf16".into()),
+        precision => Ok(precision),
     }
 }

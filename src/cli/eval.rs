@@ -10,7 +10,7 @@ use clap::Args;
 
 use crate::checkpoint::{self, read_task_file, verify, CheckpointFiles};
 use crate::eval::{plot_episodes, rollout, write_episodes_csv, EvalSummary};
-use crate::policy::{InferenceKind, LoadedPolicy, PolicySpec};
+use crate::policy::{InferenceKind, LoadedPolicy, PolicySpec, Precision};
 use crate::spec::{parse_device, EvalSpec, Spec};
 use crate::task::{episode_seeds, TaskConfig};
 
@@ -31,6 +31,10 @@ pub struct EvalArgs {
     /// --inference langevin).
     #[arg(long)]
     samples: Option<i64>,
+    /// What energies are computed in: auto (bf16 on a GPU, fp32 on the CPU), fp32, tf32
+    /// or bf16 (the policy's `eval.precision` by default).
+    #[arg(long)]
+    precision: Option<Precision>,
     /// One PNG per episode.
     #[arg(long)]
     plots: bool,
@@ -94,6 +98,9 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
                 _ => InferenceKind::Dfo,
             };
         }
+        if let Some(precision) = args.precision {
+            inference.precision = precision;
+        }
         if let Some(samples) = args.samples {
             match inference.kind {
                 InferenceKind::Dfo | InferenceKind::AutoregressiveDfo => {
@@ -106,7 +113,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     policy
         .spec()
         .check()
-        .context("--inference does not fit the checkpoint's policy")?;
+        .context("--inference or --precision does not fit the checkpoint's policy")?;
     let seed = args
         .seed
         .or(spec.as_ref().map(|s| s.eval.seed))

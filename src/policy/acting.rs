@@ -122,7 +122,8 @@ impl PolicyView<'_> {
             }
             (PolicyNet::ArEbm(model), PolicySpec::ArEbm { inference, .. }) => {
                 let rows = inference.rows_per_pass(self.device);
-                model.infer(&obs, self.bounds, &inference.dfo(), rows)
+                let precision = inference.precision_on(self.device, model.config());
+                model.infer(&obs, self.bounds, &inference.dfo(), rows, precision)
             }
             (PolicyNet::Mse(model), PolicySpec::Mse { .. }) => {
                 self.bounds.clip(&model.forward(&obs, false))

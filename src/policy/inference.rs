@@ -3,7 +3,10 @@
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::ebm::{dfo_minimize, langevin, Bounds, DfoConfig, LangevinConfig, SequenceEbm};
+use super::ebm::{
+    dfo_minimize, langevin, Bounds, DfoConfig, LangevinConfig, PackedEbm, SequenceEbm,
+};
+use super::{NetConfig, Precision};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -33,6 +36,10 @@ pub struct InferenceConfig {
     /// Candidate rows evaluated in one pass; 0 picks per device (cache-sized pieces are
     /// fastest on a CPU, large ones on a GPU). Bounds memory in big rollout batches.
     pub chunk_rows: i64,
+    /// What the energies are computed in: `auto` is bf16 on a GPU (fp32 with LayerNorm)
+    /// and fp32 on the CPU. Sampling, softmax and the chosen actions stay fp32.
+    #[serde(skip_serializing_if = "Precision::is_auto")]
+    pub precision: Precision,
 }
 
 impl Default for InferenceConfig {
@@ -48,6 +55,7 @@ impl Default for InferenceConfig {
             langevin_samples: 512,
             langevin_steps: 100,
             chunk_rows: 0,
+            precision: Precision::Auto,
         }
     }
 }
@@ -59,6 +67,16 @@ impl InferenceConfig {
             (0, Device::Cpu) => 1 << 12,
             (0, _) => 1 << 20,
             (rows, _) => rows,
+        }
+    }
+
+    /// The precision energies are computed in on `device` for the network `net`: `auto`
+    /// keeps fp32 where bf16 has no path (LayerNorm); an explicit bf16 there is refused
+    /// by `PolicySpec::check`.
+    pub fn precision_on(&self, device: Device, net: &NetConfig) -> Precision {
+        match (self.precision, self.precision.resolve_for_inference(device)) {
+            (Precision::Auto, Precision::Bf16) if net.layer_norm => Precision::Fp32,
+            (_, resolved) => resolved,
         }
     }
 
@@ -104,6 +122,96 @@ pub fn in_row_chunks(
     Tensor::cat(&rows, 0)
 }
 
+/// The energy model as inference computes it: the solo model in fp32 (TF32 where the
+/// precision allows), or its weights cast to bf16 and run as a pack of one.
+enum EnergyModel<'a> {
+    Solo(&'a SequenceEbm),
+    Bf16(PackedEbm),
+}
+
+impl<'a> EnergyModel<'a> {
+    fn new(model: &'a SequenceEbm, precision: Precision) -> Self {
+        if precision != Precision::Bf16 {
+            return Self::Solo(model);
+        }
+        // Dropout is inactive when acting; without LayerNorm the network packs.
+        let cfg = NetConfig {
+            dropout: 0.0,
+            ..model.config().clone()
+        };
+        let weights: Vec<_> = model
+            .named_tensors()
+            .into_iter()
+            .map(|(name, t)| (name, t.detach().to_kind(Kind::BFloat16)))
+            .collect();
+        let pack = PackedEbm::stack(&cfg, Precision::Bf16, &[weights])
+            .expect("a network without LayerNorm is a pack of one");
+        Self::Bf16(pack)
+    }
+
+    /// The observation part of the first layer, `(B, hidden)`.
+    fn context(&self, obs: &Tensor) -> Tensor {
+        match self {
+            Self::Solo(m) => m.observation_context(obs),
+            Self::Bf16(p) => p.observation_context(&obs.unsqueeze(0)).squeeze_dim(0),
+        }
+    }
+
+    /// Energies `(B, N)` (fp32) of candidates `(B, N, A)`.
+    fn energies(&self, context: &Tensor, actions: &Tensor) -> Tensor {
+        match self {
+            Self::Solo(m) => m.energies_with_context(context, actions, false),
+            Self::Bf16(p) => p
+                .energies(&context.unsqueeze(0), &actions.unsqueeze(0))
+                .squeeze_dim(0),
+        }
+    }
+
+    /// `dE/da` `(B, N, A)` (fp32).
+    fn action_gradient(&self, context: &Tensor, actions: &Tensor) -> Tensor {
+        match self {
+            Self::Solo(m) => m.action_gradient(context, actions),
+            Self::Bf16(p) => p
+                .action_gradient(&context.unsqueeze(0), &actions.unsqueeze(0))
+                .squeeze_dim(0),
+        }
+    }
+}
+
+/// Restores libtorch's fp32 matmul setting when dropped (inference may run between
+/// training steps of another precision in the same process).
+struct MatmulSetting {
+    tf32: bool,
+}
+
+impl MatmulSetting {
+    fn set(precision: Precision) -> Self {
+        let saved = Self {
+            tf32: Precision::tf32_enabled(),
+        };
+        let wanted = if precision == Precision::Tf32 {
+            Precision::Tf32
+        } else {
+            Precision::Fp32
+        };
+        if let Err(e) = wanted.apply() {
+            tracing::warn!("inference keeps libtorch's matmul setting: {e:#}");
+        }
+        saved
+    }
+}
+
+impl Drop for MatmulSetting {
+    fn drop(&mut self) {
+        let back = if self.tf32 {
+            Precision::Tf32
+        } else {
+            Precision::Fp32
+        };
+        let _ = back.apply();
+    }
+}
+
 /// Lowest-energy normalized actions `(B, A)` for normalized observation windows `(B, S, D)`.
 pub fn infer_actions(
     model: &SequenceEbm,
@@ -113,13 +221,12 @@ pub fn infer_actions(
 ) -> Tensor {
     let batch = obs.size()[0];
     let action_dim = model.config().action_dim;
-    let context = tch::no_grad(|| model.observation_context(obs));
+    let precision = cfg.precision_on(obs.device(), model.config());
+    let _setting = MatmulSetting::set(precision);
+    let model = EnergyModel::new(model, precision);
+    let context = tch::no_grad(|| model.context(obs));
     let rows = cfg.rows_per_pass(obs.device());
-    let energy = |a: &Tensor| {
-        in_row_chunks(&context, a, rows, |ctx, a| {
-            model.energies_with_context(ctx, a, false)
-        })
-    };
+    let energy = |a: &Tensor| in_row_chunks(&context, a, rows, |ctx, a| model.energies(ctx, a));
     let actions = match cfg.kind {
         InferenceKind::AutoregressiveDfo => {
             unreachable!("autoregressive DFO needs an ar_ebm policy (checked with the spec)")

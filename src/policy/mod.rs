@@ -67,11 +67,18 @@ impl PolicySpec {
     pub fn check(&self) -> anyhow::Result<()> {
         use anyhow::ensure;
         match self {
-            PolicySpec::Ebm { inference, .. } => ensure!(
-                inference.kind != InferenceKind::AutoregressiveDfo,
-                "eval.inference: autoregressive_dfo needs policy.kind = \"ar_ebm\" (one energy \
-                 model per action dimension)"
-            ),
+            PolicySpec::Ebm { net, inference, .. } => {
+                ensure!(
+                    inference.kind != InferenceKind::AutoregressiveDfo,
+                    "eval.inference: autoregressive_dfo needs policy.kind = \"ar_ebm\" (one \
+                     energy model per action dimension)"
+                );
+                ensure!(
+                    !(inference.precision == Precision::Bf16 && net.layer_norm),
+                    "eval.precision: bf16 inference runs networks without LayerNorm; set it to \
+                     \"fp32\" or \"auto\" (fp32 for this network)"
+                );
+            }
             PolicySpec::ArEbm {
                 net,
                 loss,

@@ -21,7 +21,13 @@ pub const ENV_PREFIX: &str = "EBMLAB_";
 /// are checked as dotted spec keys.
 const FREE_TABLES: &[&str] = &["sweep", "trials"];
 /// Optional keys that have no default value.
-const OPTIONAL_KEYS: &[&str] = &["extends", "data.path", "train.precision", "resources.pack"];
+const OPTIONAL_KEYS: &[&str] = &[
+    "extends",
+    "data.path",
+    "train.precision",
+    "eval.precision",
+    "resources.pack",
+];
 /// `EBMLAB_*` variables that set top-level spec keys; below the top, a spec key's
 /// variable has `__` between its levels (`EBMLAB_TRAIN__ITERATIONS`). Any other `EBMLAB_*`
 /// variable (`EBMLAB_DB`, `EBMLAB_LOG`, ...) is a setting of the tool, not of the spec.

@@ -133,7 +133,7 @@ pub struct TrainSpec {
     pub temperature: f64,
     pub negatives: NegativesConfig,
     pub grad_penalty: GradPenaltyConfig,
-    /// How matrix products run: `auto` (bf16 on a GPU, fp32 on the CPU), `fp32`, `tf32`,
+    /// How matrix products run: `auto` (TF32 on a GPU, fp32 on the CPU), `fp32`, `tf32`,
     /// `bf16`. Left out of the resolved spec while `auto`, so trial ids of specs that do
     /// not set it stay as they were.
     #[serde(skip_serializing_if = "Precision::is_auto")]
@@ -188,6 +188,9 @@ pub struct EvalSpec {
     pub langevin_samples: i64,
     pub langevin_steps: usize,
     pub chunk_rows: i64,
+    /// What energies are computed in when acting (`auto`: bf16 on a GPU, fp32 on the CPU).
+    #[serde(skip_serializing_if = "Precision::is_auto")]
+    pub precision: Precision,
     /// One PNG per episode of the final evaluation.
     pub plots: bool,
 }
@@ -207,6 +210,7 @@ impl Default for EvalSpec {
             langevin_samples: i.langevin_samples,
             langevin_steps: i.langevin_steps,
             chunk_rows: i.chunk_rows,
+            precision: i.precision,
             plots: false,
         }
     }
@@ -224,6 +228,7 @@ impl EvalSpec {
             langevin_samples: self.langevin_samples,
             langevin_steps: self.langevin_steps,
             chunk_rows: self.chunk_rows,
+            precision: self.precision,
         }
     }
 }

@@ -84,6 +84,12 @@ impl Adam {
         let bias2_sqrt = (1.0 - self.beta2.powi(self.steps as i32)).sqrt();
         let (beta1, beta2, eps) = (self.beta1, self.beta2, self.eps);
         let scales: Vec<f32> = lrs.iter().map(|lr| (lr / bias1) as f32).collect();
+        // Per-member scales uploaded once per step, not once per parameter (each upload
+        // waits for the device's queue).
+        let device = self.params.values().next().map(|m| m.param.device());
+        let member_scales = (scales.len() > 1)
+            .then(|| device.map(|d| Tensor::from_slice(&scales).to_device(d)))
+            .flatten();
         tch::no_grad(|| {
             for m in self.params.values_mut() {
                 let grad = m.param.grad();
@@ -100,8 +106,9 @@ impl Adam {
                         // One scale per member, broadcast over the member's slice.
                         let mut shape = vec![1i64; m.param.dim()];
                         shape[0] = scales.len() as i64;
-                        let scale = Tensor::from_slice(&scales)
-                            .to_device(m.param.device())
+                        let scale = member_scales
+                            .as_ref()
+                            .expect("uploaded for several members")
                             .view(shape.as_slice());
                         &m.exp_avg / denom * scale
                     }

@@ -69,6 +69,8 @@ pub struct PackedTrainer {
     adam: Adam,
     /// Sampling bounds `[K, 1, 1, A]`.
     bounds: Bounds,
+    /// Each member's bounds `[A]`, kept on the device (an upload per step would stall it).
+    member_bounds: Vec<Bounds>,
     step: u64,
     device: Device,
 }
@@ -92,11 +94,13 @@ impl PackedTrainer {
         let model = PackedEbm::stack(&net, precision.resolve(device), &states)?;
         let adam = Adam::new(model.named_parameters());
         let bounds = stacked_bounds(&members, device);
+        let member_bounds = members.iter().map(|m| m.bounds(device)).collect();
         Ok(Self {
             members,
             model,
             adam,
             bounds,
+            member_bounds,
             step: 0,
             device,
         })
@@ -132,15 +136,14 @@ impl PackedTrainer {
         let (k, batch) = (self.members.len(), self.members[0].optim.batch_size);
         let action_dim = self.model.config().action_dim;
         let (mut obs, mut actions, mut inits, mut noises) = (vec![], vec![], vec![], vec![]);
-        for m in &self.members {
+        for (m, bounds) in self.members.iter().zip(&self.member_bounds) {
             // The member's draws, in its solo trainer's order: batch, starts, noise.
             tch::manual_seed(torch_seed(derive_seed(m.optim.seed, self.step)));
             let index = Tensor::randint(m.data.len(), [batch], (Kind::Int64, self.device));
             obs.push(m.data.obs.index_select(0, &index));
             actions.push(m.data.actions.index_select(0, &index));
             let negatives = &m.loss_config().negatives;
-            let (init, noise) =
-                draw_counter_examples(batch, action_dim, &m.bounds(self.device), negatives);
+            let (init, noise) = draw_counter_examples(batch, action_dim, bounds, negatives);
             inits.push(init);
             noises.extend(noise);
         }
@@ -272,6 +275,7 @@ impl PackedTrainer {
     /// Drops member `k` (its trial ended); the others go on unchanged.
     pub fn remove(&mut self, k: usize) {
         self.members.remove(k);
+        self.member_bounds.remove(k);
         if self.members.is_empty() {
             return;
         }

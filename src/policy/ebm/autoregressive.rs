@@ -117,15 +117,23 @@ impl AutoregressiveEbm {
 
     /// Actions `(B, m)` chosen one dimension at a time for observation windows `(B, S, D)`:
     /// DFO over dimension j given the dimensions already chosen.
-    pub fn infer(&self, obs: &Tensor, bounds: &Bounds, cfg: &DfoConfig, chunk_rows: i64) -> Tensor {
+    /// Energies are computed in `precision` (bf16 or fp32 products; sampling stays fp32).
+    pub fn infer(
+        &self,
+        obs: &Tensor,
+        bounds: &Bounds,
+        cfg: &DfoConfig,
+        chunk_rows: i64,
+        precision: Precision,
+    ) -> Tensor {
         let m = self.dims();
+        let models = self.models.with_precision(precision);
         tch::no_grad(|| {
-            let context = self
-                .models
-                .observation_context(&obs.unsqueeze(0).expand([m, -1, -1, -1], false));
+            let context =
+                models.observation_context(&obs.unsqueeze(0).expand([m, -1, -1, -1], false));
             let chosen = Tensor::zeros([obs.size()[0], m], (Kind::Float, obs.device()));
             for j in 0..m {
-                let model = self.models.member(j);
+                let model = models.member(j);
                 let ctx = context.narrow(0, j, 1);
                 let energy = |prefix: &Tensor, values: &Tensor| {
                     let (b, n) = (values.size()[0], values.size()[1]);

@@ -84,15 +84,7 @@ pub fn langevin(
     cfg: &LangevinConfig,
     grad: impl Fn(&Tensor) -> Tensor,
 ) -> Tensor {
-    let coefficients = |i| scalar_coefficients(cfg, i, &init);
-    chain(
-        init.shallow_clone(),
-        bounds,
-        cfg,
-        coefficients,
-        |_, a| a.randn_like(),
-        grad,
-    )
+    chain(init, bounds, cfg, |_, a| a.randn_like(), grad)
 }
 
 /// [`langevin`] with the noise of every step drawn beforehand: `noise` `(steps, B, N, A)`
@@ -104,15 +96,7 @@ pub fn langevin_with_noise(
     noise: &Tensor,
     grad: impl Fn(&Tensor) -> Tensor,
 ) -> Tensor {
-    let coefficients = |i| scalar_coefficients(cfg, i, &init);
-    chain(
-        init.shallow_clone(),
-        bounds,
-        cfg,
-        coefficients,
-        |i, _| noise.get(i as i64),
-        grad,
-    )
+    chain(init, bounds, cfg, |i, _| noise.get(i as i64), grad)
 }
 
 /// Langevin for a pack of K members, each with its own schedule: `init` `(K, B, N, A)`,
@@ -131,54 +115,72 @@ pub fn packed_langevin(
             .to_device(device)
             .view([values.len() as i64, 1, 1, 1])
     };
-    let coefficients = |i: usize| {
-        let (g, n): (Vec<f32>, Vec<f32>) = cfgs
-            .iter()
-            .map(|c| {
-                let step = c.step_size(i);
-                ((c.grad_scale * step) as f32, (c.noise_scale * step) as f32)
-            })
-            .unzip();
-        (per_member(g), per_member(n))
-    };
     let clip: Vec<f32> = cfgs.iter().map(|c| (0.5 * c.delta_clip) as f32).collect();
     let half_width = (&bounds.high - &bounds.low) * per_member(clip);
+    let members = cfgs.len() as i64;
+    let steps = cfgs[0].steps;
+    let table = |scale: &dyn Fn(&LangevinConfig) -> f64| {
+        let values: Vec<f32> = (0..steps)
+            .flat_map(|i| cfgs.iter().map(move |c| (scale(c) * c.step_size(i)) as f32))
+            .collect();
+        Tensor::from_slice(&values)
+            .to_device(device)
+            .view([steps as i64, members, 1, 1, 1])
+    };
+    let coefficients = StepCoefficients {
+        grad: table(&|c| c.grad_scale),
+        noise: table(&|c| c.noise_scale),
+    };
     chain_with_clip(
         init,
         bounds,
-        cfgs[0].steps,
+        steps,
         half_width,
-        coefficients,
+        &coefficients,
         |i, _| noise.select(1, i as i64),
         grad,
     )
 }
 
-/// The step coefficients of a solo chain, as 0-d tensors (the same arithmetic as scalars).
-fn scalar_coefficients(cfg: &LangevinConfig, i: usize, like: &Tensor) -> (Tensor, Tensor) {
-    let step = cfg.step_size(i);
-    let scalar = |x: f64| Tensor::from(x as f32).to_device(like.device());
-    (
-        scalar(cfg.grad_scale * step),
-        scalar(cfg.noise_scale * step),
-    )
+/// The step coefficients `c_g`, `c_n` of every step, `[steps, ..]`: uploaded to the device
+/// once per chain, because a host-to-device copy at each step waits for the GPU's queue to
+/// drain (one stall per Langevin step).
+struct StepCoefficients {
+    grad: Tensor,
+    noise: Tensor,
+}
+
+impl StepCoefficients {
+    /// A solo chain's: `[steps]` f32 values (the same arithmetic as scalars).
+    fn solo(cfg: &LangevinConfig, device: tch::Device) -> Self {
+        let table = |scale: f64| {
+            let values: Vec<f32> = (0..cfg.steps)
+                .map(|i| (scale * cfg.step_size(i)) as f32)
+                .collect();
+            Tensor::from_slice(&values).to_device(device)
+        };
+        Self {
+            grad: table(cfg.grad_scale),
+            noise: table(cfg.noise_scale),
+        }
+    }
 }
 
 fn chain(
     init: Tensor,
     bounds: &Bounds,
     cfg: &LangevinConfig,
-    coefficients: impl Fn(usize) -> (Tensor, Tensor),
     noise: impl Fn(usize, &Tensor) -> Tensor,
     grad: impl Fn(&Tensor) -> Tensor,
 ) -> Tensor {
     let half_width = (&bounds.high - &bounds.low) * (0.5 * cfg.delta_clip);
+    let coefficients = StepCoefficients::solo(cfg, init.device());
     chain_with_clip(
         init,
         bounds,
         cfg.steps,
         half_width,
-        coefficients,
+        &coefficients,
         noise,
         grad,
     )
@@ -190,7 +192,7 @@ fn chain_with_clip(
     bounds: &Bounds,
     steps: usize,
     clip: Tensor,
-    coefficients: impl Fn(usize) -> (Tensor, Tensor),
+    coefficients: &StepCoefficients,
     noise: impl Fn(usize, &Tensor) -> Tensor,
     grad: impl Fn(&Tensor) -> Tensor,
 ) -> Tensor {
@@ -198,7 +200,10 @@ fn chain_with_clip(
         let neg_clip = -&clip;
         let mut actions = init.detach();
         for i in 0..steps {
-            let (g_coef, n_coef) = coefficients(i);
+            let (g_coef, n_coef) = (
+                coefficients.grad.get(i as i64),
+                coefficients.noise.get(i as i64),
+            );
             let g = grad(&actions);
             let delta = (g * g_coef + noise(i, &actions) * n_coef)
                 .clamp_tensor(Some(&neg_clip), Some(&clip));

@@ -31,6 +31,26 @@ impl SequenceEbm {
         &self.cfg
     }
 
+    /// Every tensor under its seed name, in [`super::PackedEbm`]'s order (no LayerNorm).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut layers = vec![("projection".to_owned(), &self.projection)];
+        for (i, block) in self.blocks.iter().enumerate() {
+            layers.push((format!("blocks.{i}.fc1"), &block.fc1));
+            layers.push((format!("blocks.{i}.fc2"), &block.fc2));
+        }
+        layers.push(("energy_projection".to_owned(), &self.energy_projection));
+        layers
+            .into_iter()
+            .flat_map(|(name, layer)| {
+                let bias = layer.bs.as_ref().expect("every layer has a bias");
+                [
+                    (format!("{name}.weight"), layer.ws.shallow_clone()),
+                    (format!("{name}.bias"), bias.shallow_clone()),
+                ]
+            })
+            .collect()
+    }
+
     fn obs_inputs(&self) -> i64 {
         self.cfg.obs_seq_len * self.cfg.obs_dim
     }

@@ -135,6 +135,48 @@ impl PackedEbm {
         self.precision
     }
 
+    /// The same members computing in `precision` (sharing the tensors).
+    pub fn with_precision(&self, precision: Precision) -> PackedEbm {
+        let same = |l: &PackedLinear| PackedLinear {
+            weight: l.weight.shallow_clone(),
+            bias: l.bias.shallow_clone(),
+        };
+        PackedEbm {
+            cfg: self.cfg.clone(),
+            members: self.members,
+            precision,
+            projection: same(&self.projection),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|(a, b)| (same(a), same(b)))
+                .collect(),
+            energy: same(&self.energy),
+        }
+    }
+
+    /// The weights as they are now, detached and cast to the compute precision once: for
+    /// the Langevin chain, whose 100 steps would otherwise cast every weight at each step.
+    pub fn frozen(&self) -> PackedEbm {
+        let kind = self.precision.compute_kind();
+        let cast = |l: &PackedLinear| PackedLinear {
+            weight: l.weight.detach().to_kind(kind),
+            bias: l.bias.detach().to_kind(kind),
+        };
+        PackedEbm {
+            cfg: self.cfg.clone(),
+            members: self.members,
+            precision: self.precision,
+            projection: cast(&self.projection),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|(a, b)| (cast(a), cast(b)))
+                .collect(),
+            energy: cast(&self.energy),
+        }
+    }
+
     /// Member `k` alone, as a pack of one (sharing the tensors).
     pub fn member(&self, k: i64) -> PackedEbm {
         let one = |l: &PackedLinear| PackedLinear {
@@ -323,6 +365,10 @@ pub fn packed_ebm_loss(
             .to_device(device)
             .view(shape.as_slice())
     };
+    // Uploaded before any work is queued: an upload waits for the device's queue to drain.
+    let temperature = per_member(&|c| c.temperature, 3);
+    let margin = per_member(&|c| c.grad_penalty.margin, 3);
+    let weight = per_member(&|c| c.grad_penalty.weight, 1);
     let context = model.observation_context(obs);
     let negatives = match noise {
         None => init,
@@ -330,8 +376,9 @@ pub fn packed_ebm_loss(
             let langevin: Vec<super::LangevinConfig> =
                 cfgs.iter().map(|c| c.negatives.langevin.clone()).collect();
             let ctx = context.detach();
+            let sampler = model.frozen();
             super::packed_langevin(init, bounds, &langevin, noise, |a| {
-                model.action_gradient(&ctx, a)
+                sampler.action_gradient(&ctx, a)
             })
         }
     };
@@ -342,7 +389,7 @@ pub fn packed_ebm_loss(
     let energies = model.energies(&context, &candidates);
     let count = cfgs[0].negatives.count;
     // InfoNCE per member: the positive sits in the last column.
-    let logits = -&energies / per_member(&|c| c.temperature, 3);
+    let logits = -&energies / temperature;
     let info_nce = -logits
         .log_softmax(-1, Kind::Float)
         .select(2, count)
@@ -357,10 +404,9 @@ pub fn packed_ebm_loss(
                 .sum_dim_intlist(-1, false, Kind::Float)
                 .sqrt(),
         };
-        let excess = (norms - per_member(&|c| c.grad_penalty.margin, 3)).clamp_min(0.0);
+        let excess = (norms - margin).clamp_min(0.0);
         let excess = if p.square { excess.square() } else { excess };
-        excess.mean_dim([1i64, 2].as_slice(), false, Kind::Float)
-            * per_member(&|c| c.grad_penalty.weight, 1)
+        excess.mean_dim([1i64, 2].as_slice(), false, Kind::Float) * weight
     } else {
         Tensor::zeros([cfgs.len() as i64], (Kind::Float, device))
     };
