@@ -88,20 +88,40 @@ fn query(db: &Database, sql: &str) -> String {
     stdout(&out)
 }
 
+/// The rows of `sql` as CSV lines, read in this process: polling through `ebmlab query`
+/// loads libtorch at every look (seconds on a busy machine, while a trial runs out).
+fn query_here(db: &Database, sql: &str) -> Option<String> {
+    let result = ebmlab::store::block_on(async {
+        let store = ebmlab::store::Store::open_read_only(db).await?;
+        store.query(sql).await
+    })
+    .ok()?;
+    let mut text = result.columns.join(",") + "\n";
+    for row in result.rows {
+        text += &row.join(",");
+        text += "\n";
+    }
+    Some(text)
+}
+
 /// Polls the first value of a query until `done` says so (at most 3 minutes).
 fn wait_for(db: &Database, sql: &str, done: impl Fn(&str) -> bool) -> String {
     let started = Instant::now();
     loop {
-        let out = ebmlab(&["query", sql, "--csv", "--db", &db.arg()]);
-        let value = stdout(&out).lines().nth(1).unwrap_or_default().to_owned();
-        if out.status.success() && done(&value) {
+        let out = query_here(db, sql);
+        let value = out
+            .as_deref()
+            .and_then(|text| text.lines().nth(1))
+            .unwrap_or_default()
+            .to_owned();
+        if out.is_some() && done(&value) {
             return value;
         }
         assert!(
             started.elapsed() < Duration::from_secs(180),
             "{sql}: still {value:?}"
         );
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -237,7 +257,7 @@ fn one_running_trial(name: &str) -> Option<RunningTrial> {
          WHERE t.status = 'running'",
         |v| v.parse::<u64>().is_ok_and(|n| n >= 2),
     );
-    let job = query(&db, "SELECT backend_job FROM trials");
+    let job = query_here(&db, "SELECT backend_job FROM trials").unwrap();
     let job = job.lines().nth(1).unwrap().to_owned();
     Some(RunningTrial {
         db,
