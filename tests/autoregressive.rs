@@ -170,12 +170,16 @@ fn autoregressive_dfo_finds_the_optimum_that_depends_on_the_chosen_prefix() {
     };
     let expected = Tensor::from_slice(&[0.3f32, -0.15, 0.075, -0.4, 0.2, -0.1]).view([2, 3]);
     // Small chunks exercise the row pieces too; bf16 energies keep 8 bits of mantissa.
+    let mut chosen_by = Vec::new();
     for (precision, tolerance) in [(Precision::Fp32, 0.01), (Precision::Bf16, 0.02)] {
         tch::manual_seed(0);
         let chosen = model.infer(&obs, &bounds, &cfg, 1000, precision);
         let err = (&chosen - &expected).abs().max().double_value(&[]);
         assert!(err < tolerance, "{precision:?}: {chosen}");
+        chosen_by.push(chosen);
     }
+    // The same draws, steered elsewhere by bf16's rounded energies.
+    assert!(!chosen_by[0].equal(&chosen_by[1]), "bf16 equals fp32");
 }
 
 #[test]

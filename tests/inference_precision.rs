@@ -87,6 +87,7 @@ fn dfo_and_langevin_in_bf16_find_the_hand_set_optimum_as_fp32_does() {
     let bounds = Bounds::new(&[-1.0; 2], &[1.0; 2], Device::Cpu);
     let expected = Tensor::from_slice(&TARGET).view([1, 2]);
     for kind in [InferenceKind::Dfo, InferenceKind::Langevin] {
+        let mut chosen_by = Vec::new();
         for precision in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
             tch::manual_seed(5);
             let chosen = infer_actions(&model, &obs, &bounds, &inference(kind, precision));
@@ -95,7 +96,15 @@ fn dfo_and_langevin_in_bf16_find_the_hand_set_optimum_as_fp32_does() {
             let err = (&chosen - &expected).abs().max().double_value(&[]);
             // bf16 keeps 8 bits of mantissa: energies near 0.3 are exact to ~0.002.
             assert!(err < 0.02, "{kind:?} {precision:?}: {chosen}");
+            chosen_by.push(chosen);
         }
+        // The same draws: TF32 is fp32 on the CPU, while bf16's rounded energies steer the
+        // search elsewhere (so bf16 did compute in bf16).
+        assert!(chosen_by[0].equal(&chosen_by[1]), "{kind:?}: TF32 differs");
+        assert!(
+            !chosen_by[0].equal(&chosen_by[2]),
+            "{kind:?}: bf16 equals fp32"
+        );
     }
 }
 

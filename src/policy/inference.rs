@@ -139,14 +139,10 @@ impl<'a> EnergyModel<'a> {
             dropout: 0.0,
             ..model.config().clone()
         };
-        let weights: Vec<_> = model
-            .named_tensors()
-            .into_iter()
-            .map(|(name, t)| (name, t.detach().to_kind(Kind::BFloat16)))
-            .collect();
-        let pack = PackedEbm::stack(&cfg, Precision::Bf16, &[weights])
+        let pack = PackedEbm::stack(&cfg, Precision::Bf16, &[model.named_tensors()])
             .expect("a network without LayerNorm is a pack of one");
-        Self::Bf16(pack)
+        // Cast once per call, not at every Langevin step or DFO round.
+        Self::Bf16(pack.frozen())
     }
 
     /// The observation part of the first layer, `(B, hidden)`.

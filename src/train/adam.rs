@@ -86,10 +86,10 @@ impl Adam {
         let scales: Vec<f32> = lrs.iter().map(|lr| (lr / bias1) as f32).collect();
         // Per-member scales uploaded once per step, not once per parameter (each upload
         // waits for the device's queue).
-        let device = self.params.values().next().map(|m| m.param.device());
-        let member_scales = (scales.len() > 1)
-            .then(|| device.map(|d| Tensor::from_slice(&scales).to_device(d)))
-            .flatten();
+        let member_scales = match (scales.len(), self.params.values().next()) {
+            (2.., Some(m)) => Some(Tensor::from_slice(&scales).to_device(m.param.device())),
+            _ => None,
+        };
         tch::no_grad(|| {
             for m in self.params.values_mut() {
                 let grad = m.param.grad();

@@ -110,27 +110,12 @@ pub fn packed_langevin(
     grad: impl Fn(&Tensor) -> Tensor,
 ) -> Tensor {
     let device = init.device();
-    let per_member = |values: Vec<f32>| {
-        Tensor::from_slice(&values)
-            .to_device(device)
-            .view([values.len() as i64, 1, 1, 1])
-    };
+    let per_member = [cfgs.len() as i64, 1, 1, 1];
     let clip: Vec<f32> = cfgs.iter().map(|c| (0.5 * c.delta_clip) as f32).collect();
-    let half_width = (&bounds.high - &bounds.low) * per_member(clip);
-    let members = cfgs.len() as i64;
+    let clip = Tensor::from_slice(&clip).to_device(device).view(per_member);
+    let half_width = (&bounds.high - &bounds.low) * clip;
     let steps = cfgs[0].steps;
-    let table = |scale: &dyn Fn(&LangevinConfig) -> f64| {
-        let values: Vec<f32> = (0..steps)
-            .flat_map(|i| cfgs.iter().map(move |c| (scale(c) * c.step_size(i)) as f32))
-            .collect();
-        Tensor::from_slice(&values)
-            .to_device(device)
-            .view([steps as i64, members, 1, 1, 1])
-    };
-    let coefficients = StepCoefficients {
-        grad: table(&|c| c.grad_scale),
-        noise: table(&|c| c.noise_scale),
-    };
+    let coefficients = StepCoefficients::new(cfgs, device, &per_member);
     chain_with_clip(
         init,
         bounds,
@@ -151,17 +136,25 @@ struct StepCoefficients {
 }
 
 impl StepCoefficients {
-    /// A solo chain's: `[steps]` f32 values (the same arithmetic as scalars).
-    fn solo(cfg: &LangevinConfig, device: tch::Device) -> Self {
-        let table = |scale: f64| {
-            let values: Vec<f32> = (0..cfg.steps)
-                .map(|i| (scale * cfg.step_size(i)) as f32)
+    /// `c_g`, `c_n` of each step of each chain in `cfgs` (f32, the same arithmetic as
+    /// scalars), shaped `[steps, ..per_step]`: `per_step` is `[]` for one chain, `[K, 1, 1, 1]`
+    /// for a pack's K chains.
+    fn new(cfgs: &[LangevinConfig], device: tch::Device, per_step: &[i64]) -> Self {
+        let steps = cfgs[0].steps;
+        let shape: Vec<i64> = std::iter::once(steps as i64)
+            .chain(per_step.iter().copied())
+            .collect();
+        let table = |scale: fn(&LangevinConfig) -> f64| {
+            let values: Vec<f32> = (0..steps)
+                .flat_map(|i| cfgs.iter().map(move |c| (scale(c) * c.step_size(i)) as f32))
                 .collect();
-            Tensor::from_slice(&values).to_device(device)
+            Tensor::from_slice(&values)
+                .to_device(device)
+                .view(shape.as_slice())
         };
         Self {
-            grad: table(cfg.grad_scale),
-            noise: table(cfg.noise_scale),
+            grad: table(|c| c.grad_scale),
+            noise: table(|c| c.noise_scale),
         }
     }
 }
@@ -174,7 +167,7 @@ fn chain(
     grad: impl Fn(&Tensor) -> Tensor,
 ) -> Tensor {
     let half_width = (&bounds.high - &bounds.low) * (0.5 * cfg.delta_clip);
-    let coefficients = StepCoefficients::solo(cfg, init.device());
+    let coefficients = StepCoefficients::new(std::slice::from_ref(cfg), init.device(), &[]);
     chain_with_clip(
         init,
         bounds,

@@ -135,62 +135,51 @@ impl PackedEbm {
         self.precision
     }
 
-    /// The same members computing in `precision` (sharing the tensors).
-    pub fn with_precision(&self, precision: Precision) -> PackedEbm {
-        let same = |l: &PackedLinear| PackedLinear {
-            weight: l.weight.shallow_clone(),
-            bias: l.bias.shallow_clone(),
-        };
+    /// A pack of the same shape whose every layer is `layer(this pack's layer)`.
+    fn map_layers(
+        &self,
+        precision: Precision,
+        layer: impl Fn(&PackedLinear) -> PackedLinear,
+    ) -> PackedEbm {
+        let projection = layer(&self.projection);
         PackedEbm {
             cfg: self.cfg.clone(),
-            members: self.members,
+            members: projection.weight.size()[0],
             precision,
-            projection: same(&self.projection),
+            projection,
             blocks: self
                 .blocks
                 .iter()
-                .map(|(a, b)| (same(a), same(b)))
+                .map(|(a, b)| (layer(a), layer(b)))
                 .collect(),
-            energy: same(&self.energy),
+            energy: layer(&self.energy),
         }
+    }
+
+    /// The same members computing in `precision` (sharing the tensors).
+    pub fn with_precision(&self, precision: Precision) -> PackedEbm {
+        self.map_layers(precision, |l| PackedLinear {
+            weight: l.weight.shallow_clone(),
+            bias: l.bias.shallow_clone(),
+        })
     }
 
     /// The weights as they are now, detached and cast to the compute precision once: for
     /// the Langevin chain, whose 100 steps would otherwise cast every weight at each step.
     pub fn frozen(&self) -> PackedEbm {
         let kind = self.precision.compute_kind();
-        let cast = |l: &PackedLinear| PackedLinear {
+        self.map_layers(self.precision, |l| PackedLinear {
             weight: l.weight.detach().to_kind(kind),
             bias: l.bias.detach().to_kind(kind),
-        };
-        PackedEbm {
-            cfg: self.cfg.clone(),
-            members: self.members,
-            precision: self.precision,
-            projection: cast(&self.projection),
-            blocks: self
-                .blocks
-                .iter()
-                .map(|(a, b)| (cast(a), cast(b)))
-                .collect(),
-            energy: cast(&self.energy),
-        }
+        })
     }
 
     /// Member `k` alone, as a pack of one (sharing the tensors).
     pub fn member(&self, k: i64) -> PackedEbm {
-        let one = |l: &PackedLinear| PackedLinear {
+        self.map_layers(self.precision, |l| PackedLinear {
             weight: l.weight.narrow(0, k, 1),
             bias: l.bias.narrow(0, k, 1),
-        };
-        PackedEbm {
-            cfg: self.cfg.clone(),
-            members: 1,
-            precision: self.precision,
-            projection: one(&self.projection),
-            blocks: self.blocks.iter().map(|(a, b)| (one(a), one(b))).collect(),
-            energy: one(&self.energy),
-        }
+        })
     }
 
     /// Every stacked tensor under its solo name.
