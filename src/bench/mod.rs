@@ -122,11 +122,6 @@ pub(crate) fn record(
     }
 }
 
-/// A precision as the spec spells it.
-pub(crate) fn precision_name(precision: Precision) -> String {
-    format!("{precision:?}").to_lowercase()
-}
-
 /// The IBC/seed particle EBM (256 x 1 block, no normalization) for 2-D.
 pub(crate) fn ibc_spec(opts: &BenchOptions) -> PolicySpec {
     PolicySpec::Ebm {
@@ -227,7 +222,7 @@ pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()
                 });
                 let config = json!({
                     "batch": batch, "samples": opts.dfo_samples, "iters": opts.dfo_iters,
-                    "hidden": opts.hidden, "precision": precision_name(precision),
+                    "hidden": opts.hidden, "precision": precision.to_string(),
                 });
                 emit(&record("dfo", opts.device, config, times));
             }
@@ -254,7 +249,7 @@ pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()
                 rollout(task.as_ref(), &policy.policy_view(), &seeds, 0).expect("rollout runs");
             });
             let mut config = eval_config.clone();
-            config["precision"] = json!(precision_name(precision));
+            config["precision"] = json!(precision.to_string());
             emit(&record("eval", opts.device, config, times));
         }
     }
@@ -278,7 +273,7 @@ pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()
             "train": train_config,
             "dfo": {"batches": opts.dfo_batches, "samples": opts.dfo_samples, "iters": opts.dfo_iters},
             "eval": eval_config,
-            "precisions": opts.precisions.iter().map(|&p| precision_name(p)).collect::<Vec<_>>(),
+            "precisions": opts.precisions.iter().map(Precision::to_string).collect::<Vec<_>>(),
             "packed": {"sizes": opts.pack_sizes},
         });
         let output = Command::new(python)

@@ -57,7 +57,7 @@ pub fn packed_training(opts: &BenchOptions, emit: &mut impl FnMut(&BenchRecord))
             });
             let config = json!({
                 "members": members,
-                "precision": super::precision_name(precision),
+                "precision": precision.to_string(),
                 "hidden": opts.hidden, "batch_size": opts.batch_size,
                 "negatives": opts.negatives, "langevin_steps": opts.langevin_steps,
             });

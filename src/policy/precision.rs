@@ -23,6 +23,18 @@ extern "C" {
     fn ebmlab_float32_matmul_precision() -> i32;
 }
 
+impl std::fmt::Display for Precision {
+    /// The spec's spelling, as `FromStr` reads it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Auto => "auto",
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
 impl std::str::FromStr for Precision {
     type Err = String;
 
@@ -114,6 +126,14 @@ mod tests {
             Precision::Fp32
         );
         assert_eq!(Precision::Tf32.resolve(Device::Cpu), Precision::Tf32);
+        for p in [
+            Precision::Auto,
+            Precision::Fp32,
+            Precision::Tf32,
+            Precision::Bf16,
+        ] {
+            assert_eq!(p.to_string().parse::<Precision>(), Ok(p));
+        }
         Precision::Tf32.apply().unwrap();
         assert!(Precision::tf32_enabled());
         Precision::Fp32.apply().unwrap();

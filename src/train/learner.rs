@@ -91,7 +91,7 @@ impl Learner {
     pub fn describe(&self) -> String {
         match self {
             Learner::Solo(_) => "solo, fp32".to_owned(),
-            Learner::Pack(p) => format!("pack of {}, {:?}", p.len(), p.precision()).to_lowercase(),
+            Learner::Pack(p) => format!("pack of {}, {}", p.len(), p.precision()),
         }
     }
 }

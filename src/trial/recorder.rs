@@ -65,7 +65,7 @@ pub fn run_recorded_pack(
         Some(_) => lead.train.precision.resolve(device),
         None => Precision::Fp32,
     };
-    let label = format!("{device:?} {precision:?}").to_lowercase();
+    let label = format!("{} {precision}", format!("{device:?}").to_lowercase());
     let pack = (trials.len() > 1).then(|| format!("{}+{}", lead.trial_id(), trials.len() - 1));
     for recorder in &mut recorders {
         recorder.started(&label, pack.as_deref())?;
