@@ -13,19 +13,19 @@ BIN=$HERE/device-bin/ebmlab
 TORCH_PY=${TORCH_PY:-/opt/torch/.venv/bin/python3}
 TORCH_LIB=$("$TORCH_PY" -c 'import os, torch; print(os.path.dirname(torch.__file__))')/lib
 export LD_LIBRARY_PATH=$HERE/device-bin:$TORCH_LIB
-BENCH_SECONDS=${BENCH_SECONDS:-150}
+BENCH_SECONDS=${BENCH_SECONDS:-180}
 # For a rehearsal on the CPU: BENCH_ARGS="--device cpu ..." RUN_ARGS="--set train.iterations=20".
-BENCH_ARGS=${BENCH_ARGS:---device cuda --eval-samples 16384}
+BENCH_ARGS=${BENCH_ARGS:---device cuda --eval-samples 16384 --eval-pack-sizes 1,4}
 RUN_ARGS=${RUN_ARGS:-}
 # 10,000 iterations of a pack of 4 took ~300 s on an H100 (26 it/s per member).
-RUN_SECONDS=${RUN_SECONDS:-360}
+RUN_SECONDS=${RUN_SECONDS:-330}
 
 step() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
 
 step "card"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
 
-step "bench: training step, DFO, 100-episode evaluation (16,384 samples), packs of 1-64"
+step "bench: training step, DFO, 100-episode evaluation (16,384 samples), packs of 1-64, packed evaluation of 1 and 4"
 timeout "$BENCH_SECONDS" "$BIN" bench $BENCH_ARGS --python "$TORCH_PY" \
     --overhead-trials 0 --ingest-rows 0 --warmup 2 --repeats 3 \
     > "$OUT/bench.jsonl" 2> "$OUT/bench.log"

@@ -154,6 +154,17 @@ fn save_load_continue_equals_an_uninterrupted_run() {
                 steps: 10,
                 ..Default::default()
             },
+            ..Default::default()
+        },
+        Default::default(),
+    );
+    // Half of the counter-examples refined by DFO: its draws are part of the run's stream.
+    let dfo = small_ebm(
+        NegativesConfig {
+            kind: NegativeKind::Dfo,
+            count: 6,
+            refined_fraction: 0.5,
+            ..Default::default()
         },
         Default::default(),
     );
@@ -177,7 +188,7 @@ fn save_load_continue_equals_an_uninterrupted_run() {
             ..Default::default()
         },
     };
-    for spec in [ebm, mse, ar] {
+    for spec in [ebm, dfo, mse, ar] {
         let mut straight = trainer(&spec, &demos);
         for _ in 0..8 {
             straight.train_step();

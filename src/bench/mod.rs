@@ -52,6 +52,8 @@ pub struct BenchOptions {
     pub ingest_postgres: Option<crate::store::Database>,
     /// Packed training: pack sizes and precisions (no sizes: skip).
     pub pack_sizes: Vec<usize>,
+    /// Packed evaluation: pack sizes (none: skip), in each of `precisions`.
+    pub eval_pack_sizes: Vec<usize>,
     pub precisions: Vec<Precision>,
 }
 
@@ -184,7 +186,7 @@ pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()
         packed::packed_training(opts, &mut emit)?;
     }
     if !(opts.train_step || opts.dfo || opts.eval || !opts.pack_sizes.is_empty()) {
-        return Ok(());
+        return packed::packed_evaluation(opts, &mut emit);
     }
     let mut trainer = build_trainer(opts, ibc_spec(opts))?;
     let train_config = json!({
@@ -253,6 +255,8 @@ pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()
             emit(&record("eval", opts.device, config, times));
         }
     }
+    // Last of ours: the heaviest figures, cut first by a caller's time limit.
+    packed::packed_evaluation(opts, &mut emit)?;
     if let Some(python) = &opts.python {
         let mut only = Vec::new();
         if opts.train_step {

@@ -1,12 +1,14 @@
-//! Packed training throughput: K trials of one config trained as one batched model, for
-//! each pack size and precision (the figure a sweep of many seeds on one GPU depends on).
+//! Packed throughput: K trials of one config trained as one batched model, and their
+//! evaluations run as one batched rollout, for each pack size and precision (the figures
+//! a sweep of many seeds on one GPU depends on).
 
 use anyhow::Result;
 use serde_json::json;
 
 use super::{ibc_spec, record, time_ms, BenchOptions, BenchRecord};
-use crate::policy::Precision;
-use crate::task::{episode_seeds, record_demos, TaskConfig};
+use crate::eval::rollout_pack;
+use crate::policy::{PackedPolicies, PolicySpec, Precision};
+use crate::task::{episode_seeds, record_demos, Task, TaskConfig};
 use crate::train::{LrSchedule, OptimConfig, PackMember, PackedTrainer, TrainingSet};
 use crate::trial::training_set;
 
@@ -67,4 +69,42 @@ pub fn packed_training(opts: &BenchOptions, emit: &mut impl FnMut(&BenchRecord))
         }
     }
     Precision::Fp32.apply()
+}
+
+/// One figure per (precision, pack size): the median time of one whole evaluation of every
+/// member (`eval_episodes` episodes of 50 steps, `eval_samples` DFO samples, the members'
+/// untrained weights: the work is a trained policy's), and member evaluations per second.
+pub fn packed_evaluation(opts: &BenchOptions, emit: &mut impl FnMut(&BenchRecord)) -> Result<()> {
+    let task = TaskConfig::default().build()?;
+    let seeds = episode_seeds(0, opts.eval_episodes);
+    for &precision in &opts.precisions {
+        for &members in &opts.eval_pack_sizes {
+            let trainer = packed_trainer(opts, members, Precision::Fp32)?;
+            let mut spec = ibc_spec(opts);
+            if let PolicySpec::Ebm { inference, .. } = &mut spec {
+                inference.samples = opts.eval_samples;
+                inference.precision = precision;
+            }
+            let normalizer = &trainer.member(0).normalizer;
+            let policies =
+                PackedPolicies::new(trainer.model(), &vec![(&spec, normalizer); members])?;
+            let tasks: Vec<&dyn Task> = vec![task.as_ref(); members];
+            let member_seeds = vec![seeds.clone(); members];
+            let sampling: Vec<u64> = (0..members as u64).collect();
+            // A whole evaluation warms caches well enough after one run.
+            let times = time_ms(opts.device, opts.warmup.min(1), opts.repeats, || {
+                rollout_pack(&tasks, &policies, &member_seeds, &sampling).expect("rollout runs");
+            });
+            let config = json!({
+                "members": members,
+                "precision": precision.to_string(),
+                "hidden": opts.hidden, "episodes": opts.eval_episodes,
+                "samples": opts.eval_samples, "iters": opts.dfo_iters, "n_steps": 50,
+            });
+            let mut figure = record("packed_eval", opts.device, config, times);
+            figure.per_second = Some(members as f64 * 1e3 / figure.median_ms);
+            emit(&figure);
+        }
+    }
+    Ok(())
 }

@@ -25,6 +25,9 @@ pub enum BenchItem {
     /// Packed training: --pack-sizes trials of the train-step config as one batched
     /// model, in each of --precisions (beside the same packing written in PyTorch).
     Packed,
+    /// Packed evaluation: --eval-pack-sizes trials' evaluations (--eval-episodes
+    /// episodes, --eval-samples DFO samples) as one batched rollout, in each of --precisions.
+    PackedEval,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -81,6 +84,9 @@ pub struct BenchArgs {
     /// Pack sizes for the packed figures.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
     pack_sizes: Vec<usize>,
+    /// Pack sizes for the packed evaluation figures.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    eval_pack_sizes: Vec<usize>,
     /// Precisions for the packed figures (default: fp32, tf32, bf16 on a GPU; fp32 on
     /// the CPU).
     #[arg(long, value_delimiter = ',', value_parser = parse_precision)]
@@ -145,6 +151,11 @@ pub fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         ingest_postgres: args.ingest_postgres.clone(),
         pack_sizes: if all || args.only.contains(&BenchItem::Packed) {
             args.pack_sizes.clone()
+        } else {
+            Vec::new()
+        },
+        eval_pack_sizes: if all || args.only.contains(&BenchItem::PackedEval) {
+            args.eval_pack_sizes.clone()
         } else {
             Vec::new()
         },

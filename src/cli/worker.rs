@@ -94,14 +94,14 @@ fn try_job(args: JobArgs, cancel: &AtomicBool) -> Result<Exit> {
         inline_evaluations: args.inline_evaluations,
     };
     if let Some(step) = args.evaluate {
-        let s = job.evaluate(step)?;
-        println!(
-            "trial {} step {step}: success {}/{} = {:.1}%",
-            job.trials[0],
-            s.successes,
-            s.episodes,
-            100.0 * s.success_rate
-        );
+        for (trial, s) in job.trials.iter().zip(job.evaluate(step)?) {
+            println!(
+                "trial {trial} step {step}: success {}/{} = {:.1}%",
+                s.successes,
+                s.episodes,
+                100.0 * s.success_rate
+            );
+        }
         return Ok(Exit::Success);
     }
     let results = job.train(cancel)?;

@@ -4,6 +4,6 @@ mod rollout;
 mod stats;
 mod summary;
 
-pub use rollout::{rollout, Actor, EpisodeRecord};
+pub use rollout::{rollout, rollout_pack, Actor, EpisodeRecord, PackActor};
 pub use stats::{wilson_interval, Z95};
 pub use summary::{plot_episodes, write_episodes_csv, EvalSummary};

@@ -91,8 +91,10 @@ impl InferenceConfig {
     }
 }
 
-/// Applies `f(context rows, candidate rows)` to pieces of at most `max_rows` candidate rows
-/// and joins the results along the candidate dimension (dim 1) and the batch (dim 0).
+/// Applies `f(context, candidates)` to pieces of at most `max_rows` candidate rows and
+/// joins the results. Candidates are `(.., B, K, A)` with any leading dimensions (a pack's
+/// members), the context `(.., B, H)`; the result's batch and candidate dimensions sit
+/// where the candidates' do (energies `(.., B, K)`, gradients `(.., B, K, A)`).
 ///
 /// Row-wise work gives the same result in pieces, and pieces that fit in cache are
 /// several times faster on a CPU than one pass over a million rows.
@@ -102,24 +104,28 @@ pub fn in_row_chunks(
     max_rows: i64,
     f: impl Fn(&Tensor, &Tensor) -> Tensor,
 ) -> Tensor {
-    let (batch, k) = (actions.size()[0], actions.size()[1]);
+    let size = actions.size();
+    let (batch_dim, k_dim) = (size.len() as i64 - 3, size.len() as i64 - 2);
+    let lead: i64 = size[..batch_dim as usize].iter().product();
+    let (batch, k) = (size[batch_dim as usize], size[k_dim as usize]);
     let max_rows = max_rows.max(1);
-    if batch * k <= max_rows {
+    if lead * batch * k <= max_rows {
         return f(context, actions);
     }
-    let obs_per_chunk = (max_rows / k).clamp(1, batch);
-    let k_per_chunk = (max_rows / obs_per_chunk).clamp(1, k);
+    let obs_per_chunk = (max_rows / (lead * k)).clamp(1, batch);
+    let k_per_chunk = (max_rows / (lead * obs_per_chunk)).clamp(1, k);
     let mut rows = Vec::new();
     for start in (0..batch).step_by(obs_per_chunk as usize) {
         let len = obs_per_chunk.min(batch - start);
-        let (ctx, acts) = (context.narrow(0, start, len), actions.narrow(0, start, len));
+        let ctx = context.narrow(batch_dim, start, len);
+        let acts = actions.narrow(batch_dim, start, len);
         let pieces: Vec<Tensor> = (0..k)
             .step_by(k_per_chunk as usize)
-            .map(|j| f(&ctx, &acts.narrow(1, j, k_per_chunk.min(k - j))))
+            .map(|j| f(&ctx, &acts.narrow(k_dim, j, k_per_chunk.min(k - j))))
             .collect();
-        rows.push(Tensor::cat(&pieces, 1));
+        rows.push(Tensor::cat(&pieces, k_dim));
     }
-    Tensor::cat(&rows, 0)
+    Tensor::cat(&rows, batch_dim)
 }
 
 /// The energy model as inference computes it: the solo model in fp32 (TF32 where the
@@ -176,12 +182,12 @@ impl<'a> EnergyModel<'a> {
 
 /// Restores libtorch's fp32 matmul setting when dropped (inference may run between
 /// training steps of another precision in the same process).
-struct MatmulSetting {
+pub(crate) struct MatmulSetting {
     tf32: bool,
 }
 
 impl MatmulSetting {
-    fn set(precision: Precision) -> Self {
+    pub(crate) fn set(precision: Precision) -> Self {
         let saved = Self {
             tf32: Precision::tf32_enabled(),
         };

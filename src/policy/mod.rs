@@ -5,11 +5,13 @@ mod acting;
 pub mod ebm;
 mod inference;
 pub mod mse;
+mod packed_acting;
 mod precision;
 pub mod resnet;
 
 pub use acting::{LoadedPolicy, PolicyView};
 pub use inference::{in_row_chunks, infer_actions, InferenceConfig, InferenceKind};
+pub use packed_acting::{acting_key, PackedPolicies};
 pub use precision::Precision;
 
 use serde::{Deserialize, Serialize};

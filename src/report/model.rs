@@ -167,7 +167,8 @@ pub fn digest_trials(rows: &ExperimentRows) -> Result<Vec<TrialDigest>> {
 /// How an energy-based trial trains and acts, named as the `baselines` table names the
 /// pairings IBC ran: `langevin` (Langevin counter-examples and Langevin inference) and
 /// `uniform` (uniform counter-examples and DFO inference: IBC's `dfo`). Other pairings
-/// name both halves and match no published number.
+/// name both halves (and how many counter-examples are refined, when not all) and match
+/// no published number.
 pub fn method_variant(spec: &Spec) -> Option<String> {
     if spec.policy.kind != "ebm" {
         return None;
@@ -177,11 +178,28 @@ pub fn method_variant(spec: &Spec) -> Option<String> {
         InferenceKind::Langevin => "Langevin",
         InferenceKind::AutoregressiveDfo => "autoregressive DFO",
     };
-    Some(match (spec.train.negatives.kind, spec.eval.inference) {
-        (NegativeKind::Langevin, InferenceKind::Langevin) => "langevin".to_owned(),
+    let negatives = &spec.train.negatives;
+    let fully_refined = negatives.refined_count() == negatives.count;
+    Some(match (negatives.kind, spec.eval.inference) {
+        (NegativeKind::Langevin, InferenceKind::Langevin) if fully_refined => "langevin".to_owned(),
         (NegativeKind::Uniform, InferenceKind::Dfo) => "uniform".to_owned(),
-        (NegativeKind::Langevin, _) => format!("langevin negatives, {inference} inference"),
-        (NegativeKind::Uniform, _) => format!("uniform negatives, {inference} inference"),
+        (kind, _) => {
+            let kind = match kind {
+                NegativeKind::Uniform => "uniform",
+                NegativeKind::Langevin => "langevin",
+                NegativeKind::Dfo => "dfo",
+            };
+            let share = if fully_refined || negatives.kind == NegativeKind::Uniform {
+                String::new()
+            } else {
+                format!(
+                    " ({} of {} refined)",
+                    negatives.refined_count(),
+                    negatives.count
+                )
+            };
+            format!("{kind} negatives{share}, {inference} inference")
+        }
     })
 }
 

@@ -20,7 +20,7 @@ use super::slots::{plan_slots, Machine, Slot, SlotDevice};
 use crate::checkpoint::saved_steps;
 use crate::spec::{describe_settings, Spec};
 use crate::store::{hostname, now, parse_timestamp, Database, EndWhen, Store, TrialStatus};
-use crate::trial::{pack_key, TrialPaths};
+use crate::trial::{evaluation_pack_key, pack_key, TrialPaths};
 
 /// An experiment's place: its name, runs folder and results database.
 #[derive(Debug, Clone)]
@@ -159,6 +159,7 @@ pub async fn dispatch(
         stop_rx,
         exits_tx,
         next_key: 0,
+        pack_size: 1,
     };
     let to_train = run.plan(trials).await?;
     let lead = to_train
@@ -177,10 +178,11 @@ pub async fn dispatch(
         .any(|s| s.device != SlotDevice::Cpu);
     // Without `nvidia-smi` a GPU is taken to have 16 GiB.
     let gpu_memory = on_gpu.then(|| machine.gpu_memory.unwrap_or(16 << 30));
-    let size = pack_size(first.resources.pack, &first, gpu_memory);
-    let packs = form_packs(&run.candidates(&to_train), size);
+    run.pack_size = pack_size(first.resources.pack, &first, gpu_memory);
+    let packs = form_packs(&run.candidates(&to_train), run.pack_size);
     let evaluations = std::mem::take(&mut run.queue);
     run.queue = packs.into_iter().map(Job::train_pack).collect();
+    let evaluations = run.pack_evaluations(evaluations.into());
     run.queue.extend(evaluations);
     let here = plan_slots(
         machine,
@@ -240,6 +242,8 @@ struct Dispatcher<'a> {
     stop_rx: watch::Receiver<StopLevel>,
     exits_tx: mpsc::UnboundedSender<WorkerExit>,
     next_key: usize,
+    /// Most trials in one job (training or evaluation), sized for the slots' device.
+    pack_size: usize,
 }
 
 impl Dispatcher<'_> {
@@ -355,6 +359,31 @@ impl Dispatcher<'_> {
             .collect()
     }
 
+    /// Evaluation jobs of one step whose trials can act together ([`evaluation_pack_key`])
+    /// joined into jobs of up to `pack_size` trials; the others stay as they are.
+    fn pack_evaluations(&self, jobs: Vec<Job>) -> Vec<Job> {
+        let mut by_step: std::collections::BTreeMap<u64, Vec<Candidate>> = Default::default();
+        let mut others = Vec::new();
+        for job in jobs {
+            match (job.kind, &job.trials[..]) {
+                (JobKind::Evaluate { step }, [trial]) if job.attach.is_none() => {
+                    by_step.entry(step).or_default().push(Candidate {
+                        trial: trial.clone(),
+                        key: evaluation_pack_key(&self.specs[trial]),
+                        step,
+                    })
+                }
+                _ => others.push(job),
+            }
+        }
+        let packed = by_step.into_iter().flat_map(|(step, candidates)| {
+            form_packs(&candidates, self.pack_size)
+                .into_iter()
+                .map(move |trials| Job::evaluate_pack(trials, step))
+        });
+        others.into_iter().chain(packed).collect()
+    }
+
     async fn evaluation_jobs(&self, trial: &str) -> Result<Vec<Job>> {
         let steps = self
             .store
@@ -452,6 +481,7 @@ impl Dispatcher<'_> {
             log: &done.log,
             log_start: done.log_start,
         };
+        let mut evaluations = Vec::new();
         for (trial, settled) in settle(&self.store, &finished, &exit.end, level).await? {
             let job = done.job.for_trial(&trial);
             match settled {
@@ -460,8 +490,7 @@ impl Dispatcher<'_> {
                     let success_rate = self.latest_success(&job).await?;
                     self.ended(exit.key, job.clone(), JobOutcome::Succeeded, success_rate);
                     if job.kind == JobKind::Train {
-                        let jobs = self.evaluation_jobs(&trial).await?;
-                        self.queue.extend(jobs);
+                        evaluations.extend(self.evaluation_jobs(&trial).await?);
                     }
                 }
                 Settled::Cancelled => self.ended(exit.key, job, JobOutcome::Cancelled, None),
@@ -482,6 +511,9 @@ impl Dispatcher<'_> {
                 }
             }
         }
+        // A pack's members checkpoint at the same steps: their evaluations go together.
+        let evaluations = self.pack_evaluations(evaluations);
+        self.queue.extend(evaluations);
         Ok(())
     }
 

@@ -44,8 +44,14 @@ impl Job {
     }
 
     pub fn evaluate(trial: &str, step: u64) -> Self {
+        Self::evaluate_pack(vec![trial.to_owned()], step)
+    }
+
+    /// The checkpoints at `step` of trials evaluated together as one batched rollout.
+    pub fn evaluate_pack(trials: Vec<String>, step: u64) -> Self {
+        assert!(!trials.is_empty(), "a job has a trial");
         Self {
-            trials: vec![trial.to_owned()],
+            trials,
             kind: JobKind::Evaluate { step },
             failures: 0,
             attach: None,
@@ -74,7 +80,12 @@ impl Job {
             (JobKind::Train, trials) => {
                 format!("train pack of {} ({})", trials.len(), trials.join(" "))
             }
-            (JobKind::Evaluate { step }, _) => format!("evaluate {} step {step}", self.lead()),
+            (JobKind::Evaluate { step }, [trial]) => format!("evaluate {trial} step {step}"),
+            (JobKind::Evaluate { step }, trials) => format!(
+                "evaluate pack of {} ({}) step {step}",
+                trials.len(),
+                trials.join(" ")
+            ),
         }
     }
 }

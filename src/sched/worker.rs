@@ -9,21 +9,22 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 
-use crate::checkpoint::{verify, CheckpointFiles};
+use crate::checkpoint::{verify, CheckpointFiles, VerifiedCheckpoint};
 use crate::eval::EvalSummary;
-use crate::policy::LoadedPolicy;
+use crate::policy::{LoadedPolicy, PackedPolicies};
 use crate::spec::{parse_device, Spec};
 use crate::store::{block_on, Database, Store, StoredTrial};
+use crate::task::Task;
 use crate::trial::{
-    evaluate_actor, evaluation_rows, run_recorded_pack, RecordedTrial, TrialOptions, TrialPaths,
-    TrialReport,
+    evaluate_actor, evaluate_pack, evaluation_rows, run_recorded_pack, RecordedTrial, TrialOptions,
+    TrialPaths, TrialReport,
 };
 
 /// A worker's assignment.
 #[derive(Debug, Clone)]
 pub struct WorkerJob {
     pub experiment: String,
-    /// One trial, or the members of a pack (training only).
+    /// One trial, or the members of a pack (trained, or evaluated, together).
     pub trials: Vec<String>,
     pub runs: PathBuf,
     pub db: Database,
@@ -92,34 +93,52 @@ impl WorkerJob {
         run_recorded_pack(&trials, &self.runs, &self.db, &options, cancel)
     }
 
-    /// Evaluates the checkpoint at `step` of the (one) trial with its `[eval]` settings and
-    /// records the evaluation and its episodes.
-    pub fn evaluate(&self, step: u64) -> Result<EvalSummary> {
-        anyhow::ensure!(self.trials.len() == 1, "an evaluation job is of one trial");
-        let (spec, _) = self.specs()?.remove(0);
-        let trial = &self.trials[0];
+    /// Evaluates the checkpoints at `step` of the trials with their `[eval]` settings (as
+    /// one batched rollout when there are several) and records each evaluation and its
+    /// episodes.
+    pub fn evaluate(&self, step: u64) -> Result<Vec<EvalSummary>> {
         if self.threads > 0 {
             tch::set_num_threads(self.threads as i32);
         }
-        let files =
-            CheckpointFiles::in_dir(&TrialPaths::new(&self.runs, &spec).checkpoints(), step);
-        let recorded = block_on(async {
-            let store = Store::open(&self.db).await?;
-            store.checkpoint_sha256(&self.experiment, trial, step).await
-        })?;
-        let checkpoint = verify(&files, recorded.as_deref())?;
         let device = parse_device(&self.device)?.resolve()?;
-        let policy = LoadedPolicy::load(&checkpoint, device)?;
-        let task = spec.task.build().context("[task]")?;
-        let (summary, records) = evaluate_actor(&spec, task.as_ref(), &policy.view(), step)?;
-        let (evaluation, rows) = evaluation_rows(&summary, &records);
-        block_on(async {
-            let store = Store::open(&self.db).await?;
-            store
-                .add_evaluation(&self.experiment, trial, &evaluation, &rows)
-                .await
-        })?;
-        Ok(summary)
+        let mut loaded = Vec::with_capacity(self.trials.len());
+        for ((spec, _), trial) in self.specs()?.into_iter().zip(&self.trials) {
+            let files =
+                CheckpointFiles::in_dir(&TrialPaths::new(&self.runs, &spec).checkpoints(), step);
+            let recorded = block_on(async {
+                let store = Store::open(&self.db).await?;
+                store.checkpoint_sha256(&self.experiment, trial, step).await
+            })?;
+            let checkpoint = verify(&files, recorded.as_deref())?;
+            let task = spec.task.build().context("[task]")?;
+            loaded.push((spec, task, checkpoint));
+        }
+        let results = match &loaded[..] {
+            [(spec, task, checkpoint)] => {
+                let policy = LoadedPolicy::load(checkpoint, device)?;
+                vec![evaluate_actor(spec, task.as_ref(), &policy.view(), step)?]
+            }
+            _ => {
+                let specs: Vec<&Spec> = loaded.iter().map(|(s, _, _)| s).collect();
+                let tasks: Vec<&dyn Task> = loaded.iter().map(|(_, t, _)| t.as_ref()).collect();
+                let checkpoints: Vec<&VerifiedCheckpoint> =
+                    loaded.iter().map(|(_, _, c)| c).collect();
+                let policies = PackedPolicies::load(&checkpoints, device)?;
+                evaluate_pack(&specs, &tasks, &policies, step)?
+            }
+        };
+        let mut summaries = Vec::with_capacity(results.len());
+        for (trial, (summary, records)) in self.trials.iter().zip(results) {
+            let (evaluation, rows) = evaluation_rows(&summary, &records);
+            block_on(async {
+                let store = Store::open(&self.db).await?;
+                store
+                    .add_evaluation(&self.experiment, trial, &evaluation, &rows)
+                    .await
+            })?;
+            summaries.push(summary);
+        }
+        Ok(summaries)
     }
 }
 

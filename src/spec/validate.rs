@@ -61,6 +61,22 @@ pub fn validate(spec: &Spec) -> Result<()> {
             "{key} must be a positive number, got {value}"
         );
     }
+    let negatives = &spec.train.negatives;
+    ensure!(
+        (0.0..=1.0).contains(&negatives.refined_fraction),
+        "train.negatives.refined_fraction must be in [0, 1], got {}",
+        negatives.refined_fraction
+    );
+    ensure!(
+        negatives.dfo_iters >= 1,
+        "train.negatives.dfo_iters must be at least 1, got {}",
+        negatives.dfo_iters
+    );
+    ensure!(
+        negatives.dfo_noise_scale.is_finite() && negatives.dfo_noise_scale >= 0.0,
+        "train.negatives.dfo_noise_scale must be a number >= 0, got {}",
+        negatives.dfo_noise_scale
+    );
     ensure!(
         (0.0..1.0).contains(&spec.policy.dropout),
         "policy.dropout must be in [0, 1), got {}",

@@ -13,7 +13,7 @@ use super::trainer::{torch_seed, OptimConfig, StepMetrics, TrainingSet};
 use crate::checkpoint::{self, write_run_files, SavedCheckpoint, VerifiedCheckpoint};
 use crate::data::Normalizer;
 use crate::policy::ebm::{
-    draw_counter_examples, packable, packed_ebm_loss, Bounds, EbmLossConfig, PackedEbm, SequenceEbm,
+    packable, packed_ebm_loss, Bounds, CounterExampleDraws, EbmLossConfig, PackedEbm, SequenceEbm,
 };
 use crate::policy::{NetConfig, PolicySpec, Precision};
 use crate::task::derive_seed;
@@ -58,8 +58,17 @@ pub fn pack_shape(spec: &PolicySpec, batch_size: i64) -> Option<String> {
     let n = &loss.negatives;
     let p = &loss.grad_penalty;
     Some(format!(
-        "net {net:?} batch {batch_size} negatives {:?} x{} steps {} penalty {} {:?} {}",
-        n.kind, n.count, n.langevin.steps, p.enabled, p.norm, p.square
+        "net {net:?} batch {batch_size} negatives {:?} x{} refined {} steps {} dfo {} x {} \
+         penalty {} {:?} {}",
+        n.kind,
+        n.count,
+        n.refined_count(),
+        n.langevin.steps,
+        n.dfo_iters,
+        n.dfo_noise_scale,
+        p.enabled,
+        p.norm,
+        p.square
     ))
 }
 
@@ -122,6 +131,11 @@ impl PackedTrainer {
         self.model.precision()
     }
 
+    /// The stacked model of every member (training precision, attached to its graph).
+    pub fn model(&self) -> &PackedEbm {
+        &self.model
+    }
+
     pub fn member(&self, k: usize) -> &PackMember {
         &self.members[k]
     }
@@ -135,7 +149,7 @@ impl PackedTrainer {
     pub fn train_step(&mut self) -> Vec<StepMetrics> {
         let (k, batch) = (self.members.len(), self.members[0].optim.batch_size);
         let action_dim = self.model.config().action_dim;
-        let (mut obs, mut actions, mut inits, mut noises) = (vec![], vec![], vec![], vec![]);
+        let (mut obs, mut actions, mut draws) = (vec![], vec![], vec![]);
         for (m, bounds) in self.members.iter().zip(&self.member_bounds) {
             // The member's draws, in its solo trainer's order: batch, starts, noise.
             tch::manual_seed(torch_seed(derive_seed(m.optim.seed, self.step)));
@@ -143,11 +157,10 @@ impl PackedTrainer {
             obs.push(m.data.obs.index_select(0, &index));
             actions.push(m.data.actions.index_select(0, &index));
             let negatives = &m.loss_config().negatives;
-            let (init, noise) = draw_counter_examples(batch, action_dim, bounds, negatives);
-            inits.push(init);
-            noises.extend(noise);
+            draws.push(CounterExampleDraws::draw(
+                batch, action_dim, bounds, negatives,
+            ));
         }
-        let noise = (!noises.is_empty()).then(|| Tensor::stack(&noises, 0));
         let cfgs: Vec<EbmLossConfig> = self
             .members
             .iter()
@@ -166,8 +179,7 @@ impl PackedTrainer {
             &Tensor::stack(&actions, 0),
             &self.bounds,
             &cfgs,
-            Tensor::stack(&inits, 0),
-            noise.as_ref(),
+            CounterExampleDraws::stack(draws),
         );
         loss.total.backward();
         // Every scalar of every member, copied to the host at once.

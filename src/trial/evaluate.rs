@@ -8,7 +8,10 @@ use anyhow::{ensure, Result};
 use tracing::warn;
 
 use super::TrialPaths;
-use crate::eval::{plot_episodes, rollout, write_episodes_csv, Actor, EpisodeRecord, EvalSummary};
+use crate::eval::{
+    plot_episodes, rollout, rollout_pack, write_episodes_csv, Actor, EpisodeRecord, EvalSummary,
+    PackActor,
+};
 use crate::spec::Spec;
 use crate::task::{episode_seeds, Task};
 
@@ -31,6 +34,29 @@ pub fn evaluate_actor(
         warn!(step = summary.step, "no episode succeeded");
     }
     Ok((summary, records))
+}
+
+/// Evaluates policies acting together (a pack's members, the weights of `step`), each on
+/// its own spec's episodes: member k gets the episodes its [`evaluate_actor`] gives. The
+/// wall time of each summary is the shared rollout's.
+pub fn evaluate_pack(
+    specs: &[&Spec],
+    tasks: &[&dyn Task],
+    actor: &dyn PackActor,
+    step: u64,
+) -> Result<Vec<(EvalSummary, Vec<EpisodeRecord>)>> {
+    let started = Instant::now();
+    let seeds: Vec<Vec<u64>> = specs
+        .iter()
+        .map(|s| episode_seeds(s.eval.seed, s.eval.episodes))
+        .collect();
+    let sampling: Vec<u64> = specs.iter().map(|s| s.eval.seed).collect();
+    let records = rollout_pack(tasks, actor, &seeds, &sampling)?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(records
+        .into_iter()
+        .map(|r| (EvalSummary::from_records(step, &r, seconds), r))
+        .collect())
 }
 
 /// The final evaluation's files: one row per episode, and plots if `eval.plots`.

@@ -12,7 +12,7 @@ mod recorder;
 mod run;
 mod setup;
 
-pub use evaluate::evaluate_actor;
+pub use evaluate::{evaluate_actor, evaluate_pack};
 pub use observer::{NoObserver, TrialObserver};
 pub use paths::TrialPaths;
 pub use recorder::{
@@ -20,7 +20,9 @@ pub use recorder::{
     TrialRecorder,
 };
 pub use run::{completed_report, run_pack, run_trial};
-pub use setup::{build_learner, load_demos, pack_key, training_set, trial_member};
+pub use setup::{
+    build_learner, evaluation_pack_key, load_demos, pack_key, training_set, trial_member,
+};
 
 use std::path::PathBuf;
 

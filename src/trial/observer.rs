@@ -11,6 +11,12 @@ use crate::eval::{EpisodeRecord, EvalSummary};
 pub trait TrialObserver {
     /// A row of `metrics.csv` was written.
     fn metrics(&mut self, row: &MetricsRow) -> Result<()>;
+    /// A checkpoint is about to be saved: everything held so far must be recorded first,
+    /// because a run killed once the checkpoint's files exist resumes after its step and
+    /// never makes those rows again.
+    fn before_checkpoint(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// A checkpoint was saved.
     fn checkpoint(&mut self, saved: &SavedCheckpoint) -> Result<()>;
     /// An evaluation finished (periodic or final).

@@ -300,6 +300,10 @@ impl TrialObserver for TrialRecorder {
         Ok(())
     }
 
+    fn before_checkpoint(&mut self) -> Result<()> {
+        self.flush()
+    }
+
     fn checkpoint(&mut self, saved: &SavedCheckpoint) -> Result<()> {
         self.flush()?;
         let files = &saved.files;

@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use tracing::info;
 
-use super::evaluate::{evaluate_actor, write_final_evaluation};
+use super::evaluate::{evaluate_actor, evaluate_pack, write_final_evaluation};
 use super::metrics::CsvLog;
 use super::setup::{build_learner, trial_member};
 use super::{MetricsRow, TrialObserver, TrialOptions, TrialPaths, TrialReport, TrialStop};
@@ -119,6 +119,7 @@ fn train_members(
             return;
         }
         let metrics = learner.train_step();
+        evaluate_together(&learner, &mut members, &metrics);
         for (pos, (m, step)) in members.iter_mut().zip(&metrics).enumerate() {
             let observer = &mut *observers[m.index];
             let outcome = m
@@ -136,6 +137,41 @@ fn train_members(
             }
         }
         retire(&mut learner, &mut members, |m| results[m.index].is_some());
+    }
+}
+
+/// Evaluates the members that evaluate at this step as one batched rollout, when there
+/// are several and they can act together; each keeps its result for its own evaluation.
+/// Otherwise (or if that fails) each evaluates alone.
+fn evaluate_together(learner: &Learner, members: &mut [Member], metrics: &[StepMetrics]) {
+    let positions: Vec<usize> = members
+        .iter()
+        .zip(metrics)
+        .enumerate()
+        .filter(|(_, (m, s))| s.loss.is_finite() && m.evaluates_at(s.step))
+        .map(|(pos, _)| pos)
+        .collect();
+    if positions.len() < 2 {
+        return;
+    }
+    let Some(policies) = learner.packed_policies(&positions) else {
+        return;
+    };
+    let step = learner.step();
+    let specs: Vec<&Spec> = positions.iter().map(|&p| members[p].spec).collect();
+    let tasks: Vec<&dyn Task> = positions
+        .iter()
+        .map(|&p| members[p].task.as_ref())
+        .collect();
+    let results = policies.and_then(|p| evaluate_pack(&specs, &tasks, &p, step));
+    match results {
+        Ok(results) => {
+            info!(members = positions.len(), step, "evaluated together");
+            for (pos, result) in positions.into_iter().zip(results) {
+                members[pos].prepared = Some((step, result));
+            }
+        }
+        Err(e) => tracing::warn!("the pack's members evaluate one by one: {e:#}"),
     }
 }
 
@@ -220,6 +256,8 @@ struct Member<'a> {
     window: (Instant, u64),
     /// When this run of the trial began training.
     started: Instant,
+    /// Its evaluation of a step, made together with other members' ([`evaluate_together`]).
+    prepared: Option<(u64, (EvalSummary, Vec<EpisodeRecord>))>,
 }
 
 impl<'a> Member<'a> {
@@ -243,7 +281,15 @@ impl<'a> Member<'a> {
             last_good: None,
             window: (Instant::now(), 0),
             started: Instant::now(),
+            prepared: None,
         })
+    }
+
+    /// Whether the trial evaluates itself after `step` (periodically, or at the end).
+    fn evaluates_at(&self, step: u64) -> bool {
+        let spec = &self.spec.train;
+        let periodic = spec.eval_every > 0 && step % spec.eval_every == 0;
+        step == spec.iterations || (periodic && !self.options.defer_evaluations)
     }
 
     fn open_logs(&mut self, start_step: u64) -> Result<()> {
@@ -319,11 +365,14 @@ impl<'a> Member<'a> {
     }
 
     fn evaluate(
-        &self,
+        &mut self,
         learner: &Learner,
         pos: usize,
         step: u64,
     ) -> Result<(EvalSummary, Vec<EpisodeRecord>)> {
+        if let Some((_, result)) = self.prepared.take().filter(|(at, _)| *at == step) {
+            return Ok(result);
+        }
         learner.with_policy(pos, |policy| {
             evaluate_actor(self.spec, self.task.as_ref(), policy, step)
         })?
@@ -336,6 +385,7 @@ impl<'a> Member<'a> {
         observer: &mut dyn TrialObserver,
     ) -> Result<()> {
         self.metrics_log().flush()?;
+        observer.before_checkpoint()?;
         let saved = learner.save_checkpoint(pos, &self.paths.checkpoints())?;
         observer.checkpoint(&saved)?;
         self.last_good = Some(saved.files.step);

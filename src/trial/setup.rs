@@ -7,6 +7,7 @@ use anyhow::{ensure, Context, Result};
 use tch::Device;
 
 use crate::data::{Normalizer, Windows};
+use crate::policy::acting_key;
 use crate::spec::Spec;
 use crate::task::{episode_seeds, read_demo_dir, record_demos, Demo, Task, TaskInfo};
 use crate::train::{
@@ -106,6 +107,14 @@ pub fn pack_key(spec: &Spec) -> Option<String> {
     let policy = spec.policy_spec().ok()?;
     pack_shape(&policy, spec.train.batch_size)
         .map(|shape| format!("{shape} precision {:?}", spec.train.precision))
+}
+
+/// Whether a trial's evaluations can run together with others' as one batched rollout,
+/// and what they must share: how the policy acts, the task, and the episodes' count.
+pub fn evaluation_pack_key(spec: &Spec) -> Option<String> {
+    let policy = spec.policy_spec().ok()?;
+    acting_key(&policy)
+        .map(|key| format!("{key} task {:?} episodes {}", spec.task, spec.eval.episodes))
 }
 
 /// A fresh trainer for the trials' members: a pack when they pack, else a solo trainer

@@ -6,48 +6,22 @@ mod dfo;
 mod langevin;
 mod loss;
 mod model;
+mod negatives;
 mod packed;
 
 pub use autoregressive::{ar_ebm_loss, dfo_dimension, AutoregressiveEbm};
-pub use dfo::{dfo_minimize, DfoConfig};
+pub use dfo::{dfo_minimize, dfo_minimize_drawn, DfoConfig, DfoDraws};
 pub use langevin::{langevin, langevin_with_noise, packed_langevin, Bounds, LangevinConfig};
 pub use loss::{gradient_penalty, info_nce, GradNorm, GradPenaltyConfig};
 pub use model::SequenceEbm;
+pub use negatives::{
+    counter_examples, dfo_refine, CounterExampleDraws, NegativeKind, NegativesConfig,
+    RefinementDraws,
+};
 pub use packed::{packable, packed_ebm_loss, PackedEbm, PackedLoss};
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
-
-/// How counter-examples are drawn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NegativeKind {
-    /// Uniform in the sampling bounds (IBC's DFO-trained variant).
-    Uniform,
-    /// Uniform, then refined by Langevin on the current energy (IBC's Langevin variant).
-    Langevin,
-}
-
-/// Counter-examples per positive and how they are made (spec table `train.negatives`;
-/// the Langevin parameters sit beside `kind` and `count`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct NegativesConfig {
-    pub kind: NegativeKind,
-    pub count: i64,
-    #[serde(flatten)]
-    pub langevin: LangevinConfig,
-}
-
-impl Default for NegativesConfig {
-    fn default() -> Self {
-        Self {
-            kind: NegativeKind::Langevin,
-            count: 8,
-            langevin: LangevinConfig::default(),
-        }
-    }
-}
 
 /// The EBM objective's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,46 +54,6 @@ pub struct EbmLoss {
     pub energy_negative: Tensor,
 }
 
-/// Counter-examples `(B, count, A)` for observation windows `obs` `(B, S, D)`. Their random
-/// draws come in a fixed order, uniform starts then (for Langevin) the noise of every step,
-/// which a pack's member makes in the same order ([`draw_counter_examples`]).
-pub fn counter_examples(
-    model: &SequenceEbm,
-    context: &Tensor,
-    bounds: &Bounds,
-    cfg: &NegativesConfig,
-) -> Tensor {
-    let batch = context.size()[0];
-    let (init, noise) = draw_counter_examples(batch, model.config().action_dim, bounds, cfg);
-    match noise {
-        None => init,
-        Some(noise) => {
-            let context = context.detach();
-            langevin_with_noise(init, bounds, &cfg.langevin, &noise, |a| {
-                model.action_gradient(&context, a)
-            })
-        }
-    }
-}
-
-/// The random draws of one batch's counter-examples: uniform starts `(B, count, A)` and,
-/// for Langevin, the noise of all its steps `(steps, B, count, A)`.
-pub fn draw_counter_examples(
-    batch: i64,
-    action_dim: i64,
-    bounds: &Bounds,
-    cfg: &NegativesConfig,
-) -> (Tensor, Option<Tensor>) {
-    let init = bounds.uniform(&[batch, cfg.count, action_dim]);
-    let noise = (cfg.kind == NegativeKind::Langevin).then(|| {
-        Tensor::randn(
-            [cfg.langevin.steps as i64, batch, cfg.count, action_dim],
-            (Kind::Float, init.device()),
-        )
-    });
-    (init, noise)
-}
-
 /// InfoNCE over `[counter-examples..., demonstration]` plus the gradient penalty at all of
 /// them, from one forward pass. `obs` `(B, S, D)`, `actions` `(B, A)`, both normalized.
 pub fn ebm_loss(
@@ -130,7 +64,7 @@ pub fn ebm_loss(
     cfg: &EbmLossConfig,
 ) -> EbmLoss {
     let context = model.observation_context(obs);
-    let negatives = counter_examples(model, &context, bounds, &cfg.negatives);
+    let negatives = counter_examples(model, &context, bounds, &cfg.negatives, cfg.temperature);
     let penalise = cfg.grad_penalty.enabled;
     let candidates = Tensor::cat(&[negatives, actions.unsqueeze(1)], 1)
         .detach()

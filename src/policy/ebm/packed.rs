@@ -131,6 +131,10 @@ impl PackedEbm {
         self.members
     }
 
+    pub fn device(&self) -> tch::Device {
+        self.projection.weight.device()
+    }
+
     pub fn precision(&self) -> Precision {
         self.precision
     }
@@ -175,6 +179,16 @@ impl PackedEbm {
     }
 
     /// Member `k` alone, as a pack of one (sharing the tensors).
+    /// The pack of the members at `positions`, in that order (sharing their tensors' data
+    /// only where no copy is needed).
+    pub fn members_at(&self, positions: &[i64]) -> PackedEbm {
+        let index = Tensor::from_slice(positions).to_device(self.device());
+        self.map_layers(self.precision, |l| PackedLinear {
+            weight: l.weight.index_select(0, &index),
+            bias: l.bias.index_select(0, &index),
+        })
+    }
+
     pub fn member(&self, k: i64) -> PackedEbm {
         self.map_layers(self.precision, |l| PackedLinear {
             weight: l.weight.narrow(0, k, 1),
@@ -333,8 +347,8 @@ pub struct PackedLoss {
 }
 
 /// The pack's InfoNCE plus gradient penalty: `obs` `[K, B, S, D]`, `actions` `[K, B, A]`,
-/// counter-example starts `init` `[K, B, N, A]` and Langevin `noise` `[K, steps, B, N, A]`
-/// (drawn per member in its solo order), member configs `cfgs`. The same arithmetic as
+/// the members' counter-example draws stacked (each drawn in its solo order), member
+/// configs `cfgs`. The same arithmetic as
 /// `ebm_loss` for each member.
 pub fn packed_ebm_loss(
     model: &PackedEbm,
@@ -342,8 +356,7 @@ pub fn packed_ebm_loss(
     actions: &Tensor,
     bounds: &super::Bounds,
     cfgs: &[super::EbmLossConfig],
-    init: Tensor,
-    noise: Option<&Tensor>,
+    draws: super::CounterExampleDraws,
 ) -> PackedLoss {
     let device = obs.device();
     let per_member = |f: &dyn Fn(&super::EbmLossConfig) -> f64, dims: i64| {
@@ -359,17 +372,31 @@ pub fn packed_ebm_loss(
     let margin = per_member(&|c| c.grad_penalty.margin, 3);
     let weight = per_member(&|c| c.grad_penalty.weight, 1);
     let context = model.observation_context(obs);
-    let negatives = match noise {
-        None => init,
-        Some(noise) => {
-            let langevin: Vec<super::LangevinConfig> =
-                cfgs.iter().map(|c| c.negatives.langevin.clone()).collect();
-            let ctx = context.detach();
-            let sampler = model.frozen();
-            super::packed_langevin(init, bounds, &langevin, noise, |a| {
-                sampler.action_gradient(&ctx, a)
-            })
-        }
+    let negatives = {
+        let ctx = context.detach();
+        let sampler = model.frozen();
+        let first = &cfgs[0].negatives;
+        super::negatives::refine(draws, first, |start, refinement| match refinement {
+            super::RefinementDraws::None => unreachable!("refine calls back only with draws"),
+            super::RefinementDraws::Langevin { noise } => {
+                let langevin: Vec<super::LangevinConfig> =
+                    cfgs.iter().map(|c| c.negatives.langevin.clone()).collect();
+                super::packed_langevin(start, bounds, &langevin, noise, |a| {
+                    sampler.action_gradient(&ctx, a)
+                })
+            }
+            super::RefinementDraws::Dfo { uniforms, noise } => super::negatives::dfo_refine(
+                start,
+                bounds,
+                first.dfo_iters,
+                first.dfo_noise_scale,
+                |i| {
+                    let noise = (i > 0).then(|| noise.select(1, i as i64 - 1));
+                    (uniforms.select(1, i as i64), noise)
+                },
+                |a| sampler.energies(&ctx, a) / -&temperature,
+            ),
+        })
     };
     let penalise = cfgs[0].grad_penalty.enabled;
     let candidates = Tensor::cat(&[negatives, actions.unsqueeze(2)], 2)
