@@ -358,6 +358,42 @@ fn trial_ids_follow_the_config() {
     assert_eq!(back, a);
 }
 
+#[test]
+fn keys_left_out_at_their_defaults_can_still_be_set_and_change_the_trial() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    let file = root.join("quickstart.toml");
+    let base = load(&file, &[], &[]).unwrap();
+    let set = [
+        "train.negatives.kind=\"dfo\"",
+        "train.negatives.refined_fraction=0.5",
+        "train.negatives.dfo_iters=2",
+        "train.negatives.dfo_noise_scale=0.1",
+    ];
+    let dfo = load(&file, &set, &[]).unwrap();
+    let n = &dfo.train.negatives;
+    assert_eq!(
+        (n.refined_fraction, n.dfo_iters, n.dfo_noise_scale),
+        (0.5, 2, 0.1)
+    );
+    assert_ne!(dfo.trial_id(), base.trial_id());
+    // The resolved TOML keeps them, and reads back to the same spec.
+    let back: Spec = toml::from_str(&dfo.to_toml()).unwrap();
+    assert_eq!(back, dfo);
+    let err = format!(
+        "{:#}",
+        load(&file, &["train.negatives.refined_fractoin=0.5"], &[]).unwrap_err()
+    );
+    assert!(
+        err.contains("refined_fractoin") && err.contains("refined_fraction"),
+        "{err}"
+    );
+    let err = format!(
+        "{:#}",
+        load(&file, &["train.negatives.refined_fraction=1.5"], &[]).unwrap_err()
+    );
+    assert!(err.contains("train.negatives.refined_fraction"), "{err}");
+}
+
 /// Trial ids are what a user's runs are filed under: a spec that did not change keeps its
 /// id across versions of ebmlab (new keys stay out of the hash while at their defaults).
 #[test]

@@ -20,11 +20,15 @@ pub const ENV_PREFIX: &str = "EBMLAB_";
 /// Keys whose values are free-form tables, or lists of them (`trials`): their inner keys
 /// are checked as dotted spec keys.
 const FREE_TABLES: &[&str] = &["sweep", "trials"];
-/// Optional keys that have no default value.
+/// Optional keys that have no default value, or that the resolved spec leaves out at
+/// their defaults (keys added after trial ids were first made: see `trial_id`).
 const OPTIONAL_KEYS: &[&str] = &[
     "extends",
     "data.path",
     "train.precision",
+    "train.negatives.refined_fraction",
+    "train.negatives.dfo_iters",
+    "train.negatives.dfo_noise_scale",
     "eval.precision",
     "resources.pack",
 ];
