@@ -568,3 +568,78 @@ fn a_packs_members_evaluated_together_act_as_each_alone() {
         }
     }
 }
+
+/// An evaluation job of several trials where one checkpoint was altered: that trial fails
+/// (exit 2, naming it), the others are evaluated and recorded.
+#[test]
+fn one_bad_checkpoint_fails_only_its_trial_in_an_evaluation_job_of_several() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let file = sweep_evaluating(dir.path(), 4, 50, 25);
+    let out = common::ebmlab(&[
+        "run",
+        file.to_str().unwrap(),
+        "--quiet",
+        "--slots",
+        "1",
+        "--runs",
+        runs.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let db = runs.join("ebmlab.sqlite");
+    let mut trials: Vec<String> = common::query_csv(&db, "SELECT id FROM trials ORDER BY id")
+        .lines()
+        .skip(1)
+        .map(str::to_owned)
+        .collect();
+    trials.truncate(3);
+    // Forget their step-25 evaluations, and alter the second one's checkpoint.
+    let forget = format!(
+        "import sqlite3; c = sqlite3.connect({:?}); \
+         c.execute(\"DELETE FROM episodes WHERE evaluation IN \
+         (SELECT id FROM evaluations WHERE step = 25)\"); \
+         c.execute(\"DELETE FROM evaluations WHERE step = 25\"); c.commit()",
+        db.to_str().unwrap()
+    );
+    common::run_python(&forget, "");
+    let bad = runs.join(format!(
+        "packed/{}/checkpoints/step_0000025.safetensors",
+        trials[1]
+    ));
+    let mut bytes = std::fs::read(&bad).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&bad, bytes).unwrap();
+
+    let mut args = vec![
+        "worker",
+        "--experiment",
+        "packed",
+        "--runs",
+        runs.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--evaluate",
+        "25",
+    ];
+    for t in &trials {
+        args.extend(["--trial", t.as_str()]);
+    }
+    let out = common::ebmlab(&args);
+    let (stdout, stderr) = (common::stdout(&out), common::stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&trials[1]) && stderr.contains("sha256"),
+        "{stderr}"
+    );
+    let evaluated = common::query_csv(
+        &db,
+        "SELECT trial FROM evaluations WHERE step = 25 ORDER BY trial",
+    );
+    let expected = format!("trial\n{}\n{}\n", trials[0], trials[2]);
+    assert_eq!(evaluated, expected, "{stdout}{stderr}");
+}

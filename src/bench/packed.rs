@@ -85,6 +85,7 @@ pub fn packed_evaluation(opts: &BenchOptions, emit: &mut impl FnMut(&BenchRecord
                 inference.samples = opts.eval_samples;
                 inference.precision = precision;
             }
+            // The training pack's width (`--hidden`): the networks are its members'.
             let normalizer = &trainer.member(0).normalizer;
             let policies =
                 PackedPolicies::new(trainer.model(), &vec![(&spec, normalizer); members])?;
@@ -99,7 +100,7 @@ pub fn packed_evaluation(opts: &BenchOptions, emit: &mut impl FnMut(&BenchRecord
                 "members": members,
                 "precision": precision.to_string(),
                 "hidden": opts.hidden, "episodes": opts.eval_episodes,
-                "samples": opts.eval_samples, "iters": opts.dfo_iters, "n_steps": 50,
+                "samples": opts.eval_samples, "iters": opts.dfo_iters, "n_steps": 50, "n_dim": 2,
             });
             let mut figure = record("packed_eval", opts.device, config, times);
             figure.per_second = Some(members as f64 * 1e3 / figure.median_ms);

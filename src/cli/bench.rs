@@ -26,7 +26,8 @@ pub enum BenchItem {
     /// model, in each of --precisions (beside the same packing written in PyTorch).
     Packed,
     /// Packed evaluation: --eval-pack-sizes trials' evaluations (--eval-episodes
-    /// episodes, --eval-samples DFO samples) as one batched rollout, in each of --precisions.
+    /// episodes, --eval-samples DFO samples, the train-step network of --hidden width) as
+    /// one batched rollout, in each of --precisions.
     PackedEval,
 }
 

@@ -94,15 +94,22 @@ fn try_job(args: JobArgs, cancel: &AtomicBool) -> Result<Exit> {
         inline_evaluations: args.inline_evaluations,
     };
     if let Some(step) = args.evaluate {
-        for (trial, s) in job.trials.iter().zip(job.evaluate(step)?) {
-            println!(
-                "trial {trial} step {step}: success {}/{} = {:.1}%",
-                s.successes,
-                s.episodes,
-                100.0 * s.success_rate
-            );
+        let mut exit = Exit::Success;
+        for (trial, result) in job.trials.iter().zip(job.evaluate(step)?) {
+            match result {
+                Ok(s) => println!(
+                    "trial {trial} step {step}: success {}/{} = {:.1}%",
+                    s.successes,
+                    s.episodes,
+                    100.0 * s.success_rate
+                ),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    exit = Exit::Error;
+                }
+            }
         }
-        return Ok(Exit::Success);
+        return Ok(exit);
     }
     let results = job.train(cancel)?;
     let mut exit = Exit::Success;

@@ -11,7 +11,7 @@ pub mod resnet;
 
 pub use acting::{LoadedPolicy, PolicyView};
 pub use inference::{in_row_chunks, infer_actions, InferenceConfig, InferenceKind};
-pub use packed_acting::{acting_key, PackedPolicies};
+pub use packed_acting::{acting_key, members_per_rollout, PackedPolicies};
 pub use precision::Precision;
 
 use serde::{Deserialize, Serialize};

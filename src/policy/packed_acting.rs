@@ -30,6 +30,17 @@ pub fn acting_key(spec: &PolicySpec) -> Option<String> {
         .then(|| format!("{net:?} {inference:?}"))
 }
 
+/// Candidate rows (members x episodes x samples) one batched rollout takes at most: its
+/// DFO numbers are drawn beforehand, about 11 floats per row for 2-D actions and 3 rounds,
+/// and stacked once more (about 3 GB at this size).
+const MAX_ROLLOUT_ROWS: usize = 1 << 25;
+
+/// How many members evaluate in one batched rollout of `episodes` episodes with `samples`
+/// DFO samples each (at least one).
+pub fn members_per_rollout(episodes: usize, samples: i64) -> usize {
+    (MAX_ROLLOUT_ROWS / (episodes.max(1) * samples.max(1) as usize)).max(1)
+}
+
 /// Members' policies acting together; built from a pack's stacked weights.
 pub struct PackedPolicies {
     model: PackedEbm,
@@ -92,11 +103,24 @@ impl PackedPolicies {
     pub fn load(checkpoints: &[&VerifiedCheckpoint], device: Device) -> Result<Self> {
         let mut members = Vec::with_capacity(checkpoints.len());
         let mut states = Vec::with_capacity(checkpoints.len());
+        let mut first_key = None;
         for checkpoint in checkpoints {
             let files = checkpoint.files();
-            members.push(read_run_files(files.dir())?);
+            let (spec, normalizer) = read_run_files(files.dir())?;
+            spec.check()
+                .with_context(|| format!("{}: the policy it names", files.dir().display()))?;
+            let key = acting_key(&spec);
+            ensure!(
+                key.is_some() && (first_key.is_none() || first_key == key),
+                "{}: this policy does not act like {} (only energy models of one network \
+                 acting by DFO with the same settings act together)",
+                files.dir().display(),
+                checkpoints[0].files().dir().display()
+            );
+            first_key = key;
             let state = Tensor::read_safetensors(&files.model)
                 .with_context(|| format!("loading {}", files.model.display()))?;
+            members.push((spec, normalizer));
             states.push(
                 state
                     .into_iter()

@@ -18,6 +18,7 @@ use super::packs::{form_packs, pack_size, Candidate};
 use super::settle::{settle, Finished, Settled};
 use super::slots::{plan_slots, Machine, Slot, SlotDevice};
 use crate::checkpoint::saved_steps;
+use crate::policy::members_per_rollout;
 use crate::spec::{describe_settings, Spec};
 use crate::store::{hostname, now, parse_timestamp, Database, EndWhen, Store, TrialStatus};
 use crate::trial::{evaluation_pack_key, pack_key, TrialPaths};
@@ -377,7 +378,12 @@ impl Dispatcher<'_> {
             }
         }
         let packed = by_step.into_iter().flat_map(|(step, candidates)| {
-            form_packs(&candidates, self.pack_size)
+            // Within the pack size, and what one batched rollout holds.
+            let eval = &self.specs[&candidates[0].trial].eval;
+            let size = self
+                .pack_size
+                .min(members_per_rollout(eval.episodes, eval.samples));
+            form_packs(&candidates, size)
                 .into_iter()
                 .map(move |trials| Job::evaluate_pack(trials, step))
         });

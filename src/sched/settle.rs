@@ -98,6 +98,19 @@ async fn gone(store: &Store, done: &Finished<'_>, trial: &str, why: String) -> R
 /// A worker that exited: its exit status, and for training what it recorded per trial.
 async fn settle_exit(store: &Store, done: &Finished<'_>, trial: &str, code: i32) -> Result<Ended> {
     let exit = Exit::from_code(code);
+    if let JobKind::Evaluate { step } = done.job.kind {
+        // A job of several trials records each evaluation as it is made: one that was
+        // recorded succeeded, whatever happened to the others.
+        let unevaluated = store
+            .unevaluated_checkpoints(done.experiment, trial)
+            .await?;
+        if exit != Some(Exit::Success)
+            && exit != Some(Exit::Cancelled)
+            && !unevaluated.contains(&step)
+        {
+            return Ok(Ended::Settled(Settled::Succeeded));
+        }
+    }
     if done.job.kind != JobKind::Train {
         return Ok(Ended::Settled(match exit {
             Some(Exit::Success) => Settled::Succeeded,

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result};
 
 use crate::checkpoint::{verify, CheckpointFiles, VerifiedCheckpoint};
-use crate::eval::EvalSummary;
+use crate::eval::{EpisodeRecord, EvalSummary};
 use crate::policy::{LoadedPolicy, PackedPolicies};
 use crate::spec::{parse_device, Spec};
 use crate::store::{block_on, Database, Store, StoredTrial};
@@ -94,52 +94,96 @@ impl WorkerJob {
     }
 
     /// Evaluates the checkpoints at `step` of the trials with their `[eval]` settings (as
-    /// one batched rollout when there are several) and records each evaluation and its
-    /// episodes.
-    pub fn evaluate(&self, step: u64) -> Result<Vec<EvalSummary>> {
+    /// one batched rollout when there are several that can; one by one if that fails) and
+    /// records each evaluation and its episodes. A trial that cannot be evaluated does not
+    /// keep the others from theirs: each gets its own result.
+    pub fn evaluate(&self, step: u64) -> Result<Vec<Result<EvalSummary>>> {
         if self.threads > 0 {
             tch::set_num_threads(self.threads as i32);
         }
         let device = parse_device(&self.device)?.resolve()?;
-        let mut loaded = Vec::with_capacity(self.trials.len());
-        for ((spec, _), trial) in self.specs()?.into_iter().zip(&self.trials) {
-            let files =
-                CheckpointFiles::in_dir(&TrialPaths::new(&self.runs, &spec).checkpoints(), step);
-            let recorded = block_on(async {
-                let store = Store::open(&self.db).await?;
-                store.checkpoint_sha256(&self.experiment, trial, step).await
-            })?;
-            let checkpoint = verify(&files, recorded.as_deref())?;
-            let task = spec.task.build().context("[task]")?;
-            loaded.push((spec, task, checkpoint));
-        }
-        let results = match &loaded[..] {
-            [(spec, task, checkpoint)] => {
-                let policy = LoadedPolicy::load(checkpoint, device)?;
-                vec![evaluate_actor(spec, task.as_ref(), &policy.view(), step)?]
+        let specs = self.specs()?;
+        let loaded: Vec<Result<Loaded>> = specs
+            .into_iter()
+            .zip(&self.trials)
+            .map(|((spec, _), trial)| self.load_for_evaluation(spec, trial, step))
+            .collect();
+        let ready: Vec<usize> = (0..loaded.len()).filter(|&i| loaded[i].is_ok()).collect();
+        let mut together = if ready.len() > 1 {
+            let members: Vec<&Loaded> = ready
+                .iter()
+                .map(|&i| loaded[i].as_ref().expect("filtered"))
+                .collect();
+            match evaluate_loaded_together(&members, device, step) {
+                Ok(results) => results.into_iter().map(Some).collect(),
+                Err(e) => {
+                    tracing::warn!("evaluating one by one: {e:#}");
+                    vec![None; ready.len()]
+                }
             }
-            _ => {
-                let specs: Vec<&Spec> = loaded.iter().map(|(s, _, _)| s).collect();
-                let tasks: Vec<&dyn Task> = loaded.iter().map(|(_, t, _)| t.as_ref()).collect();
-                let checkpoints: Vec<&VerifiedCheckpoint> =
-                    loaded.iter().map(|(_, _, c)| c).collect();
-                let policies = PackedPolicies::load(&checkpoints, device)?;
-                evaluate_pack(&specs, &tasks, &policies, step)?
-            }
+        } else {
+            vec![None; ready.len()]
         };
-        let mut summaries = Vec::with_capacity(results.len());
-        for (trial, (summary, records)) in self.trials.iter().zip(results) {
-            let (evaluation, rows) = evaluation_rows(&summary, &records);
-            block_on(async {
-                let store = Store::open(&self.db).await?;
-                store
-                    .add_evaluation(&self.experiment, trial, &evaluation, &rows)
-                    .await
-            })?;
-            summaries.push(summary);
+        let mut summaries = Vec::with_capacity(loaded.len());
+        for (i, (trial, loaded)) in self.trials.iter().zip(loaded).enumerate() {
+            let prepared = ready
+                .iter()
+                .position(|&r| r == i)
+                .and_then(|k| together[k].take());
+            let result = loaded.and_then(|(spec, task, checkpoint)| {
+                let (summary, records) = match prepared {
+                    Some(done) => done,
+                    None => {
+                        let policy = LoadedPolicy::load(&checkpoint, device)?;
+                        evaluate_actor(&spec, task.as_ref(), &policy.view(), step)?
+                    }
+                };
+                let (evaluation, rows) = evaluation_rows(&summary, &records);
+                block_on(async {
+                    let store = Store::open(&self.db).await?;
+                    store
+                        .add_evaluation(&self.experiment, trial, &evaluation, &rows)
+                        .await
+                })?;
+                Ok(summary)
+            });
+            summaries.push(result.with_context(|| format!("trial {trial} step {step}")));
         }
         Ok(summaries)
     }
+
+    /// A trial's spec, task and checked checkpoint at `step`.
+    fn load_for_evaluation(&self, spec: Spec, trial: &str, step: u64) -> Result<Loaded> {
+        let files =
+            CheckpointFiles::in_dir(&TrialPaths::new(&self.runs, &spec).checkpoints(), step);
+        let recorded = block_on(async {
+            let store = Store::open(&self.db).await?;
+            store.checkpoint_sha256(&self.experiment, trial, step).await
+        })?;
+        let checkpoint = verify(&files, recorded.as_deref())?;
+        let task = spec.task.build().context("[task]")?;
+        Ok((spec, task, checkpoint))
+    }
+}
+
+/// What evaluating a trial's checkpoint needs.
+type Loaded = (Spec, Box<dyn Task>, VerifiedCheckpoint);
+
+/// One batched rollout of the members (an error, a panic of libtorch included, leaves
+/// them to evaluate one by one).
+fn evaluate_loaded_together(
+    members: &[&Loaded],
+    device: tch::Device,
+    step: u64,
+) -> Result<Vec<(EvalSummary, Vec<EpisodeRecord>)>> {
+    let specs: Vec<&Spec> = members.iter().map(|(s, _, _)| s).collect();
+    let tasks: Vec<&dyn Task> = members.iter().map(|(_, t, _)| t.as_ref()).collect();
+    let checkpoints: Vec<&VerifiedCheckpoint> = members.iter().map(|(_, _, c)| c).collect();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let policies = PackedPolicies::load(&checkpoints, device)?;
+        evaluate_pack(&specs, &tasks, &policies, step)
+    }))
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("the batched rollout panicked")))
 }
 
 #[cfg(test)]

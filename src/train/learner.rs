@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use super::{PackedTrainer, StepMetrics, Trainer};
 use crate::checkpoint::{SavedCheckpoint, VerifiedCheckpoint};
-use crate::policy::{acting_key, LoadedPolicy, PackedPolicies, PolicyView};
+use crate::policy::{LoadedPolicy, PackedPolicies, PolicyView};
 
 pub enum Learner {
     /// `None` once its one member was removed.
@@ -87,26 +87,18 @@ impl Learner {
         }
     }
 
-    /// The members at `positions` as policies acting together, when they are a pack's
-    /// members that can ([`acting_key`]); `None` otherwise (each then acts alone).
+    /// The members at `positions` as policies acting together (an error where they cannot:
+    /// [`PackedPolicies::new`]); `None` for a solo learner.
     pub fn packed_policies(&self, positions: &[usize]) -> Option<Result<PackedPolicies>> {
         let Learner::Pack(p) = self else {
             return None;
         };
-        let model = p.model();
-        let key = acting_key(&p.member(positions[0]).spec)?;
-        if positions
-            .iter()
-            .any(|&k| acting_key(&p.member(k).spec).as_ref() != Some(&key))
-        {
-            return None;
-        }
         let index: Vec<i64> = positions.iter().map(|&k| k as i64).collect();
         let members: Vec<_> = positions
             .iter()
             .map(|&k| (&p.member(k).spec, &p.member(k).normalizer))
             .collect();
-        Some(PackedPolicies::new(&model.members_at(&index), &members))
+        Some(PackedPolicies::new(&p.model().members_at(&index), &members))
     }
 
     /// The precision the products run in, for the record.

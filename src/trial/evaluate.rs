@@ -25,7 +25,18 @@ pub fn evaluate_actor(
     let started = Instant::now();
     let seeds = episode_seeds(spec.eval.seed, spec.eval.episodes);
     let records = rollout(task, actor, &seeds, spec.eval.seed)?;
-    let summary = EvalSummary::from_records(step, &records, started.elapsed().as_secs_f64());
+    let summary = summarize(spec, step, &records, started.elapsed().as_secs_f64())?;
+    Ok((summary, records))
+}
+
+/// The summary of an evaluation's episodes, checked to be the spec's number.
+fn summarize(
+    spec: &Spec,
+    step: u64,
+    records: &[EpisodeRecord],
+    seconds: f64,
+) -> Result<EvalSummary> {
+    let summary = EvalSummary::from_records(step, records, seconds);
     ensure!(
         summary.episodes == spec.eval.episodes,
         "evaluation lost episodes"
@@ -33,12 +44,13 @@ pub fn evaluate_actor(
     if summary.success_rate == 0.0 {
         warn!(step = summary.step, "no episode succeeded");
     }
-    Ok((summary, records))
+    Ok(summary)
 }
 
 /// Evaluates policies acting together (a pack's members, the weights of `step`), each on
-/// its own spec's episodes: member k gets the episodes its [`evaluate_actor`] gives. The
-/// wall time of each summary is the shared rollout's.
+/// its own spec's episodes: member k gets the episodes its [`evaluate_actor`] gives, up to
+/// the summation order of batched products (the same on the CPU, tested). The wall time of
+/// each summary is the shared rollout's.
 pub fn evaluate_pack(
     specs: &[&Spec],
     tasks: &[&dyn Task],
@@ -53,10 +65,11 @@ pub fn evaluate_pack(
     let sampling: Vec<u64> = specs.iter().map(|s| s.eval.seed).collect();
     let records = rollout_pack(tasks, actor, &seeds, &sampling)?;
     let seconds = started.elapsed().as_secs_f64();
-    Ok(records
-        .into_iter()
-        .map(|r| (EvalSummary::from_records(step, &r, seconds), r))
-        .collect())
+    specs
+        .iter()
+        .zip(records)
+        .map(|(spec, r)| Ok((summarize(spec, step, &r, seconds)?, r)))
+        .collect()
 }
 
 /// The final evaluation's files: one row per episode, and plots if `eval.plots`.

@@ -2,6 +2,7 @@
 //! metrics, evaluations and checkpoints, then evaluate the end. Several trials of one
 //! shape train together as a pack; each still has its own files, records and outcome.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,10 +14,11 @@ use tracing::info;
 
 use super::evaluate::{evaluate_actor, evaluate_pack, write_final_evaluation};
 use super::metrics::CsvLog;
-use super::setup::{build_learner, trial_member};
+use super::setup::{build_learner, evaluation_pack_key, trial_member};
 use super::{MetricsRow, TrialObserver, TrialOptions, TrialPaths, TrialReport, TrialStop};
 use crate::checkpoint::{self, write_atomic};
 use crate::eval::{EpisodeRecord, EvalSummary};
+use crate::policy::members_per_rollout;
 use crate::spec::{parse_device, Spec};
 use crate::task::Task;
 use crate::train::{Learner, StepMetrics};
@@ -119,15 +121,24 @@ fn train_members(
             return;
         }
         let metrics = learner.train_step();
+        // Timed before any evaluation: the rates and train time are training's alone.
+        let train_seconds = started.0.elapsed().as_secs_f64();
+        let logged: Vec<Result<bool>> = members
+            .iter_mut()
+            .zip(&metrics)
+            .map(|(m, step)| m.log_step(step, &mut *observers[m.index]))
+            .collect();
         evaluate_together(&learner, &mut members, &metrics);
-        for (pos, (m, step)) in members.iter_mut().zip(&metrics).enumerate() {
+        for (pos, ((m, step), logged)) in members.iter_mut().zip(&metrics).zip(logged).enumerate() {
             let observer = &mut *observers[m.index];
-            let outcome = m
-                .after_step(&learner, pos, step, observer)
+            let outcome = logged
+                .and_then(|last| m.after_step(&learner, pos, step, last, observer))
                 .and_then(|done| match done {
-                    true => m
-                        .finish(&learner, pos, observer, resumed_from, started)
-                        .map(Some),
+                    true => {
+                        let timing = (train_seconds, started.1);
+                        m.finish(&learner, pos, observer, resumed_from, timing)
+                            .map(Some)
+                    }
                     false => Ok(None),
                 });
             match outcome {
@@ -140,38 +151,49 @@ fn train_members(
     }
 }
 
-/// Evaluates the members that evaluate at this step as one batched rollout, when there
-/// are several and they can act together; each keeps its result for its own evaluation.
-/// Otherwise (or if that fails) each evaluates alone.
+/// Evaluates the members that evaluate at this step together: those that act alike
+/// ([`evaluation_pack_key`]) as one batched rollout per group of at most
+/// [`members_per_rollout`]; each keeps its result for its own evaluation. Otherwise (or if
+/// that fails, out of memory included) each evaluates alone.
 fn evaluate_together(learner: &Learner, members: &mut [Member], metrics: &[StepMetrics]) {
-    let positions: Vec<usize> = members
-        .iter()
-        .zip(metrics)
-        .enumerate()
-        .filter(|(_, (m, s))| s.loss.is_finite() && m.evaluates_at(s.step))
-        .map(|(pos, _)| pos)
-        .collect();
-    if positions.len() < 2 {
-        return;
-    }
-    let Some(policies) = learner.packed_policies(&positions) else {
-        return;
-    };
-    let step = learner.step();
-    let specs: Vec<&Spec> = positions.iter().map(|&p| members[p].spec).collect();
-    let tasks: Vec<&dyn Task> = positions
-        .iter()
-        .map(|&p| members[p].task.as_ref())
-        .collect();
-    let results = policies.and_then(|p| evaluate_pack(&specs, &tasks, &p, step));
-    match results {
-        Ok(results) => {
-            info!(members = positions.len(), step, "evaluated together");
-            for (pos, result) in positions.into_iter().zip(results) {
-                members[pos].prepared = Some((step, result));
+    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (pos, (m, s)) in members.iter().zip(metrics).enumerate() {
+        if s.loss.is_finite() && m.evaluates_at(s.step) {
+            if let Some(key) = evaluation_pack_key(m.spec) {
+                groups.entry(key).or_default().push(pos);
             }
         }
-        Err(e) => tracing::warn!("the pack's members evaluate one by one: {e:#}"),
+    }
+    let step = learner.step();
+    for positions in groups.into_values() {
+        let eval = &members[positions[0]].spec.eval;
+        let most = members_per_rollout(eval.episodes, eval.samples);
+        for positions in positions.chunks(most).filter(|p| p.len() > 1) {
+            let specs: Vec<&Spec> = positions.iter().map(|&p| members[p].spec).collect();
+            let tasks: Vec<&dyn Task> = positions
+                .iter()
+                .map(|&p| members[p].task.as_ref())
+                .collect();
+            // libtorch errors (a GPU out of memory) surface as panics in tch.
+            let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let policies = learner
+                    .packed_policies(positions)
+                    .context("the members do not pack")??;
+                evaluate_pack(&specs, &tasks, &policies, step)
+            }));
+            match attempt {
+                Ok(Ok(results)) => {
+                    info!(members = positions.len(), step, "evaluated together");
+                    for (&pos, result) in positions.iter().zip(results) {
+                        members[pos].prepared = Some((step, result));
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!("these members evaluate one by one: {e:#}"),
+                Err(_) => tracing::warn!(
+                    "these members evaluate one by one: the batched rollout panicked"
+                ),
+            }
+        }
     }
 }
 
@@ -312,15 +334,9 @@ impl<'a> Member<'a> {
         &mut self.logs.as_mut().expect("logs are open").0
     }
 
-    /// Logs, evaluates and checkpoints as the spec asks at the step just taken; true when
-    /// the trial has run all its iterations. A non-finite loss ends it.
-    fn after_step(
-        &mut self,
-        learner: &Learner,
-        pos: usize,
-        m: &StepMetrics,
-        observer: &mut dyn TrialObserver,
-    ) -> Result<bool> {
+    /// Logs the step just taken as the spec asks; true when the trial has run all its
+    /// iterations. A non-finite loss ends it.
+    fn log_step(&mut self, m: &StepMetrics, observer: &mut dyn TrialObserver) -> Result<bool> {
         let (spec, step) = (self.spec, m.step);
         if !m.loss.is_finite() {
             self.metrics_log().flush()?;
@@ -343,6 +359,19 @@ impl<'a> Member<'a> {
             self.bar
                 .set_message(format!("loss {:.4}  {:.1} it/s", m.loss, rate));
         }
+        Ok(last)
+    }
+
+    /// Evaluates and checkpoints as the spec asks at the logged step; passes `last` on.
+    fn after_step(
+        &mut self,
+        learner: &Learner,
+        pos: usize,
+        m: &StepMetrics,
+        last: bool,
+        observer: &mut dyn TrialObserver,
+    ) -> Result<bool> {
+        let (spec, step) = (self.spec, m.step);
         // Evaluate before checkpointing: a trial killed in between redoes the evaluation.
         let eval_step = spec.train.eval_every > 0 && step % spec.train.eval_every == 0 && !last;
         if eval_step && !self.options.defer_evaluations {
@@ -405,11 +434,10 @@ impl<'a> Member<'a> {
         pos: usize,
         observer: &mut dyn TrialObserver,
         resumed_from: Option<u64>,
-        (started, from_step): (Instant, u64),
+        (train_seconds, from_step): (f64, u64),
     ) -> Result<TrialReport> {
         self.bar.finish_and_clear();
         self.metrics_log().flush()?;
-        let train_seconds = started.elapsed().as_secs_f64();
         let step = learner.step();
         let (summary, episodes) = self.evaluate(learner, pos, step)?;
         write_final_evaluation(self.spec, self.task.as_ref(), &self.paths, &episodes)?;

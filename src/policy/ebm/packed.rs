@@ -178,9 +178,7 @@ impl PackedEbm {
         })
     }
 
-    /// Member `k` alone, as a pack of one (sharing the tensors).
-    /// The pack of the members at `positions`, in that order (sharing their tensors' data
-    /// only where no copy is needed).
+    /// The pack of the members at `positions`, in that order (copies of their slices).
     pub fn members_at(&self, positions: &[i64]) -> PackedEbm {
         let index = Tensor::from_slice(positions).to_device(self.device());
         self.map_layers(self.precision, |l| PackedLinear {
@@ -189,6 +187,7 @@ impl PackedEbm {
         })
     }
 
+    /// Member `k` alone, as a pack of one (sharing the tensors).
     pub fn member(&self, k: i64) -> PackedEbm {
         self.map_layers(self.precision, |l| PackedLinear {
             weight: l.weight.narrow(0, k, 1),
