@@ -246,7 +246,24 @@ pub fn pooled_success(successes: i64, episodes: i64) -> Option<(f64, f64, f64)> 
     })
 }
 
-/// The setting rows of an experiment, in the order their first trial is listed.
+/// Settings in the order of their overrides, key by key, numbers by value (N = 2 before
+/// N = 16), other values by their text.
+fn compare_overrides(
+    a: &BTreeMap<String, serde_json::Value>,
+    b: &BTreeMap<String, serde_json::Value>,
+) -> std::cmp::Ordering {
+    let value = |x: &serde_json::Value, y: &serde_json::Value| match (x.as_f64(), y.as_f64()) {
+        (Some(x), Some(y)) => x.total_cmp(&y),
+        _ => x.to_string().cmp(&y.to_string()),
+    };
+    a.iter()
+        .zip(b)
+        .map(|((ka, va), (kb, vb))| ka.cmp(kb).then_with(|| value(va, vb)))
+        .find(|o| o.is_ne())
+        .unwrap_or_else(|| a.len().cmp(&b.len()))
+}
+
+/// The setting rows of an experiment, ordered by their overrides ([`compare_overrides`]).
 pub fn setting_rows(
     experiment: &str,
     trials: &[TrialDigest],
@@ -260,6 +277,7 @@ pub fn setting_rows(
         }
         groups.entry(&t.setting).or_default().push(t);
     }
+    order.sort_by(|a, b| compare_overrides(&groups[a][0].overrides, &groups[b][0].overrides));
     order
         .into_iter()
         .map(|setting| {
@@ -380,6 +398,41 @@ mod tests {
         assert_eq!(
             digest[0].setting, "policy.kind=mse",
             "the seed is not part of a setting"
+        );
+    }
+
+    #[test]
+    fn settings_are_ordered_by_their_values_numbers_as_numbers() {
+        let setting = |pairs: &[(&str, serde_json::Value)]| -> BTreeMap<String, serde_json::Value> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect()
+        };
+        use serde_json::json;
+        let mut settings = [
+            setting(&[("policy.kind", json!("mse")), ("task.n_dim", json!(2))]),
+            setting(&[("task.n_dim", json!(16))]),
+            setting(&[("policy.kind", json!("ar_ebm")), ("task.n_dim", json!(16))]),
+            setting(&[("task.n_dim", json!(2))]),
+            setting(&[("policy.kind", json!("ar_ebm")), ("task.n_dim", json!(4))]),
+            setting(&[("task.n_dim", json!(8))]),
+        ];
+        settings.sort_by(compare_overrides);
+        let names: Vec<String> = settings
+            .iter()
+            .map(|s| describe_settings(&serde_json::to_value(s).unwrap()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "policy.kind=ar_ebm task.n_dim=4",
+                "policy.kind=ar_ebm task.n_dim=16",
+                "policy.kind=mse task.n_dim=2",
+                "task.n_dim=2",
+                "task.n_dim=8",
+                "task.n_dim=16",
+            ]
         );
     }
 
