@@ -314,6 +314,20 @@ fn sweep_evaluating(
     file
 }
 
+/// `ebmlab run SPEC` on one slot, to the end.
+fn run_on_one_slot(spec: &std::path::Path, runs: &std::path::Path) {
+    let out = common::ebmlab(&[
+        "run",
+        spec.to_str().unwrap(),
+        "--quiet",
+        "--slots",
+        "1",
+        "--runs",
+        runs.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+}
+
 fn checkpoints(runs: &std::path::Path, step: u64) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(runs.join("packed"))
         .unwrap()
@@ -330,17 +344,7 @@ fn packed_trials_record_their_pack_and_their_checkpoints_load_in_pytorch_as_solo
     let dir = tempfile::tempdir().unwrap();
     let (packed, alone) = (dir.path().join("packed"), dir.path().join("alone"));
     for (pack, runs) in [(4, &packed), (1, &alone)] {
-        let file = sweep_evaluating(dir.path(), pack, 50, 25);
-        let out = common::ebmlab(&[
-            "run",
-            file.to_str().unwrap(),
-            "--quiet",
-            "--slots",
-            "1",
-            "--runs",
-            runs.to_str().unwrap(),
-        ]);
-        assert!(out.status.success(), "{}", common::stderr(&out));
+        run_on_one_slot(&sweep_evaluating(dir.path(), pack, 50, 25), runs);
     }
     let db = packed.join("ebmlab.sqlite");
     let packs = common::query_csv(&db, "SELECT COUNT(DISTINCT pack), COUNT(*) FROM trials");
@@ -575,17 +579,7 @@ fn a_packs_members_evaluated_together_act_as_each_alone() {
 fn one_bad_checkpoint_fails_only_its_trial_in_an_evaluation_job_of_several() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
-    let file = sweep_evaluating(dir.path(), 4, 50, 25);
-    let out = common::ebmlab(&[
-        "run",
-        file.to_str().unwrap(),
-        "--quiet",
-        "--slots",
-        "1",
-        "--runs",
-        runs.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", common::stderr(&out));
+    run_on_one_slot(&sweep_evaluating(dir.path(), 4, 50, 25), &runs);
     let db = runs.join("ebmlab.sqlite");
     let mut trials: Vec<String> = common::query_csv(&db, "SELECT id FROM trials ORDER BY id")
         .lines()

@@ -23,7 +23,7 @@ pub trait PackActor {
     fn obs_seq_len(&self) -> usize;
     /// Per member: windows `batch_k x seq_len x obs_dim`, and its seed; returns per member
     /// actions `batch_k x action_dim`.
-    fn act_all(&self, windows: &[Vec<f32>], seeds: &[u64]) -> Result<Vec<Vec<f32>>>;
+    fn act_all(&self, windows: &[&[f32]], seeds: &[u64]) -> Result<Vec<Vec<f32>>>;
 }
 
 /// One evaluated episode.
@@ -82,7 +82,7 @@ pub fn rollout_pack(
             "the members' episodes have different lengths: they cannot act together"
         );
         let t = steps[0].expect("checked above");
-        let windows: Vec<Vec<f32>> = runs.iter().map(|r| r.windows.clone()).collect();
+        let windows: Vec<&[f32]> = runs.iter().map(|r| r.windows.as_slice()).collect();
         let seeds: Vec<u64> = runs.iter().map(|r| r.seed_at(t)).collect();
         let actions = actor.act_all(&windows, &seeds)?;
         for (run, actions) in runs.iter_mut().zip(&actions) {

@@ -148,7 +148,7 @@ impl PackActor for PackedPolicies {
         self.seq_len as usize
     }
 
-    fn act_all(&self, windows: &[Vec<f32>], seeds: &[u64]) -> Result<Vec<Vec<f32>>> {
+    fn act_all(&self, windows: &[&[f32]], seeds: &[u64]) -> Result<Vec<Vec<f32>>> {
         let k = self.normalizers.len();
         ensure!(
             windows.len() == k && seeds.len() == k,
@@ -168,7 +168,7 @@ impl PackActor for PackedPolicies {
             .zip(&self.normalizers)
             .zip(seeds.iter().zip(&self.member_bounds))
         {
-            let mut w = w.clone();
+            let mut w = w.to_vec();
             normalizer.normalize_observations(&mut w);
             obs.push(Tensor::from_slice(&w).view([batch as i64, self.seq_len, self.obs_dim]));
             // The member's draws, as its solo `Actor::act` makes them.

@@ -101,12 +101,12 @@ async fn settle_exit(store: &Store, done: &Finished<'_>, trial: &str, code: i32)
     if let JobKind::Evaluate { step } = done.job.kind {
         // A job of several trials records each evaluation as it is made: one that was
         // recorded succeeded, whatever happened to the others.
-        let unevaluated = store
-            .unevaluated_checkpoints(done.experiment, trial)
-            .await?;
-        if exit != Some(Exit::Success)
-            && exit != Some(Exit::Cancelled)
-            && !unevaluated.contains(&step)
+        let failed = !matches!(exit, Some(Exit::Success | Exit::Cancelled));
+        if failed
+            && !store
+                .unevaluated_checkpoints(done.experiment, trial)
+                .await?
+                .contains(&step)
         {
             return Ok(Ended::Settled(Settled::Succeeded));
         }

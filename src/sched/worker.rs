@@ -108,28 +108,26 @@ impl WorkerJob {
             .zip(&self.trials)
             .map(|((spec, _), trial)| self.load_for_evaluation(spec, trial, step))
             .collect();
+        // The trials that loaded, evaluated together; each result kept at its trial's place.
         let ready: Vec<usize> = (0..loaded.len()).filter(|&i| loaded[i].is_ok()).collect();
-        let mut together = if ready.len() > 1 {
+        let mut together: Vec<Option<(EvalSummary, Vec<EpisodeRecord>)>> =
+            loaded.iter().map(|_| None).collect();
+        if ready.len() > 1 {
             let members: Vec<&Loaded> = ready
                 .iter()
                 .map(|&i| loaded[i].as_ref().expect("filtered"))
                 .collect();
             match evaluate_loaded_together(&members, device, step) {
-                Ok(results) => results.into_iter().map(Some).collect(),
-                Err(e) => {
-                    tracing::warn!("evaluating one by one: {e:#}");
-                    vec![None; ready.len()]
+                Ok(results) => {
+                    for (&i, result) in ready.iter().zip(results) {
+                        together[i] = Some(result);
+                    }
                 }
+                Err(e) => tracing::warn!("evaluating one by one: {e:#}"),
             }
-        } else {
-            vec![None; ready.len()]
-        };
+        }
         let mut summaries = Vec::with_capacity(loaded.len());
-        for (i, (trial, loaded)) in self.trials.iter().zip(loaded).enumerate() {
-            let prepared = ready
-                .iter()
-                .position(|&r| r == i)
-                .and_then(|k| together[k].take());
+        for ((trial, loaded), prepared) in self.trials.iter().zip(loaded).zip(together) {
             let result = loaded.and_then(|(spec, task, checkpoint)| {
                 let (summary, records) = match prepared {
                     Some(done) => done,
