@@ -25,7 +25,58 @@ fn compile_shim(lib_dir: &str) {
         .compile("ebmlab_torch_shim");
 }
 
+/// Where the CUDA runtime's headers are: beside libtorch in the pip wheel's `nvidia/*`
+/// packages, or a CUDA toolkit (`CUDA_HOME`, /usr/local/cuda).
+fn cuda_include(lib_dir: &str) -> Option<std::path::PathBuf> {
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    let site = std::path::Path::new(lib_dir).join("../..");
+    let wheel = std::fs::read_dir(site.join("nvidia"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("include"));
+    let toolkit = std::env::var_os("CUDA_HOME")
+        .map(|home| std::path::Path::new(&home).join("include"))
+        .into_iter()
+        .chain([std::path::PathBuf::from("/usr/local/cuda/include")]);
+    wheel
+        .chain(toolkit)
+        .find(|dir| dir.join("cuda_runtime_api.h").exists())
+}
+
+/// Compiles the CUDA-graph shim (`csrc/cuda_graph.cpp`) where libtorch has CUDA and the
+/// CUDA headers are found, and tells the Rust side so (`cfg(ebmlab_cuda_graphs)`);
+/// elsewhere the Langevin chains simply run eagerly.
+fn compile_cuda_graph_shim(lib_dir: &str) {
+    println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
+    if !std::path::Path::new(lib_dir)
+        .join("libtorch_cuda.so")
+        .exists()
+    {
+        return;
+    }
+    let Some(cuda) = cuda_include(lib_dir) else {
+        println!("cargo:warning=libtorch has CUDA but no CUDA headers were found: no CUDA graphs");
+        return;
+    };
+    let include = std::path::Path::new(lib_dir).join("../include");
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/cuda_graph.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .include(cuda)
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .warnings(false)
+        .compile("ebmlab_cuda_graph");
+    println!("cargo:rustc-cfg=ebmlab_cuda_graphs");
+}
+
 fn main() {
+    println!("cargo::rustc-check-cfg=cfg(ebmlab_cuda_graphs)");
     // `sqlx::migrate!` embeds migrations/ at compile time; rebuild when they change.
     println!("cargo:rerun-if-changed=migrations");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
@@ -34,6 +85,7 @@ fn main() {
         return;
     };
     compile_shim(&lib_dir);
+    compile_cuda_graph_shim(&lib_dir);
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

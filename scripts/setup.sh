@@ -23,5 +23,15 @@ if ! have_torch; then
   have_torch || { echo "torch $TORCH_VERSION_REQUIRED did not install into .venv" >&2; exit 1; }
 fi
 
+# The CUDA headers libtorch's CUDA-graph API includes (`crt/`, not in the CUDA runtime
+# wheel): without them ebmlab builds without CUDA graphs, and Langevin chains on a GPU
+# run eagerly (slower, same results).
+CUDA_INCLUDE=$("$VIRTUAL_ENV/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "include"))')
+if [ -f "$CUDA_INCLUDE/cuda_runtime_api.h" ] && [ ! -f "$CUDA_INCLUDE/crt/host_config.h" ]; then
+  step "adding the CUDA compiler-runtime headers to .venv (for CUDA graphs)"
+  "$VIRTUAL_ENV/bin/python" -m pip install --quiet "$CUDA_CRT_REQUIRED" ||
+    echo "warning: $CUDA_CRT_REQUIRED did not install: ebmlab builds without CUDA graphs" >&2
+fi
+
 step "building ebmlab (release; the first build compiles libtorch bindings and takes minutes)"
 cargo build --release --locked

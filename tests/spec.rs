@@ -369,6 +369,10 @@ fn keys_left_out_at_their_defaults_can_still_be_set_and_change_the_trial() {
         "train.negatives.dfo_iters=2",
         "train.negatives.dfo_noise_scale=0.1",
     ];
+    let eager = load(&file, &["resources.cuda_graphs=false"], &[]).unwrap();
+    assert!(!eager.resources.cuda_graphs && base.resources.cuda_graphs);
+    assert!(eager.to_toml().contains("cuda_graphs = false"));
+    assert!(!base.to_toml().contains("cuda_graphs"), "left out while on");
     let dfo = load(&file, &set, &[]).unwrap();
     let n = &dfo.train.negatives;
     assert_eq!(
@@ -417,6 +421,7 @@ fn trial_ids_stay_as_they_were_made() {
     let mut moved = quickstart.clone();
     moved.resources.pack = ebmlab::spec::PackSize::Count(16);
     moved.resources.device = "cuda:1".into();
+    moved.resources.cuda_graphs = false;
     assert_eq!(
         moved.trial_id(),
         "1e375c92ff39",

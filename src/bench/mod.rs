@@ -55,6 +55,8 @@ pub struct BenchOptions {
     /// Packed evaluation: pack sizes (none: skip), in each of `precisions`.
     pub eval_pack_sizes: Vec<usize>,
     pub precisions: Vec<Precision>,
+    /// Packed training with the Langevin chains replayed as CUDA graphs, eagerly, or both.
+    pub cuda_graphs: Vec<bool>,
 }
 
 /// One figure.

@@ -47,25 +47,39 @@ fn packed_trainer(
     PackedTrainer::new(members, precision, opts.device)
 }
 
-/// One figure per (precision, pack size): the median step, and trial-iterations per
-/// second in total (per trial: divide by the pack size).
+/// One figure per (precision, pack size, CUDA graphs or not): the median step, and
+/// trial-iterations per second in total (per trial: divide by the pack size). A figure
+/// asked with graphs is named `ebmlab-cuda-graph` only if the chains were replayed from
+/// one (the first chains run eagerly too, to check it: the warm-up steps).
 pub fn packed_training(opts: &BenchOptions, emit: &mut impl FnMut(&BenchRecord)) -> Result<()> {
     for &precision in &opts.precisions {
         precision.apply()?;
         for &members in &opts.pack_sizes {
-            let mut trainer = packed_trainer(opts, members, precision)?;
-            let times = time_ms(opts.device, opts.warmup, opts.repeats, || {
-                trainer.train_step();
-            });
-            let config = json!({
-                "members": members,
-                "precision": precision.to_string(),
-                "hidden": opts.hidden, "batch_size": opts.batch_size,
-                "negatives": opts.negatives, "langevin_steps": opts.langevin_steps,
-            });
-            let mut figure = record("packed_train", opts.device, config, times);
-            figure.per_second = Some(members as f64 * 1e3 / figure.median_ms);
-            emit(&figure);
+            for &graphs in &opts.cuda_graphs {
+                let mut trainer = packed_trainer(opts, members, precision)?.cuda_graphs(graphs);
+                let times = time_ms(opts.device, opts.warmup, opts.repeats, || {
+                    trainer.train_step();
+                });
+                let replayed = trainer.replaying_chains();
+                if graphs && !replayed {
+                    tracing::warn!(
+                        "K={members} {precision}: CUDA graphs asked, the chains ran eagerly"
+                    );
+                }
+                let config = json!({
+                    "members": members,
+                    "precision": precision.to_string(),
+                    "cuda_graphs": replayed,
+                    "hidden": opts.hidden, "batch_size": opts.batch_size,
+                    "negatives": opts.negatives, "langevin_steps": opts.langevin_steps,
+                });
+                let mut figure = record("packed_train", opts.device, config, times);
+                if replayed {
+                    figure.implementation = "ebmlab-cuda-graph".into();
+                }
+                figure.per_second = Some(members as f64 * 1e3 / figure.median_ms);
+                emit(&figure);
+            }
         }
     }
     Precision::Fp32.apply()

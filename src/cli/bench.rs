@@ -92,12 +92,24 @@ pub struct BenchArgs {
     /// the CPU).
     #[arg(long, value_delimiter = ',', value_parser = parse_precision)]
     precisions: Vec<Precision>,
+    /// Packed training with the Langevin chains as CUDA graphs (`on`), eager (`off`), or
+    /// both (default: on,off on a GPU; off on the CPU, which has no graphs).
+    #[arg(long, value_delimiter = ',', value_parser = parse_on_off)]
+    cuda_graphs: Vec<bool>,
     /// Python with torch for the reference figures.
     #[arg(long, default_value = ".venv/bin/python")]
     python: PathBuf,
     /// Skip the PyTorch reference.
     #[arg(long)]
     no_reference: bool,
+}
+
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("{other:?} is not on or off")),
+    }
 }
 
 pub fn run_bench(args: BenchArgs) -> Result<ExitCode> {
@@ -164,6 +176,11 @@ pub fn run_bench(args: BenchArgs) -> Result<ExitCode> {
             (false, _) => args.precisions.clone(),
             (true, tch::Device::Cpu) => vec![Precision::Fp32],
             (true, _) => vec![Precision::Fp32, Precision::Tf32, Precision::Bf16],
+        },
+        cuda_graphs: match (args.cuda_graphs.is_empty(), device) {
+            (false, _) => args.cuda_graphs.clone(),
+            (true, tch::Device::Cpu) => vec![false],
+            (true, _) => vec![true, false],
         },
     };
     run(&opts, |record| {

@@ -2,6 +2,7 @@
 //! action dimension) and the explicit MSE baseline, chosen by `kind` in the spec.
 
 mod acting;
+pub mod cuda_graph;
 pub mod ebm;
 mod inference;
 pub mod mse;

@@ -31,6 +31,7 @@ const OPTIONAL_KEYS: &[&str] = &[
     "train.negatives.dfo_noise_scale",
     "eval.precision",
     "resources.pack",
+    "resources.cuda_graphs",
 ];
 /// `EBMLAB_*` variables that set top-level spec keys; below the top, a spec key's
 /// variable has `__` between its levels (`EBMLAB_TRAIN__ITERATIONS`). Any other `EBMLAB_*`

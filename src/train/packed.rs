@@ -13,7 +13,8 @@ use super::trainer::{torch_seed, OptimConfig, StepMetrics, TrainingSet};
 use crate::checkpoint::{self, write_run_files, SavedCheckpoint, VerifiedCheckpoint};
 use crate::data::Normalizer;
 use crate::policy::ebm::{
-    packable, packed_ebm_loss, Bounds, CounterExampleDraws, EbmLossConfig, PackedEbm, SequenceEbm,
+    packable, packed_ebm_loss, Bounds, CounterExampleDraws, EbmLossConfig, LangevinConfig,
+    PackedChains, PackedEbm, SequenceEbm,
 };
 use crate::policy::{NetConfig, PolicySpec, Precision};
 use crate::task::derive_seed;
@@ -80,12 +81,16 @@ pub struct PackedTrainer {
     bounds: Bounds,
     /// Each member's bounds `[A]`, kept on the device (an upload per step would stall it).
     member_bounds: Vec<Bounds>,
+    /// The members' Langevin chains (their step tables, and on a GPU their CUDA graph).
+    chains: PackedChains,
+    cuda_graphs: bool,
     step: u64,
     device: Device,
 }
 
 impl PackedTrainer {
-    /// A fresh pack: member k's weights are initialised exactly as its solo trainer's.
+    /// A fresh pack: member k's weights are initialised exactly as its solo trainer's. On
+    /// a GPU its Langevin chains are replayed as a CUDA graph (see [`Self::cuda_graphs`]).
     pub fn new(members: Vec<PackMember>, precision: Precision, device: Device) -> Result<Self> {
         ensure!(!members.is_empty(), "a pack has at least one member");
         let shape = pack_shape(&members[0].spec, members[0].optim.batch_size)
@@ -104,15 +109,32 @@ impl PackedTrainer {
         let adam = Adam::new(model.named_parameters());
         let bounds = stacked_bounds(&members, device);
         let member_bounds = members.iter().map(|m| m.bounds(device)).collect();
+        let chains = chains(&members, &bounds, true);
         Ok(Self {
             members,
             model,
             adam,
             bounds,
             member_bounds,
+            chains,
+            cuda_graphs: true,
             step: 0,
             device,
         })
+    }
+
+    /// Whether the Langevin chains may be replayed as a CUDA graph on a GPU (default:
+    /// yes; `resources.cuda_graphs`). Graphs change how the work is launched, not what
+    /// it computes: the first chains are compared with eager ones before the graph is used.
+    pub fn cuda_graphs(mut self, on: bool) -> Self {
+        self.cuda_graphs = on;
+        self.chains = chains(&self.members, &self.bounds, on);
+        self
+    }
+
+    /// Whether the Langevin chains are now replayed from a CUDA graph.
+    pub fn replaying_chains(&self) -> bool {
+        self.chains.replaying()
     }
 
     pub fn len(&self) -> usize {
@@ -180,6 +202,7 @@ impl PackedTrainer {
             &self.bounds,
             &cfgs,
             CounterExampleDraws::stack(draws),
+            &mut self.chains,
         );
         loss.total.backward();
         // Every scalar of every member, copied to the host at once.
@@ -308,7 +331,17 @@ impl PackedTrainer {
         self.adam
             .retain_members(&keep, self.model.named_parameters());
         self.bounds = stacked_bounds(&self.members, self.device);
+        self.chains = chains(&self.members, &self.bounds, self.cuda_graphs);
     }
+}
+
+/// The members' Langevin chains within the stacked `bounds`.
+fn chains(members: &[PackMember], bounds: &Bounds, cuda_graphs: bool) -> PackedChains {
+    let cfgs: Vec<LangevinConfig> = members
+        .iter()
+        .map(|m| m.loss_config().negatives.langevin.clone())
+        .collect();
+    PackedChains::new(&cfgs, bounds, cuda_graphs)
 }
 
 /// The weights a solo trainer of `seed` starts from (the same draws in the same order).

@@ -123,9 +123,9 @@ pub fn build_learner(specs: &[&Spec], members: Vec<PackMember>, device: Device) 
     let packs = specs.iter().all(|s| pack_key(s).is_some());
     if packs {
         let precision = specs[0].train.precision;
-        return Ok(Learner::Pack(Box::new(PackedTrainer::new(
-            members, precision, device,
-        )?)));
+        let trainer = PackedTrainer::new(members, precision, device)?
+            .cuda_graphs(specs[0].resources.cuda_graphs);
+        return Ok(Learner::Pack(Box::new(trainer)));
     }
     ensure!(
         members.len() == 1,

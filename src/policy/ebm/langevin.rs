@@ -99,38 +99,10 @@ pub fn langevin_with_noise(
     chain(init, bounds, cfg, |i, _| noise.get(i as i64), grad)
 }
 
-/// Langevin for a pack of K members, each with its own schedule: `init` `(K, B, N, A)`,
-/// bounds `(K, 1, 1, A)`, `noise` `(K, steps, B, N, A)`. Member k's chain is the same
-/// arithmetic as its solo [`langevin_with_noise`].
-pub fn packed_langevin(
-    init: Tensor,
-    bounds: &Bounds,
-    cfgs: &[LangevinConfig],
-    noise: &Tensor,
-    grad: impl Fn(&Tensor) -> Tensor,
-) -> Tensor {
-    let device = init.device();
-    let per_member = [cfgs.len() as i64, 1, 1, 1];
-    let clip: Vec<f32> = cfgs.iter().map(|c| (0.5 * c.delta_clip) as f32).collect();
-    let clip = Tensor::from_slice(&clip).to_device(device).view(per_member);
-    let half_width = (&bounds.high - &bounds.low) * clip;
-    let steps = cfgs[0].steps;
-    let coefficients = StepCoefficients::new(cfgs, device, &per_member);
-    chain_with_clip(
-        init,
-        bounds,
-        steps,
-        half_width,
-        &coefficients,
-        |i, _| noise.select(1, i as i64),
-        grad,
-    )
-}
-
 /// The step coefficients `c_g`, `c_n` of every step, `[steps, ..]`: uploaded to the device
 /// once per chain, because a host-to-device copy at each step waits for the GPU's queue to
 /// drain (one stall per Langevin step).
-struct StepCoefficients {
+pub(super) struct StepCoefficients {
     grad: Tensor,
     noise: Tensor,
 }
@@ -139,7 +111,7 @@ impl StepCoefficients {
     /// `c_g`, `c_n` of each step of each chain in `cfgs` (f32, the same arithmetic as
     /// scalars), shaped `[steps, ..per_step]`: `per_step` is `[]` for one chain, `[K, 1, 1, 1]`
     /// for a pack's K chains.
-    fn new(cfgs: &[LangevinConfig], device: tch::Device, per_step: &[i64]) -> Self {
+    pub(super) fn new(cfgs: &[LangevinConfig], device: tch::Device, per_step: &[i64]) -> Self {
         let steps = cfgs[0].steps;
         let shape: Vec<i64> = std::iter::once(steps as i64)
             .chain(per_step.iter().copied())
@@ -180,7 +152,7 @@ fn chain(
 }
 
 /// `a <- clip(a - clip(c_g g + c_n noise, ±clip), bounds)` for `steps` steps, detached.
-fn chain_with_clip(
+pub(super) fn chain_with_clip(
     init: Tensor,
     bounds: &Bounds,
     steps: usize,
@@ -198,7 +170,8 @@ fn chain_with_clip(
                 coefficients.noise.get(i as i64),
             );
             let g = grad(&actions);
-            let delta = (g * g_coef + noise(i, &actions) * n_coef)
+            let delta = (noise(i, &actions) * n_coef)
+                .addcmul(&g, &g_coef)
                 .clamp_tensor(Some(&neg_clip), Some(&clip));
             actions = bounds.clip(&(actions - delta));
         }

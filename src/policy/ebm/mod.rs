@@ -8,10 +8,11 @@ mod loss;
 mod model;
 mod negatives;
 mod packed;
+mod packed_chains;
 
 pub use autoregressive::{ar_ebm_loss, dfo_dimension, AutoregressiveEbm};
 pub use dfo::{dfo_minimize, dfo_minimize_drawn, DfoConfig, DfoDraws};
-pub use langevin::{langevin, langevin_with_noise, packed_langevin, Bounds, LangevinConfig};
+pub use langevin::{langevin, langevin_with_noise, Bounds, LangevinConfig};
 pub use loss::{gradient_penalty, info_nce, GradNorm, GradPenaltyConfig};
 pub use model::SequenceEbm;
 pub use negatives::{
@@ -19,6 +20,7 @@ pub use negatives::{
     RefinementDraws,
 };
 pub use packed::{packable, packed_ebm_loss, PackedEbm, PackedLoss};
+pub use packed_chains::PackedChains;
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};

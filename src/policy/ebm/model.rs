@@ -95,52 +95,75 @@ impl SequenceEbm {
     /// gradient one constant vector, so a step costs two `hidden x hidden` products instead
     /// of autograd's four. With LayerNorm it falls back to autograd.
     pub fn action_gradient(&self, context: &Tensor, actions: &Tensor) -> Tensor {
+        self.action_gradient_fn(context)(actions)
+    }
+
+    /// [`Self::action_gradient`] at any candidates for one context, with what depends only
+    /// on the weights computed once (a Langevin chain asks 100 times).
+    pub fn action_gradient_fn<'a>(
+        &'a self,
+        context: &'a Tensor,
+    ) -> Box<dyn Fn(&Tensor) -> Tensor + 'a> {
         if self.blocks.iter().any(ResidualBlock::has_layer_norm) {
-            return self.action_gradient_autograd(context, actions);
+            return Box::new(move |actions| self.action_gradient_autograd(context, actions));
         }
-        tch::no_grad(|| {
-            // Forward, keeping each block's input and first pre-activation (ReLU masks).
-            let mut h = self.first_hidden(context, actions);
-            let mut saved = Vec::with_capacity(self.blocks.len());
-            for (i, block) in self.blocks.iter().enumerate() {
-                let z1 = block.fc1.forward(&h.relu());
-                let last = i + 1 == self.blocks.len();
-                let next = if last {
-                    None
-                } else {
-                    Some(&h + block.fc2.forward(&z1.relu()))
-                };
-                saved.push((h, z1));
-                if let Some(next) = next {
-                    h = next;
-                } else {
-                    break;
-                }
-            }
-            // Backward from dE/dh_out = w_energy, the same for every row.
+        let w_act = self
+            .projection
+            .ws
+            .narrow(1, self.obs_inputs(), self.cfg.action_dim);
+        // Backward from dE/dh_out = w_energy, the same for every row; the residual path
+        // carries it to every block's input. The gradient is kept as that row plus a full
+        // part, so the row is never written out at full size: its products with each
+        // block's second layer and with the action weights are constants of the chain.
+        let (rows_r2, row_act) = tch::no_grad(|| {
             let w_energy = self.energy_projection.ws.reshape([-1]);
-            let mut grad: Option<Tensor> = None; // None: equal to w_energy in every row
-            for (block, (h_in, z1)) in self.blocks.iter().zip(&saved).rev() {
-                let g_r2 = match &grad {
-                    None => w_energy.matmul(&block.fc2.ws),
-                    Some(g) => g.matmul(&block.fc2.ws),
-                };
-                let g_z1 = z1.threshold_backward(&g_r2, 0.0);
-                let g_r1 = g_z1.matmul(&block.fc1.ws);
-                let g_h = h_in.threshold_backward(&g_r1, 0.0);
-                grad = Some(match grad {
-                    None => g_h + &w_energy,
-                    Some(g) => g_h + g,
-                });
-            }
-            let w_act = self
-                .projection
-                .ws
-                .narrow(1, self.obs_inputs(), self.cfg.action_dim);
-            match grad {
-                Some(g) => g.matmul(&w_act),
-                None => w_energy.matmul(&w_act).expand_as(actions).contiguous(),
-            }
+            let rows: Vec<Tensor> = self
+                .blocks
+                .iter()
+                .map(|block| w_energy.matmul(&block.fc2.ws))
+                .collect();
+            (rows, w_energy.matmul(&w_act))
+        });
+        Box::new(move |actions: &Tensor| {
+            tch::no_grad(|| {
+                // Forward, keeping each block's input and first pre-activation (ReLU masks).
+                let mut h = self.first_hidden(context, actions);
+                let mut saved = Vec::with_capacity(self.blocks.len());
+                for (i, block) in self.blocks.iter().enumerate() {
+                    let z1 = block.fc1.forward(&h.relu());
+                    let last = i + 1 == self.blocks.len();
+                    let next = if last {
+                        None
+                    } else {
+                        Some(&h + block.fc2.forward(&z1.relu()))
+                    };
+                    saved.push((h, z1));
+                    if let Some(next) = next {
+                        h = next;
+                    } else {
+                        break;
+                    }
+                }
+                let mut full: Option<Tensor> = None; // None: zero
+                for ((block, (h_in, z1)), row) in self.blocks.iter().zip(&saved).zip(&rows_r2).rev()
+                {
+                    let g_r2 = match &full {
+                        None => row.shallow_clone(),
+                        Some(f) => f.matmul(&block.fc2.ws) + row,
+                    };
+                    let g_z1 = z1.threshold_backward(&g_r2, 0.0);
+                    let g_r1 = g_z1.matmul(&block.fc1.ws);
+                    let g_h = h_in.threshold_backward(&g_r1, 0.0);
+                    full = Some(match full {
+                        None => g_h,
+                        Some(f) => f + g_h,
+                    });
+                }
+                match full {
+                    Some(f) => f.matmul(&w_act) + &row_act,
+                    None => row_act.expand_as(actions).contiguous(),
+                }
+            })
         })
     }
 

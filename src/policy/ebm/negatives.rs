@@ -187,11 +187,13 @@ pub fn counter_examples(
     let context = context.detach();
     refine(draws, cfg, |start, refinement| match refinement {
         RefinementDraws::None => unreachable!("refine calls back only with draws"),
-        RefinementDraws::Langevin { noise } => {
-            langevin_with_noise(start, bounds, &cfg.langevin, noise, |a| {
-                model.action_gradient(&context, a)
-            })
-        }
+        RefinementDraws::Langevin { noise } => langevin_with_noise(
+            start,
+            bounds,
+            &cfg.langevin,
+            noise,
+            model.action_gradient_fn(&context),
+        ),
         RefinementDraws::Dfo { uniforms, noise } => dfo_refine(
             start,
             bounds,

@@ -297,40 +297,70 @@ impl PackedEbm {
     /// masks and one `hidden x hidden` product per block each way (see
     /// `SequenceEbm::action_gradient`, of which this is the batched form).
     pub fn action_gradient(&self, context: &Tensor, actions: &Tensor) -> Tensor {
-        let s = actions.size();
+        self.action_gradient_fn(context)(actions)
+    }
+
+    /// [`Self::action_gradient`] at any candidates for one context, with what depends only
+    /// on the weights computed once (a Langevin chain asks 100 times).
+    pub fn action_gradient_fn<'a>(
+        &'a self,
+        context: &'a Tensor,
+    ) -> impl Fn(&Tensor) -> Tensor + 'a {
         let kind = self.precision.compute_kind();
-        tch::no_grad(|| {
-            let mut h = self.first_hidden(context, actions);
-            let mut saved = Vec::with_capacity(self.blocks.len());
-            for (i, (fc1, fc2)) in self.blocks.iter().enumerate() {
-                let z1 = fc1.forward(&h.relu(), kind);
-                let next = (i + 1 < self.blocks.len()).then(|| fc2.forward(&z1.relu(), kind) + &h);
-                saved.push((h, z1));
-                match next {
-                    Some(next) => h = next,
-                    None => break,
-                }
-            }
-            // dE/dh_out is the output weight row, the same for every row of a member.
+        let (rows_r2, w_act, row_act) = tch::no_grad(|| {
+            // dE/dh_out is the output weight row, the same for every row of a member, and
+            // the residual path carries it to every block's input: the gradient is kept as
+            // that row plus a full part, so the row is never written out at full size. Its
+            // products with each block's second layer and with the action weights are
+            // constants of the chain.
             let w_energy = self.energy.weight.to_kind(kind); // [K, 1, hidden]
-            let mut grad: Option<Tensor> = None;
-            for ((fc1, fc2), (h_in, z1)) in self.blocks.iter().zip(&saved).rev() {
-                let upstream = grad.as_ref().unwrap_or(&w_energy);
-                let g_r2 = upstream.bmm(&fc2.weight.to_kind(kind));
-                let g_z1 = z1.threshold_backward(&g_r2, 0.0);
-                let g_r1 = g_z1.bmm(&fc1.weight.to_kind(kind));
-                let g_h = h_in.threshold_backward(&g_r1, 0.0);
-                grad = Some(g_h + upstream);
-            }
+            let rows_r2: Vec<Tensor> = self
+                .blocks
+                .iter()
+                .map(|(_, fc2)| w_energy.bmm(&fc2.weight.to_kind(kind)))
+                .collect();
             let w_act = self.action_weight().to_kind(kind); // [K, hidden, A]
-            let grad = match grad {
-                Some(g) => g.bmm(&w_act),
-                None => w_energy
-                    .bmm(&w_act)
-                    .expand([s[0], s[1] * s[2], s[3]], false),
-            };
-            grad.to_kind(Kind::Float).reshape([s[0], s[1], s[2], s[3]])
-        })
+            let row_act = w_energy.bmm(&w_act); // [K, 1, A]
+            (rows_r2, w_act, row_act)
+        });
+        move |actions: &Tensor| {
+            let s = actions.size();
+            tch::no_grad(|| {
+                let mut h = self.first_hidden(context, actions);
+                let mut saved = Vec::with_capacity(self.blocks.len());
+                for (i, (fc1, fc2)) in self.blocks.iter().enumerate() {
+                    let z1 = fc1.forward(&h.relu(), kind);
+                    let next =
+                        (i + 1 < self.blocks.len()).then(|| fc2.forward(&z1.relu(), kind) + &h);
+                    saved.push((h, z1));
+                    match next {
+                        Some(next) => h = next,
+                        None => break,
+                    }
+                }
+                let mut full: Option<Tensor> = None; // None: zero
+                for (((fc1, fc2), (h_in, z1)), row) in
+                    self.blocks.iter().zip(&saved).zip(&rows_r2).rev()
+                {
+                    let g_r2 = match &full {
+                        None => row.shallow_clone(),
+                        Some(f) => row.baddbmm(f, &fc2.weight.to_kind(kind), 1.0, 1.0),
+                    };
+                    let g_z1 = z1.threshold_backward(&g_r2, 0.0);
+                    let g_r1 = g_z1.bmm(&fc1.weight.to_kind(kind));
+                    let g_h = h_in.threshold_backward(&g_r1, 0.0);
+                    full = Some(match full {
+                        None => g_h,
+                        Some(f) => f + g_h,
+                    });
+                }
+                let grad = match full {
+                    Some(f) => f.bmm(&w_act) + &row_act,
+                    None => row_act.expand([s[0], s[1] * s[2], s[3]], false),
+                };
+                grad.to_kind(Kind::Float).reshape([s[0], s[1], s[2], s[3]])
+            })
+        }
     }
 }
 
@@ -347,8 +377,8 @@ pub struct PackedLoss {
 
 /// The pack's InfoNCE plus gradient penalty: `obs` `[K, B, S, D]`, `actions` `[K, B, A]`,
 /// the members' counter-example draws stacked (each drawn in its solo order), member
-/// configs `cfgs`. The same arithmetic as
-/// `ebm_loss` for each member.
+/// configs `cfgs`, and the members' Langevin chains (for Langevin counter-examples). The
+/// same arithmetic as `ebm_loss` for each member.
 pub fn packed_ebm_loss(
     model: &PackedEbm,
     obs: &Tensor,
@@ -356,6 +386,7 @@ pub fn packed_ebm_loss(
     bounds: &super::Bounds,
     cfgs: &[super::EbmLossConfig],
     draws: super::CounterExampleDraws,
+    chains: &mut super::PackedChains,
 ) -> PackedLoss {
     let device = obs.device();
     let per_member = |f: &dyn Fn(&super::EbmLossConfig) -> f64, dims: i64| {
@@ -377,13 +408,7 @@ pub fn packed_ebm_loss(
         let first = &cfgs[0].negatives;
         super::negatives::refine(draws, first, |start, refinement| match refinement {
             super::RefinementDraws::None => unreachable!("refine calls back only with draws"),
-            super::RefinementDraws::Langevin { noise } => {
-                let langevin: Vec<super::LangevinConfig> =
-                    cfgs.iter().map(|c| c.negatives.langevin.clone()).collect();
-                super::packed_langevin(start, bounds, &langevin, noise, |a| {
-                    sampler.action_gradient(&ctx, a)
-                })
-            }
+            super::RefinementDraws::Langevin { noise } => chains.run(&sampler, &ctx, start, noise),
             super::RefinementDraws::Dfo { uniforms, noise } => super::negatives::dfo_refine(
                 start,
                 bounds,

@@ -1,0 +1,113 @@
+// CUDA graphs for tch, which binds none: PyTorch's `torch.cuda.graph` as five C calls.
+// Compiled only where libtorch has CUDA (build.rs); the Rust side falls back to eager.
+//
+// As in PyTorch, work is captured from the thread's current stream: `begin` makes a
+// side stream current and starts capturing, the caller then issues its tensor operations
+// (through tch, on this thread), and `end` stops capturing and restores the stream. A
+// replay launches the captured kernels on the current stream, reading and writing the
+// very tensors the capture used (the caller keeps them alive and copies new inputs in).
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <exception>
+#include <optional>
+#include <string>
+
+namespace {
+
+thread_local std::string last_error;
+
+struct Graph {
+  at::cuda::CUDAGraph graph;
+  // The stream that was current before `begin`, restored by `end`.
+  std::optional<c10::cuda::CUDAStream> previous;
+};
+
+// Runs `body`; returns 0, or 1 with the exception's message kept for `last_error`.
+template <typename F>
+int guarded(F body) {
+  try {
+    body();
+    return 0;
+  } catch (const std::exception& e) {
+    last_error = e.what();
+  } catch (...) {
+    last_error = "unknown C++ exception";
+  }
+  return 1;
+}
+
+}  // namespace
+
+extern "C" {
+
+// The message of the last failed call on this thread.
+const char* ebmlab_cuda_graph_last_error() { return last_error.c_str(); }
+
+void* ebmlab_cuda_graph_new() {
+  Graph* graph = nullptr;
+  guarded([&] { graph = new Graph(); });
+  return graph;
+}
+
+void ebmlab_cuda_graph_free(void* graph) { delete static_cast<Graph*>(graph); }
+
+// Waits for the device's queued work, makes a side stream of `device` current and begins
+// capturing it (PyTorch's defaults: a private memory pool, global capture mode).
+int ebmlab_cuda_graph_begin(void* graph, int device) {
+  auto* g = static_cast<Graph*>(graph);
+  return guarded([&] {
+    auto index = static_cast<c10::DeviceIndex>(device);
+    c10::cuda::set_device(index);
+    c10::cuda::device_synchronize();
+    g->previous = c10::cuda::getCurrentCUDAStream(index);
+    c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, index));
+    try {
+      g->graph.capture_begin();
+    } catch (...) {
+      c10::cuda::setCurrentCUDAStream(*g->previous);
+      g->previous.reset();
+      throw;
+    }
+  });
+}
+
+// Ends the capture (an invalidated capture fails here) and restores the stream, always.
+int ebmlab_cuda_graph_end(void* graph) {
+  auto* g = static_cast<Graph*>(graph);
+  int status = guarded([&] { g->graph.capture_end(); });
+  if (g->previous) {
+    c10::cuda::setCurrentCUDAStream(*g->previous);
+    g->previous.reset();
+  }
+  return status;
+}
+
+// Launches the captured work on the current stream.
+int ebmlab_cuda_graph_replay(void* graph) {
+  auto* g = static_cast<Graph*>(graph);
+  return guarded([&] { g->graph.replay(); });
+}
+
+// Runs the next operations of this thread on a side stream of `device` (for the warm-up
+// PyTorch asks for before a capture), after the device's queued work; `leave` waits for
+// them and restores the stream.
+int ebmlab_cuda_side_stream_enter(int device, void** previous) {
+  return guarded([&] {
+    auto index = static_cast<c10::DeviceIndex>(device);
+    c10::cuda::set_device(index);
+    c10::cuda::device_synchronize();
+    *previous = new c10::cuda::CUDAStream(c10::cuda::getCurrentCUDAStream(index));
+    c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, index));
+  });
+}
+
+int ebmlab_cuda_side_stream_leave(void* previous) {
+  auto* stream = static_cast<c10::cuda::CUDAStream*>(previous);
+  int status = guarded([&] { c10::cuda::getCurrentCUDAStream(stream->device_index()).synchronize(); });
+  c10::cuda::setCurrentCUDAStream(*stream);
+  delete stream;
+  return status;
+}
+}
