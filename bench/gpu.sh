@@ -13,12 +13,14 @@ BIN=$HERE/device-bin/ebmlab
 TORCH_PY=${TORCH_PY:-/opt/torch/.venv/bin/python3}
 TORCH_LIB=$("$TORCH_PY" -c 'import os, torch; print(os.path.dirname(torch.__file__))')/lib
 export LD_LIBRARY_PATH=$HERE/device-bin:$TORCH_LIB
-BENCH_SECONDS=${BENCH_SECONDS:-180}
+# The whole script must fit one device call (600 s): bench ~200 s (packed training now twice,
+# with CUDA graphs and without), the 4-seed run ~290 s, DFO evaluations and the report ~100 s.
+BENCH_SECONDS=${BENCH_SECONDS:-200}
 # For a rehearsal on the CPU: BENCH_ARGS="--device cpu ..." RUN_ARGS="--set train.iterations=20".
 BENCH_ARGS=${BENCH_ARGS:---device cuda --eval-samples 16384 --eval-pack-sizes 1,4}
 RUN_ARGS=${RUN_ARGS:-}
 # 10,000 iterations of a pack of 4 took ~300 s on an H100 (26 it/s per member).
-RUN_SECONDS=${RUN_SECONDS:-330}
+RUN_SECONDS=${RUN_SECONDS:-290}
 
 step() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
 
@@ -39,6 +41,8 @@ for line in open(sys.argv[1]):
     rate = f" {r['per_second']:.0f}/s" if r.get("per_second") else ""
     print(f"{r['bench']:13s} {r['impl']:27s} {what:32s} {r['median_ms']:9.2f} ms{rate}")
 EOF
+echo "-- what the CUDA-graph guard said (bench):"
+grep -iE "cuda graph|chains (stay|go back|replayed)" "$OUT/bench.log" | sort | uniq -c | head -n 20
 
 step "4 seeds x 10,000 iterations of IBC's config, one pack, default precision"
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv -l 5 > "$OUT/gpu_util.csv" 2>&1 &
@@ -49,6 +53,8 @@ timeout "$RUN_SECONDS" "$BIN" run experiments/particle_ibc_seeds.toml --runs "$O
 echo "run exit $? after $(( $(date +%s) - start )) s"
 kill "$SMI" 2>/dev/null
 tail -n 5 "$OUT/run.log"
+echo "-- what the CUDA-graph guard said (training worker):"
+grep -rhiE "cuda graph|chains (stay|go back|replayed)" "$OUT"/runs/particle-ibc-seeds/*/worker.log 2>/dev/null | head -n 5
 DB=$OUT/runs/ebmlab.sqlite
 "$BIN" status particle-ibc-seeds --db "$DB" | tee "$OUT/status.txt"
 "$BIN" query --db "$DB" "SELECT trial, step, successes, episodes, ci_low, ci_high, wall_seconds
@@ -58,13 +64,13 @@ DB=$OUT/runs/ebmlab.sqlite
 step "the same checkpoints acting by DFO (16,384 samples, bf16)"
 for trial in "$OUT"/runs/particle-ibc-seeds/*/; do
     printf '{"trial":"%s","dfo":' "$(basename "$trial")"
-    timeout 60 "$BIN" eval "$trial" --inference dfo --json --out "$OUT/dfo/$(basename "$trial")" \
+    timeout 25 "$BIN" eval "$trial" --inference dfo --json --out "$OUT/dfo/$(basename "$trial")" \
         2>/dev/null | tail -n 1 | tr -d '\n'
     echo '}'
 done | tee "$OUT/dfo_evals.jsonl"
 
 step "report"
-timeout 60 "$BIN" report particle-ibc-seeds --db "$DB" --out "$OUT/report" > "$OUT/report.log" 2>&1
+timeout 40 "$BIN" report particle-ibc-seeds --db "$DB" --out "$OUT/report" > "$OUT/report.log" 2>&1
 echo "report exit $?"
 tail -n 2 "$OUT/report.log"
 head -n 30 "$OUT/report/report.md" 2>/dev/null

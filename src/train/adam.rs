@@ -84,10 +84,10 @@ impl Adam {
         let bias2_sqrt = (1.0 - self.beta2.powi(self.steps as i32)).sqrt();
         let (beta1, beta2, eps) = (self.beta1, self.beta2, self.eps);
         let scales: Vec<f32> = lrs.iter().map(|lr| (lr / bias1) as f32).collect();
-        // Per-member scales uploaded once per step, not once per parameter (each upload
-        // waits for the device's queue).
+        // Per-member scales uploaded once per step, not once per parameter, from pinned
+        // memory without waiting (a plain upload waits for the device's queue to drain).
         let member_scales = match (scales.len(), self.params.values().next()) {
-            (2.., Some(m)) => Some(Tensor::from_slice(&scales).to_device(m.param.device())),
+            (2.., Some(m)) => Some(upload(&scales, m.param.device())),
             _ => None,
         };
         tch::no_grad(|| {
@@ -205,5 +205,17 @@ impl Adam {
         }
         self.steps = steps;
         Ok(())
+    }
+}
+
+/// `values` on `device`: on a GPU copied from pinned host memory without blocking the
+/// host (libtorch keeps the pinned block until the copy has run).
+fn upload(values: &[f32], device: tch::Device) -> Tensor {
+    let host = Tensor::from_slice(values);
+    match device {
+        tch::Device::Cpu => host,
+        _ => host
+            .pin_memory(device)
+            .to_device_(device, tch::Kind::Float, true, false),
     }
 }

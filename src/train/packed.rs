@@ -13,8 +13,7 @@ use super::trainer::{torch_seed, OptimConfig, StepMetrics, TrainingSet};
 use crate::checkpoint::{self, write_run_files, SavedCheckpoint, VerifiedCheckpoint};
 use crate::data::Normalizer;
 use crate::policy::ebm::{
-    packable, packed_ebm_loss, Bounds, CounterExampleDraws, EbmLossConfig, LangevinConfig,
-    PackedChains, PackedEbm, SequenceEbm,
+    packable, Bounds, CounterExampleDraws, EbmLossConfig, PackedEbm, PackedObjective, SequenceEbm,
 };
 use crate::policy::{NetConfig, PolicySpec, Precision};
 use crate::task::derive_seed;
@@ -77,12 +76,11 @@ pub struct PackedTrainer {
     members: Vec<PackMember>,
     model: PackedEbm,
     adam: Adam,
-    /// Sampling bounds `[K, 1, 1, A]`.
-    bounds: Bounds,
     /// Each member's bounds `[A]`, kept on the device (an upload per step would stall it).
     member_bounds: Vec<Bounds>,
-    /// The members' Langevin chains (their step tables, and on a GPU their CUDA graph).
-    chains: PackedChains,
+    /// The members' loss settings on the device and their Langevin chains (on a GPU
+    /// replayed as a CUDA graph when `cuda_graphs`).
+    objective: PackedObjective,
     cuda_graphs: bool,
     step: u64,
     device: Device,
@@ -107,16 +105,14 @@ impl PackedTrainer {
             .collect();
         let model = PackedEbm::stack(&net, precision.resolve(device), &states)?;
         let adam = Adam::new(model.named_parameters());
-        let bounds = stacked_bounds(&members, device);
         let member_bounds = members.iter().map(|m| m.bounds(device)).collect();
-        let chains = chains(&members, &bounds, true);
+        let objective = objective(&members, device, true);
         Ok(Self {
             members,
             model,
             adam,
-            bounds,
             member_bounds,
-            chains,
+            objective,
             cuda_graphs: true,
             step: 0,
             device,
@@ -128,13 +124,13 @@ impl PackedTrainer {
     /// it computes: the first chains are compared with eager ones before the graph is used.
     pub fn cuda_graphs(mut self, on: bool) -> Self {
         self.cuda_graphs = on;
-        self.chains = chains(&self.members, &self.bounds, on);
+        self.objective = objective(&self.members, self.device, on);
         self
     }
 
     /// Whether the Langevin chains are now replayed from a CUDA graph.
     pub fn replaying_chains(&self) -> bool {
-        self.chains.replaying()
+        self.objective.replaying_chains()
     }
 
     pub fn len(&self) -> usize {
@@ -183,11 +179,6 @@ impl PackedTrainer {
                 batch, action_dim, bounds, negatives,
             ));
         }
-        let cfgs: Vec<EbmLossConfig> = self
-            .members
-            .iter()
-            .map(|m| m.loss_config().clone())
-            .collect();
         let lrs: Vec<f64> = self
             .members
             .iter()
@@ -195,14 +186,11 @@ impl PackedTrainer {
             .collect();
 
         self.adam.zero_grad();
-        let loss = packed_ebm_loss(
+        let loss = self.objective.loss(
             &self.model,
             &Tensor::stack(&obs, 0),
             &Tensor::stack(&actions, 0),
-            &self.bounds,
-            &cfgs,
             CounterExampleDraws::stack(draws),
-            &mut self.chains,
         );
         loss.total.backward();
         // Every scalar of every member, copied to the host at once.
@@ -330,18 +318,14 @@ impl PackedTrainer {
             .expect("the kept members form a pack");
         self.adam
             .retain_members(&keep, self.model.named_parameters());
-        self.bounds = stacked_bounds(&self.members, self.device);
-        self.chains = chains(&self.members, &self.bounds, self.cuda_graphs);
+        self.objective = objective(&self.members, self.device, self.cuda_graphs);
     }
 }
 
-/// The members' Langevin chains within the stacked `bounds`.
-fn chains(members: &[PackMember], bounds: &Bounds, cuda_graphs: bool) -> PackedChains {
-    let cfgs: Vec<LangevinConfig> = members
-        .iter()
-        .map(|m| m.loss_config().negatives.langevin.clone())
-        .collect();
-    PackedChains::new(&cfgs, bounds, cuda_graphs)
+/// The members' objective, sampling within their stacked bounds.
+fn objective(members: &[PackMember], device: Device, cuda_graphs: bool) -> PackedObjective {
+    let cfgs: Vec<EbmLossConfig> = members.iter().map(|m| m.loss_config().clone()).collect();
+    PackedObjective::new(cfgs, &stacked_bounds(members, device), cuda_graphs)
 }
 
 /// The weights a solo trainer of `seed` starts from (the same draws in the same order).

@@ -9,6 +9,7 @@ mod model;
 mod negatives;
 mod packed;
 mod packed_chains;
+mod packed_loss;
 
 pub use autoregressive::{ar_ebm_loss, dfo_dimension, AutoregressiveEbm};
 pub use dfo::{dfo_minimize, dfo_minimize_drawn, DfoConfig, DfoDraws};
@@ -19,8 +20,9 @@ pub use negatives::{
     counter_examples, dfo_refine, CounterExampleDraws, NegativeKind, NegativesConfig,
     RefinementDraws,
 };
-pub use packed::{packable, packed_ebm_loss, PackedEbm, PackedLoss};
+pub use packed::{packable, PackedEbm};
 pub use packed_chains::PackedChains;
+pub use packed_loss::{PackedLoss, PackedObjective};
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
