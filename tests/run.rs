@@ -490,3 +490,68 @@ fn a_trial_run_as_the_second_job_of_a_worker_equals_it_run_in_a_fresh_one() {
         assert_eq!(file(&shared, name), file(&fresh, name), "{name}");
     }
 }
+
+#[test]
+fn sigterm_stops_a_running_evaluation_job_within_a_step_and_records_nothing_of_it() {
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("slow-eval.toml");
+    // An evaluation of 10 episodes with 65,536 DFO samples a step takes 10-20 s on 2 cores
+    // (a fraction of a second per step): the training job makes its final one itself, then
+    // the evaluation job of step 3 runs.
+    let spec = TINY.replace("eval_every = 0", "eval_every = 3").replace(
+        "episodes = 4\nsamples = 64",
+        "episodes = 10\nsamples = 65536",
+    );
+    fs::write(&file, &spec).unwrap();
+    let runs = dir.path().join("runs");
+    let mut child = KillOnDrop(spawn_run(&file, &runs));
+    let trial = ebmlab::spec::load_spec_with_env(&file, &[], Vec::new())
+        .unwrap()
+        .spec
+        .trial_id();
+    let log = runs
+        .join("tiny-sweep")
+        .join(&trial)
+        .join("evaluate_step_0000003.log");
+    let started = Instant::now();
+    while !log.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "no evaluation job started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Into its rollout (loading takes a fraction of a second), far from its end.
+    std::thread::sleep(Duration::from_millis(1500));
+    kill("-TERM", &[child.0.id().to_string()]);
+    let status = child.0.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("cancelled before the evaluation ended"),
+        "the evaluation ran to its end: {text}"
+    );
+    let db = runs.join("ebmlab.sqlite");
+    assert_eq!(
+        query_one(&db, "SELECT GROUP_CONCAT(step) FROM evaluations"),
+        "6",
+        "only the training's own final evaluation"
+    );
+    assert_eq!(
+        query_one(&db, "SELECT COUNT(*) FROM checkpoints WHERE step = 3"),
+        "1",
+        "the checkpoint stays, to be evaluated on resume"
+    );
+}
+
+/// A child process killed when the test ends, even by a failed assertion.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -376,3 +376,99 @@ fn sigterm_saves_a_checkpoint_and_the_continued_trial_equals_an_uninterrupted_on
         "COUNT(*),COUNT(DISTINCT step),MIN(step),MAX(step)\n400,400,1,400\n"
     );
 }
+
+#[test]
+fn a_trial_stopped_in_its_final_evaluation_continues_with_that_evaluation_not_past_its_end() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    // The final evaluation takes several seconds (65,536 DFO samples a step).
+    let spec_text = "name = \"final\"\n[data]\ndemos = 10\n[policy]\nhidden = 16\n\
+         [train]\niterations = 6\nbatch_size = 16\ncheckpoint_every = 3\neval_every = 0\nlog_every = 1\n\
+         [train.negatives]\nkind = \"uniform\"\ncount = 8\n\
+         [eval]\nepisodes = 10\nsamples = 65536\n[resources]\ndevice = \"cpu\"\n";
+    // Stopped by SIGTERM (the evaluation stops within a step: exit 130) or killed.
+    for signal in ["TERM", "KILL"] {
+        let dir = tempfile::tempdir().unwrap();
+        let spec_file = dir.path().join("final.toml");
+        fs::write(&spec_file, spec_text).unwrap();
+        let spec = load_spec_with_env(&spec_file, &[], Vec::new())
+            .unwrap()
+            .spec;
+        let runs = dir.path().join("runs");
+        let trial_dir = runs.join("final").join(spec.trial_id());
+        let train = || {
+            Command::new(env!("CARGO_BIN_EXE_ebmlab"))
+                .args(["train", spec_file.to_str().unwrap(), "--quiet", "--runs"])
+                .arg(&runs)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        // Until `child` ends, or it is killed after `limit` (a failure).
+        let wait = |mut child: std::process::Child, limit: u64| {
+            let started = Instant::now();
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    return child.wait_with_output().unwrap();
+                }
+                if started.elapsed() > Duration::from_secs(limit) {
+                    child.kill().unwrap();
+                    child.wait().unwrap();
+                    panic!("SIG{signal}: the trial did not end within {limit} s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+
+        // Stopped once its last checkpoint is written: in its final evaluation.
+        let mut child = train();
+        let last = trial_dir.join("checkpoints/step_0000006.sha256");
+        let started = Instant::now();
+        while !last.exists() {
+            if started.elapsed() > Duration::from_secs(120) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("training did not end");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let killed = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let out = wait(child, 300);
+        if signal == "TERM" {
+            assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+            assert!(
+                stderr(&out).contains("cancelled at step 6; checkpoint saved"),
+                "{}",
+                stderr(&out)
+            );
+        }
+        assert!(!trial_dir.join("summary.json").exists(), "stopped too late");
+
+        // Continued, it only evaluates (before, it trained on past step 6 and never ended).
+        let out = wait(train(), 300);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let metrics = fs::read_to_string(trial_dir.join("metrics.csv")).unwrap();
+        let steps: Vec<&str> = metrics
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap())
+            .collect();
+        assert_eq!(
+            steps,
+            ["1", "2", "3", "4", "5", "6"],
+            "SIG{signal}: {metrics}"
+        );
+        let summary: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(trial_dir.join("summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(summary["final_evaluation"]["step"], 6);
+        assert_eq!(summary["resumed_from"], 6);
+    }
+}

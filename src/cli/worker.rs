@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser};
 
 use super::cancel_on_signals;
+use crate::eval::is_cancelled;
 use crate::exit::Exit;
 use crate::sched::{ServeReply, ServeRequest, WorkerJob};
 use crate::trial::TrialStop;
@@ -95,7 +96,7 @@ fn try_job(args: JobArgs, cancel: &AtomicBool) -> Result<Exit> {
     };
     if let Some(step) = args.evaluate {
         let mut exit = Exit::Success;
-        for (trial, result) in job.trials.iter().zip(job.evaluate(step)?) {
+        for (trial, result) in job.trials.iter().zip(job.evaluate(step, cancel)?) {
             match result {
                 Ok(s) => println!(
                     "trial {trial} step {step}: success {}/{} = {:.1}%",
@@ -103,6 +104,12 @@ fn try_job(args: JobArgs, cancel: &AtomicBool) -> Result<Exit> {
                     s.episodes,
                     100.0 * s.success_rate
                 ),
+                Err(e) if is_cancelled(&e) => {
+                    eprintln!("trial {trial} step {step}: {e:#}");
+                    if exit == Exit::Success {
+                        exit = Exit::Cancelled;
+                    }
+                }
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     exit = Exit::Error;

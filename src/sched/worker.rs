@@ -5,12 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 
 use crate::checkpoint::{verify, CheckpointFiles, VerifiedCheckpoint};
-use crate::eval::{EpisodeRecord, EvalSummary};
+use crate::eval::{is_cancelled, Cancellable, Cancelled, EpisodeRecord, EvalSummary};
 use crate::policy::{LoadedPolicy, PackedPolicies};
 use crate::spec::{parse_device, Spec};
 use crate::store::{block_on, Database, Store, StoredTrial};
@@ -96,8 +96,10 @@ impl WorkerJob {
     /// Evaluates the checkpoints at `step` of the trials with their `[eval]` settings (as
     /// one batched rollout when there are several that can; one by one if that fails) and
     /// records each evaluation and its episodes. A trial that cannot be evaluated does not
-    /// keep the others from theirs: each gets its own result.
-    pub fn evaluate(&self, step: u64) -> Result<Vec<Result<EvalSummary>>> {
+    /// keep the others from theirs: each gets its own result. Once `cancel` is set the
+    /// rollouts stop within an environment step, and the trials not yet recorded get a
+    /// [`Cancelled`] error (their checkpoints stay unevaluated, for `resume`).
+    pub fn evaluate(&self, step: u64, cancel: &AtomicBool) -> Result<Vec<Result<EvalSummary>>> {
         if self.threads > 0 {
             tch::set_num_threads(self.threads as i32);
         }
@@ -117,12 +119,13 @@ impl WorkerJob {
                 .iter()
                 .map(|&i| loaded[i].as_ref().expect("filtered"))
                 .collect();
-            match evaluate_loaded_together(&members, device, step) {
+            match evaluate_loaded_together(&members, device, step, cancel) {
                 Ok(results) => {
                     for (&i, result) in ready.iter().zip(results) {
                         together[i] = Some(result);
                     }
                 }
+                Err(e) if is_cancelled(&e) => {}
                 Err(e) => tracing::warn!("evaluating one by one: {e:#}"),
             }
         }
@@ -131,9 +134,16 @@ impl WorkerJob {
             let result = loaded.and_then(|(spec, task, checkpoint)| {
                 let (summary, records) = match prepared {
                     Some(done) => done,
+                    None if cancel.load(Ordering::Relaxed) => return Err(Cancelled.into()),
                     None => {
                         let policy = LoadedPolicy::load(&checkpoint, device)?;
-                        evaluate_actor(&spec, task.as_ref(), &policy.view(), step)?
+                        let actor = policy.view();
+                        evaluate_actor(
+                            &spec,
+                            task.as_ref(),
+                            &Cancellable::new(&actor, cancel),
+                            step,
+                        )?
                     }
                 };
                 let (evaluation, rows) = evaluation_rows(&summary, &records);
@@ -168,18 +178,19 @@ impl WorkerJob {
 type Loaded = (Spec, Box<dyn Task>, VerifiedCheckpoint);
 
 /// One batched rollout of the members (an error, a panic of libtorch included, leaves
-/// them to evaluate one by one).
+/// them to evaluate one by one), stopped once `cancel` is set.
 fn evaluate_loaded_together(
     members: &[&Loaded],
     device: tch::Device,
     step: u64,
+    cancel: &AtomicBool,
 ) -> Result<Vec<(EvalSummary, Vec<EpisodeRecord>)>> {
     let specs: Vec<&Spec> = members.iter().map(|(s, _, _)| s).collect();
     let tasks: Vec<&dyn Task> = members.iter().map(|(_, t, _)| t.as_ref()).collect();
     let checkpoints: Vec<&VerifiedCheckpoint> = members.iter().map(|(_, _, c)| c).collect();
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let policies = PackedPolicies::load(&checkpoints, device)?;
-        evaluate_pack(&specs, &tasks, &policies, step)
+        evaluate_pack(&specs, &tasks, &Cancellable::new(&policies, cancel), step)
     }))
     .unwrap_or_else(|_| Err(anyhow::anyhow!("the batched rollout panicked")))
 }

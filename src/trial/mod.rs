@@ -62,8 +62,14 @@ pub struct TrialReport {
 /// How a trial stopped short.
 #[derive(Debug, thiserror::Error)]
 pub enum TrialStop {
-    #[error("cancelled at step {step}; checkpoint saved")]
-    Cancelled { step: u64 },
+    /// Stopped on request; it continues from `checkpoint` (the step it stopped at, saved
+    /// then; or, stopped in an evaluation, the last one before it).
+    #[error("cancelled at step {step}; {}", match checkpoint {
+        Some(saved) if saved == step => "checkpoint saved".to_owned(),
+        Some(saved) => format!("in its evaluation; it continues from its checkpoint of step {saved}"),
+        None => "in its evaluation; it starts again (no checkpoint was saved before)".to_owned(),
+    })]
+    Cancelled { step: u64, checkpoint: Option<u64> },
     #[error("loss became {value} at step {step}; {}", match last_good {
         Some(good) => format!("the last good checkpoint is step {good}"),
         None => "no checkpoint was saved before".to_owned(),

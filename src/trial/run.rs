@@ -17,7 +17,7 @@ use super::metrics::CsvLog;
 use super::setup::{build_learner, evaluation_pack_key, trial_member};
 use super::{MetricsRow, TrialObserver, TrialOptions, TrialPaths, TrialReport, TrialStop};
 use crate::checkpoint::{self, write_atomic};
-use crate::eval::{EpisodeRecord, EvalSummary};
+use crate::eval::{is_cancelled, Cancellable, EpisodeRecord, EvalSummary};
 use crate::policy::members_per_rollout;
 use crate::spec::{parse_device, Spec};
 use crate::task::Task;
@@ -56,7 +56,7 @@ pub fn run_pack(
                 info!(trial = %done.trial_id, "already completed");
                 results[i] = Some(Ok(done));
             }
-            None => match Member::prepare(i, spec, paths, options) {
+            None => match Member::prepare(i, spec, paths, options, cancel) {
                 Ok(member) => members.push(member),
                 Err(e) => results[i] = Some(Err(e)),
             },
@@ -106,6 +106,17 @@ fn train_members(
         }
     }
     retire(&mut learner, &mut members, |m| results[m.index].is_some());
+    // Members restored at their last step (stopped after their final checkpoint, before
+    // their final evaluation was recorded) only evaluate: another step would train past
+    // the end.
+    let step = learner.step();
+    for (pos, m) in members.iter_mut().enumerate() {
+        if step >= m.spec.train.iterations {
+            let observer = &mut *observers[m.index];
+            results[m.index] = Some(m.finish(&learner, pos, observer, resumed_from, (0.0, step)));
+        }
+    }
+    retire(&mut learner, &mut members, |m| results[m.index].is_some());
     let started = (Instant::now(), learner.step());
     while !learner.is_empty() {
         if cancel.load(Ordering::Relaxed) {
@@ -114,6 +125,7 @@ fn train_members(
                 results[m.index] = Some(
                     stop.and(Err(TrialStop::Cancelled {
                         step: learner.step(),
+                        checkpoint: Some(learner.step()),
                     }
                     .into())),
                 );
@@ -179,7 +191,8 @@ fn evaluate_together(learner: &Learner, members: &mut [Member], metrics: &[StepM
                 let policies = learner
                     .packed_policies(positions)
                     .context("the members do not pack")??;
-                evaluate_pack(&specs, &tasks, &policies, step)
+                let cancel = members[positions[0]].cancel;
+                evaluate_pack(&specs, &tasks, &Cancellable::new(&policies, cancel), step)
             }));
             match attempt {
                 Ok(Ok(results)) => {
@@ -280,6 +293,8 @@ struct Member<'a> {
     started: Instant,
     /// Its evaluation of a step, made together with other members' ([`evaluate_together`]).
     prepared: Option<(u64, (EvalSummary, Vec<EpisodeRecord>))>,
+    /// The run's stop request, which evaluations heed too.
+    cancel: &'a AtomicBool,
 }
 
 impl<'a> Member<'a> {
@@ -288,6 +303,7 @@ impl<'a> Member<'a> {
         spec: &'a Spec,
         paths: TrialPaths,
         options: &'a TrialOptions,
+        cancel: &'a AtomicBool,
     ) -> Result<Self> {
         write_atomic(&paths.config(), spec.to_toml().as_bytes())?;
         let task = spec.task.build().context("[task]")?;
@@ -304,6 +320,7 @@ impl<'a> Member<'a> {
             window: (Instant::now(), 0),
             started: Instant::now(),
             prepared: None,
+            cancel,
         })
     }
 
@@ -348,7 +365,7 @@ impl<'a> Member<'a> {
             }
             .into());
         }
-        let last = step == spec.train.iterations;
+        let last = step >= spec.train.iterations;
         if step % spec.train.log_every == 0 || last {
             let (t0, s0) = self.window;
             let rate = (step - s0) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
@@ -402,9 +419,20 @@ impl<'a> Member<'a> {
         if let Some((_, result)) = self.prepared.take().filter(|(at, _)| *at == step) {
             return Ok(result);
         }
-        learner.with_policy(pos, |policy| {
-            evaluate_actor(self.spec, self.task.as_ref(), policy, step)
-        })?
+        // Stopped within an environment step when the run is cancelled; the trial then
+        // continues from its last checkpoint, which redoes this evaluation.
+        let evaluated = learner.with_policy(pos, |policy| {
+            let actor = Cancellable::new(policy, self.cancel);
+            evaluate_actor(self.spec, self.task.as_ref(), &actor, step)
+        })?;
+        evaluated.map_err(|e| match is_cancelled(&e) {
+            true => TrialStop::Cancelled {
+                step,
+                checkpoint: self.last_good,
+            }
+            .into(),
+            false => e,
+        })
     }
 
     fn checkpoint(
