@@ -39,9 +39,18 @@ fn cuda_include(lib_dir: &str) -> Option<std::path::PathBuf> {
         .map(|home| std::path::Path::new(&home).join("include"))
         .into_iter()
         .chain([std::path::PathBuf::from("/usr/local/cuda/include")]);
-    wheel
-        .chain(toolkit)
-        .find(|dir| dir.join("cuda_runtime_api.h").exists())
+    // `cuda_runtime.h` (which libtorch's CUDA headers include) needs `crt/`, which the
+    // runtime wheel lacks (it is in `nvidia-cuda-crt`).
+    wheel.chain(toolkit).find(|dir| {
+        let headers = [
+            dir.join("cuda_runtime_api.h"),
+            dir.join("crt/host_defines.h"),
+        ];
+        for header in &headers {
+            println!("cargo:rerun-if-changed={}", header.display());
+        }
+        headers.iter().all(|h| h.exists())
+    })
 }
 
 /// Compiles the CUDA-graph shim (`csrc/cuda_graph.cpp`) where libtorch has CUDA and the
@@ -56,12 +65,15 @@ fn compile_cuda_graph_shim(lib_dir: &str) {
         return;
     }
     let Some(cuda) = cuda_include(lib_dir) else {
-        println!("cargo:warning=libtorch has CUDA but no CUDA headers were found: no CUDA graphs");
+        println!(
+            "cargo:warning=libtorch has CUDA but the CUDA headers (with crt/) were not found: \
+             no CUDA graphs (scripts/setup.sh installs them)"
+        );
         return;
     };
     let include = std::path::Path::new(lib_dir).join("../include");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
-    cc::Build::new()
+    let built = cc::Build::new()
         .cpp(true)
         .file("csrc/cuda_graph.cpp")
         .include(&include)
@@ -71,8 +83,13 @@ fn compile_cuda_graph_shim(lib_dir: &str) {
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .warnings(false)
-        .compile("ebmlab_cuda_graph");
-    println!("cargo:rustc-cfg=ebmlab_cuda_graphs");
+        .try_compile("ebmlab_cuda_graph");
+    match built {
+        Ok(()) => println!("cargo:rustc-cfg=ebmlab_cuda_graphs"),
+        Err(e) => {
+            println!("cargo:warning=the CUDA-graph shim did not compile ({e}): no CUDA graphs")
+        }
+    }
 }
 
 fn main() {

@@ -6,7 +6,9 @@
 // (through tch, on this thread), and `end` stops capturing and restores the stream. A
 // replay launches the captured kernels on the current stream, reading and writing the
 // very tensors the capture used (the caller keeps them alive and copies new inputs in).
+#include <ATen/core/CachingHostAllocator.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -22,6 +24,7 @@ struct Graph {
   at::cuda::CUDAGraph graph;
   // The stream that was current before `begin`, restored by `end`.
   std::optional<c10::cuda::CUDAStream> previous;
+  c10::DeviceIndex device = 0;
 };
 
 // Runs `body`; returns 0, or 1 with the exception's message kept for `last_error`.
@@ -61,6 +64,7 @@ int ebmlab_cuda_graph_begin(void* graph, int device) {
     auto index = static_cast<c10::DeviceIndex>(device);
     c10::cuda::set_device(index);
     c10::cuda::device_synchronize();
+    g->device = index;
     g->previous = c10::cuda::getCurrentCUDAStream(index);
     c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, index));
     try {
@@ -74,9 +78,23 @@ int ebmlab_cuda_graph_begin(void* graph, int device) {
 }
 
 // Ends the capture (an invalidated capture fails here) and restores the stream, always.
+// After a failed end the graph must never be freed (the caller leaks it): PyTorch left it
+// half-ended. Its memory pools stop taking this device's allocations here (PyTorch ends
+// that only after a successful end); each call fails harmlessly if it had ended already.
 int ebmlab_cuda_graph_end(void* graph) {
   auto* g = static_cast<Graph*>(graph);
   int status = guarded([&] { g->graph.capture_end(); });
+  if (status != 0) {
+    auto pool = g->graph.pool();
+    try {
+      c10::cuda::CUDACachingAllocator::endAllocateToPool(g->device, pool);
+    } catch (...) {
+    }
+    try {
+      at::getHostAllocator(at::kCUDA)->end_allocate_to_pool(pool);
+    } catch (...) {
+    }
+  }
   if (g->previous) {
     c10::cuda::setCurrentCUDAStream(*g->previous);
     g->previous.reset();

@@ -1,6 +1,9 @@
 // What libtorch offers that tch does not bind: the float32 matmul precision (TF32 on
-// NVIDIA tensor cores), as `torch.set_float32_matmul_precision` sets it.
+// NVIDIA tensor cores), as `torch.set_float32_matmul_precision` sets it; and pinning host
+// memory without naming a device (tch always names one, which libtorch deprecates with a
+// warning at every call).
 #include <ATen/Context.h>
+#include <ATen/Tensor.h>
 
 #include <string>
 
@@ -25,6 +28,16 @@ int ebmlab_float32_matmul_precision() {
       return 1;
     default:
       return 2;
+  }
+}
+
+// A pinned copy of the CPU tensor `tensor` (tch's `torch::Tensor*`), as a new tensor for
+// tch to own; null if libtorch refused (e.g. no CUDA).
+void* ebmlab_pin_memory(void* tensor) {
+  try {
+    return new at::Tensor(static_cast<at::Tensor*>(tensor)->pin_memory());
+  } catch (...) {
+    return nullptr;
   }
 }
 }

@@ -434,7 +434,6 @@ fn a_trial_stopped_in_its_final_evaluation_continues_with_that_evaluation_not_pa
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        std::thread::sleep(Duration::from_millis(500));
         let killed = Command::new("kill")
             .args([&format!("-{signal}"), &child.id().to_string()])
             .status()
@@ -470,5 +469,14 @@ fn a_trial_stopped_in_its_final_evaluation_continues_with_that_evaluation_not_pa
                 .unwrap();
         assert_eq!(summary["final_evaluation"]["step"], 6);
         assert_eq!(summary["resumed_from"], 6);
+        if signal == "KILL" {
+            // Stopped after its final evaluation was written but before its summary: the
+            // evaluation is made again, and its row is not doubled.
+            fs::remove_file(trial_dir.join("summary.json")).unwrap();
+            let out = wait(train(), 300);
+            assert!(out.status.success(), "{}", stderr(&out));
+            let rows = fs::read_to_string(trial_dir.join("evaluations.csv")).unwrap();
+            assert_eq!(rows.lines().count(), 2, "a header and step 6 once: {rows}");
+        }
     }
 }

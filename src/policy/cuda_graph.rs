@@ -8,13 +8,19 @@
 //! very tensors the capture did, so new inputs are copied into them first.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, ensure, Result};
 use tch::{Device, Tensor};
 
-/// Whether this binary can capture CUDA graphs (it was built against libtorch with CUDA).
+/// Set for good once a capture failed after it began: libtorch's graph state may be left
+/// half-done, so this process captures no more.
+static CAPTURE_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process can capture CUDA graphs: built against libtorch with CUDA, and
+/// no capture has failed midway in it.
 pub fn available() -> bool {
-    cfg!(ebmlab_cuda_graphs)
+    cfg!(ebmlab_cuda_graphs) && !CAPTURE_FAILED.load(Ordering::Relaxed)
 }
 
 /// A function of tensors captured as a CUDA graph.
@@ -40,7 +46,7 @@ impl CapturedFn {
         );
         ensure!(
             available(),
-            "this ebmlab was built against a libtorch without CUDA: no CUDA graphs"
+            "no CUDA graphs in this process (built without them, or a capture failed before)"
         );
         let statics: Vec<Tensor> = inputs.iter().map(|t| t.detach().copy()).collect();
         let warm_up = ffi::on_side_stream(device as i32, || guarded(|| f(&statics)))??;
@@ -49,8 +55,16 @@ impl CapturedFn {
         // The capture must end even if `f` fails, or the stream stays in capture mode.
         let captured = guarded(|| f(&statics));
         let ended = graph.end();
-        let output = captured?;
-        ended?;
+        let output = match (captured, ended) {
+            (Ok(output), Ok(())) => output,
+            (captured, ended) => {
+                // A graph whose capture failed is left half-ended by libtorch: never freed.
+                CAPTURE_FAILED.store(true, Ordering::Relaxed);
+                std::mem::forget(graph);
+                let error = captured.err().or(ended.err()).expect("one of them failed");
+                return Err(error.context("capturing a CUDA graph"));
+            }
+        };
         Ok((
             Self {
                 graph,

@@ -201,6 +201,8 @@ fn evaluate_together(learner: &Learner, members: &mut [Member], metrics: &[StepM
                         members[pos].prepared = Some((step, result));
                     }
                 }
+                // Stopped: each member's own evaluation says so at once.
+                Ok(Err(e)) if is_cancelled(&e) => {}
                 Ok(Err(e)) => tracing::warn!("these members evaluate one by one: {e:#}"),
                 Err(_) => tracing::warn!(
                     "these members evaluate one by one: the batched rollout panicked"
@@ -333,8 +335,14 @@ impl<'a> Member<'a> {
 
     fn open_logs(&mut self, start_step: u64) -> Result<()> {
         let metrics = CsvLog::open::<MetricsRow>(&self.paths.metrics(), start_step, |r| r.step)?;
+        // Restored at its last step, the trial makes its final evaluation again: a row of it
+        // written before it stopped goes.
+        let keep_evaluations = match start_step >= self.spec.train.iterations {
+            true => start_step - 1,
+            false => start_step,
+        };
         let evaluations =
-            CsvLog::open::<EvalSummary>(&self.paths.evaluations(), start_step, |r| r.step)?;
+            CsvLog::open::<EvalSummary>(&self.paths.evaluations(), keep_evaluations, |r| r.step)?;
         self.logs = Some((metrics, evaluations));
         self.bar = progress_bar(
             self.options.progress,
