@@ -6,23 +6,29 @@
 //! `libtorch_cuda` stays a real dependency: without it the linker drops the CUDA
 //! library (nothing references it by symbol) and `tch` would only ever see the CPU.
 
-/// Compiles the shim against the headers beside libtorch (`<lib>/../include`), with the
+/// A C++ build of `file` against the headers beside libtorch (`<lib>/../include`), with the
 /// same flags torch-sys uses for its own C++.
-fn compile_shim(lib_dir: &str) {
-    println!("cargo:rerun-if-changed=csrc/torch_shim.cpp");
+fn shim_build(lib_dir: &str, file: &str) -> cc::Build {
+    println!("cargo:rerun-if-changed={file}");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let include = std::path::Path::new(lib_dir).join("../include");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
-        .file("csrc/torch_shim.cpp")
+        .file(file)
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .warnings(false)
-        .compile("ebmlab_torch_shim");
+        .warnings(false);
+    build
+}
+
+/// Compiles the shim for what tch does not bind.
+fn compile_shim(lib_dir: &str) {
+    shim_build(lib_dir, "csrc/torch_shim.cpp").compile("ebmlab_torch_shim");
 }
 
 /// Where the CUDA runtime's headers are: beside libtorch in the pip wheel's `nvidia/*`
@@ -57,7 +63,6 @@ fn cuda_include(lib_dir: &str) -> Option<std::path::PathBuf> {
 /// CUDA headers are found, and tells the Rust side so (`cfg(ebmlab_cuda_graphs)`);
 /// elsewhere the Langevin chains simply run eagerly.
 fn compile_cuda_graph_shim(lib_dir: &str) {
-    println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
     if !std::path::Path::new(lib_dir)
         .join("libtorch_cuda.so")
         .exists()
@@ -71,18 +76,8 @@ fn compile_cuda_graph_shim(lib_dir: &str) {
         );
         return;
     };
-    let include = std::path::Path::new(lib_dir).join("../include");
-    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
-    let built = cc::Build::new()
-        .cpp(true)
-        .file("csrc/cuda_graph.cpp")
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
+    let built = shim_build(lib_dir, "csrc/cuda_graph.cpp")
         .include(cuda)
-        .flag("-std=c++17")
-        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
-        .flag("-DGLOG_USE_GLOG_EXPORT")
-        .warnings(false)
         .try_compile("ebmlab_cuda_graph");
     match built {
         Ok(()) => println!("cargo:rustc-cfg=ebmlab_cuda_graphs"),

@@ -41,6 +41,17 @@ int guarded(F body) {
   return 1;
 }
 
+// Waits for the device's queued work and makes a side stream of `device` current on this
+// thread; returns the stream that was current.
+c10::cuda::CUDAStream switch_to_side_stream(int device) {
+  auto index = static_cast<c10::DeviceIndex>(device);
+  c10::cuda::set_device(index);
+  c10::cuda::device_synchronize();
+  auto previous = c10::cuda::getCurrentCUDAStream(index);
+  c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, index));
+  return previous;
+}
+
 }  // namespace
 
 extern "C" {
@@ -61,12 +72,8 @@ void ebmlab_cuda_graph_free(void* graph) { delete static_cast<Graph*>(graph); }
 int ebmlab_cuda_graph_begin(void* graph, int device) {
   auto* g = static_cast<Graph*>(graph);
   return guarded([&] {
-    auto index = static_cast<c10::DeviceIndex>(device);
-    c10::cuda::set_device(index);
-    c10::cuda::device_synchronize();
-    g->device = index;
-    g->previous = c10::cuda::getCurrentCUDAStream(index);
-    c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, index));
+    g->device = static_cast<c10::DeviceIndex>(device);
+    g->previous = switch_to_side_stream(device);
     try {
       g->graph.capture_begin();
     } catch (...) {
@@ -112,13 +119,7 @@ int ebmlab_cuda_graph_replay(void* graph) {
 // PyTorch asks for before a capture), after the device's queued work; `leave` waits for
 // them and restores the stream.
 int ebmlab_cuda_side_stream_enter(int device, void** previous) {
-  return guarded([&] {
-    auto index = static_cast<c10::DeviceIndex>(device);
-    c10::cuda::set_device(index);
-    c10::cuda::device_synchronize();
-    *previous = new c10::cuda::CUDAStream(c10::cuda::getCurrentCUDAStream(index));
-    c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, index));
-  });
+  return guarded([&] { *previous = new c10::cuda::CUDAStream(switch_to_side_stream(device)); });
 }
 
 int ebmlab_cuda_side_stream_leave(void* previous) {

@@ -69,12 +69,7 @@ fn a_trial_writes_its_outputs_and_evaluates_reproducibly() {
     assert_eq!(metrics.lines().count(), 1 + 6, "{metrics}");
     assert!(metrics.starts_with("step,wall_seconds,lr,loss,info_nce,grad_penalty"));
     let evals = fs::read_to_string(trial.join("evaluations.csv")).unwrap();
-    let steps: Vec<&str> = evals
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').next().unwrap())
-        .collect();
-    assert_eq!(steps, ["20", "30"]);
+    assert_eq!(steps_of(&evals), ["20", "30"]);
     assert_eq!(report.final_evaluation.episodes, 6);
     // The written config is the resolved spec.
     let written: Spec =
@@ -454,13 +449,8 @@ fn a_trial_stopped_in_its_final_evaluation_continues_with_that_evaluation_not_pa
         let out = wait(train(), 300);
         assert!(out.status.success(), "{}", stderr(&out));
         let metrics = fs::read_to_string(trial_dir.join("metrics.csv")).unwrap();
-        let steps: Vec<&str> = metrics
-            .lines()
-            .skip(1)
-            .map(|l| l.split(',').next().unwrap())
-            .collect();
         assert_eq!(
-            steps,
+            steps_of(&metrics),
             ["1", "2", "3", "4", "5", "6"],
             "SIG{signal}: {metrics}"
         );
@@ -479,4 +469,12 @@ fn a_trial_stopped_in_its_final_evaluation_continues_with_that_evaluation_not_pa
             assert_eq!(rows.lines().count(), 2, "a header and step 6 once: {rows}");
         }
     }
+}
+
+/// The first column (the step) of each row of a trial's CSV log.
+fn steps_of(csv: &str) -> Vec<&str> {
+    csv.lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect()
 }

@@ -5,12 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 
 use crate::checkpoint::{verify, CheckpointFiles, VerifiedCheckpoint};
-use crate::eval::{is_cancelled, Cancellable, Cancelled, EpisodeRecord, EvalSummary};
+use crate::eval::{is_cancelled, Cancellable, EpisodeRecord, EvalSummary};
 use crate::policy::{LoadedPolicy, PackedPolicies};
 use crate::spec::{parse_device, Spec};
 use crate::store::{block_on, Database, Store, StoredTrial};
@@ -98,7 +98,7 @@ impl WorkerJob {
     /// records each evaluation and its episodes. A trial that cannot be evaluated does not
     /// keep the others from theirs: each gets its own result. Once `cancel` is set the
     /// rollouts stop within an environment step, and the trials not yet recorded get a
-    /// [`Cancelled`] error (their checkpoints stay unevaluated, for `resume`).
+    /// `Cancelled` error (their checkpoints stay unevaluated, for `resume`).
     pub fn evaluate(&self, step: u64, cancel: &AtomicBool) -> Result<Vec<Result<EvalSummary>>> {
         if self.threads > 0 {
             tch::set_num_threads(self.threads as i32);
@@ -134,7 +134,6 @@ impl WorkerJob {
             let result = loaded.and_then(|(spec, task, checkpoint)| {
                 let (summary, records) = match prepared {
                     Some(done) => done,
-                    None if cancel.load(Ordering::Relaxed) => return Err(Cancelled.into()),
                     None => {
                         let policy = LoadedPolicy::load(&checkpoint, device)?;
                         let actor = policy.view();

@@ -124,7 +124,7 @@ impl PackedTrainer {
     /// it computes: the first chains are compared with eager ones before the graph is used.
     pub fn cuda_graphs(mut self, on: bool) -> Self {
         self.cuda_graphs = on;
-        self.objective = objective(&self.members, self.device, on);
+        self.objective.allow_cuda_graphs(on);
         self
     }
 

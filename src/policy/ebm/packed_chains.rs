@@ -88,8 +88,7 @@ impl PackedChains {
         let clip = Tensor::from_slice(&clip).to_device(device).view(per_member);
         let width = &bounds.high - &bounds.low;
         let span = width.max().double_value(&[]);
-        let wanted = cuda_graphs && device.is_cuda() && cuda_graph::available();
-        Self {
+        let mut chains = Self {
             tables: ChainTables {
                 steps: cfgs[0].steps,
                 bounds: Bounds {
@@ -100,13 +99,21 @@ impl PackedChains {
                 coefficients: StepCoefficients::new(cfgs, device, &per_member),
                 span,
             },
-            graph: if wanted {
-                GraphState::Wanted
-            } else {
-                GraphState::Off
-            },
+            graph: GraphState::Off,
             capture: Box::new(capture_cuda_graph),
-        }
+        };
+        chains.allow_cuda_graphs(cuda_graphs);
+        chains
+    }
+
+    /// Whether the chains may be replayed as a CUDA graph (on a CUDA device, in a build and
+    /// process that can capture): a graph captured before is dropped either way.
+    pub fn allow_cuda_graphs(&mut self, on: bool) {
+        let possible = self.tables.bounds.low.device().is_cuda() && cuda_graph::available();
+        self.graph = match on && possible {
+            true => GraphState::Wanted,
+            false => GraphState::Off,
+        };
     }
 
     /// Whether chains are now replayed from a CUDA graph.
@@ -124,6 +131,9 @@ impl PackedChains {
         init: Tensor,
         noise: &Tensor,
     ) -> Tensor {
+        if matches!(self.graph, GraphState::Off) {
+            return self.tables.chain_on(sampler, context, init, noise);
+        }
         let weights = sampler.named_parameters();
         let names: Vec<String> = weights.iter().map(|(n, _)| n.clone()).collect();
         let inputs: Vec<Tensor> = [init, noise.shallow_clone(), context.shallow_clone()]
@@ -182,16 +192,25 @@ impl ChainTables {
             .collect();
         let model = PackedEbm::from_stacked(net, precision, &stacked)
             .expect("a sampler's own weights form its pack");
-        let (noise, context) = (&inputs[1], &inputs[2]);
-        let gradient = model.action_gradient_fn(context);
+        self.chain_on(&model, &inputs[2], inputs[0].shallow_clone(), &inputs[1])
+    }
+
+    /// The chain on `model`'s energies from `init` with `noise`, given `context`.
+    fn chain_on(
+        &self,
+        model: &PackedEbm,
+        context: &Tensor,
+        init: Tensor,
+        noise: &Tensor,
+    ) -> Tensor {
         chain_with_clip(
-            inputs[0].shallow_clone(),
+            init,
             &self.bounds,
             self.steps,
             self.clip.shallow_clone(),
             &self.coefficients,
             |i, _| noise.select(1, i as i64),
-            gradient,
+            model.action_gradient_fn(context),
         )
     }
 

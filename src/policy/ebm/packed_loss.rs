@@ -60,6 +60,11 @@ impl PackedObjective {
         }
     }
 
+    /// Whether the Langevin chains may be replayed as a CUDA graph (see [`PackedChains`]).
+    pub fn allow_cuda_graphs(&mut self, on: bool) {
+        self.chains.allow_cuda_graphs(on);
+    }
+
     /// Whether the Langevin chains are now replayed from a CUDA graph.
     pub fn replaying_chains(&self) -> bool {
         self.chains.replaying()
