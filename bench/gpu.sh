@@ -37,9 +37,11 @@ import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
     c = r["config"]
-    what = " ".join(f"{k}={c[k]}" for k in ("members", "batch", "precision") if k in c)
+    what = " ".join(f"{k}={c[k]}" for k in ("members", "batch", "precision", "cuda_graphs") if k in c)
     rate = f" {r['per_second']:.0f}/s" if r.get("per_second") else ""
-    print(f"{r['bench']:13s} {r['impl']:27s} {what:32s} {r['median_ms']:9.2f} ms{rate}")
+    waits = r.get("device_waits_per_step")
+    waits = f" ({waits:g} waits for the GPU per step)" if waits is not None else ""
+    print(f"{r['bench']:13s} {r['impl']:27s} {what:32s} {r['median_ms']:9.2f} ms{rate}{waits}")
 EOF
 echo "-- what the CUDA-graph guard said (bench):"
 grep -iE "cuda graph|chains (stay|go back|replayed)" "$OUT/bench.log" | sort | uniq -c | head -n 20

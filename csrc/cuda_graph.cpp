@@ -1,5 +1,6 @@
-// CUDA graphs for tch, which binds none: PyTorch's `torch.cuda.graph` as five C calls.
-// Compiled only where libtorch has CUDA (build.rs); the Rust side falls back to eager.
+// CUDA graphs for tch, which binds none: PyTorch's `torch.cuda.graph` as five C calls;
+// and a count of the host's waits for the device (for the bench). Compiled only where
+// libtorch has CUDA (build.rs); the Rust side falls back to eager.
 //
 // As in PyTorch, work is captured from the thread's current stream: `begin` makes a
 // side stream current and starts capturing, the caller then issues its tensor operations
@@ -11,6 +12,7 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/util/Exception.h>
 
 #include <exception>
 #include <optional>
@@ -51,6 +53,24 @@ c10::cuda::CUDAStream switch_to_side_stream(int device) {
   c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, index));
   return previous;
 }
+
+// Counts libtorch's "called a synchronizing CUDA operation" warnings (its sync debug mode
+// "warn") and passes every other warning on.
+class WaitCounter : public c10::WarningHandler {
+ public:
+  explicit WaitCounter(c10::WarningHandler* next) : next(next) {}
+  void process(const c10::Warning& warning) override {
+    if (warning.msg().find("synchronizing CUDA operation") != std::string::npos) {
+      ++waits;
+    } else {
+      next->process(warning);
+    }
+  }
+  c10::WarningHandler* next;
+  long waits = 0;
+};
+
+thread_local WaitCounter* wait_counter = nullptr;
 
 }  // namespace
 
@@ -129,4 +149,33 @@ int ebmlab_cuda_side_stream_leave(void* previous) {
   delete stream;
   return status;
 }
+
+// Starts counting the operations of this thread that wait for the device's queue to drain
+// (a copy to the host, a stream or device synchronisation); events are not counted.
+int ebmlab_cuda_waits_count_begin() {
+  return guarded([] {
+    if (wait_counter == nullptr) {
+      wait_counter = new WaitCounter(c10::WarningUtils::get_warning_handler());
+      c10::WarningUtils::set_warning_handler(wait_counter);
+    }
+    wait_counter->waits = 0;
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_WARN);
+  });
+}
+
+// Stops counting; the waits since `begin`, or -1 if none began.
+long ebmlab_cuda_waits_count_end() {
+  c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+  if (wait_counter == nullptr) {
+    return -1;
+  }
+  c10::WarningUtils::set_warning_handler(wait_counter->next);
+  long waits = wait_counter->waits;
+  delete wait_counter;
+  wait_counter = nullptr;
+  return waits;
+}
+
+// What libtorch does at each wait for the device (for a test of the count without a GPU).
+void ebmlab_cuda_waits_count_example_wait() { c10::cuda::warn_or_error_on_sync(); }
 }

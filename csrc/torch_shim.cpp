@@ -1,9 +1,15 @@
 // What libtorch offers that tch does not bind: the float32 matmul precision (TF32 on
-// NVIDIA tensor cores), as `torch.set_float32_matmul_precision` sets it; and pinning host
+// NVIDIA tensor cores), as `torch.set_float32_matmul_precision` sets it; pinning host
 // memory without naming a device (tch always names one, which libtorch deprecates with a
-// warning at every call).
+// warning at every call); device events, to wait for one queued copy rather than for
+// everything queued; and a product with its bias and ReLU fused, which tch binds wrongly.
+// Events go through libtorch's device-generic interface, so this file needs no CUDA
+// headers.
 #include <ATen/Context.h>
 #include <ATen/Tensor.h>
+#include <ATen/ops/_addmm_activation.h>
+#include <c10/core/Event.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <string>
 
@@ -38,6 +44,58 @@ void* ebmlab_pin_memory(void* tensor) {
     return new at::Tensor(static_cast<at::Tensor*>(tensor)->pin_memory());
   } catch (...) {
     return nullptr;
+  }
+}
+
+// An event recorded on the current stream of `tensor`'s device: it completes once the work
+// queued there so far has run. Null where the device has no events (the CPU).
+void* ebmlab_event_record(void* tensor) {
+  try {
+    auto device = static_cast<at::Tensor*>(tensor)->device();
+    if (device.is_cpu()) {
+      return nullptr;
+    }
+    auto stream = c10::impl::getDeviceGuardImpl(device.type())->getStream(device);
+    auto* event = new c10::Event(device.type());
+    try {
+      event->record(stream);
+    } catch (...) {
+      delete event;
+      throw;
+    }
+    return event;
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+// Waits for `event` to complete, then frees it. Returns 0 on success.
+int ebmlab_event_wait_and_free(void* event) {
+  auto* e = static_cast<c10::Event*>(event);
+  int status = 0;
+  try {
+    e->synchronize();
+  } catch (...) {
+    status = 1;
+  }
+  delete e;
+  return status;
+}
+
+// out = relu(bias + mat1 @ mat2), into `out` (e.g. one member's slice of a stacked
+// result); returns 0 on success. On a GPU cuBLASLt adds the bias and applies the ReLU in
+// the product's epilogue, with no pass of their own over the output. tch's
+// `_addmm_activation` passes its `use_gelu` flag as `beta`, so it cannot be used for this.
+int ebmlab_addmm_relu_into(void* out, void* bias, void* mat1, void* mat2) {
+  try {
+    auto& o = *static_cast<at::Tensor*>(out);
+    auto& b = *static_cast<at::Tensor*>(bias);
+    auto& m1 = *static_cast<at::Tensor*>(mat1);
+    auto& m2 = *static_cast<at::Tensor*>(mat2);
+    at::_addmm_activation_out(o, b, m1, m2, 1, 1, /*use_gelu=*/false);
+    return 0;
+  } catch (...) {
+    return 1;
   }
 }
 }

@@ -88,6 +88,42 @@ fn each_member_of_a_packed_model_computes_its_solo_energies_and_gradients() {
     }
 }
 
+#[test]
+fn acting_energies_equal_the_energies_and_a_member_acts_in_its_pack_as_alone() {
+    let _torch = common::torch_lock();
+    for (blocks, members) in [(0, 1i64), (1, 1), (1, 3), (2, 1), (2, 3)] {
+        let cfg = net(blocks);
+        let states: Vec<Vec<(String, Tensor)>> =
+            (0..members).map(|s| solo(&cfg, 20 + s).2).collect();
+        let packed = PackedEbm::stack(&cfg, Precision::Fp32, &states).unwrap();
+        let obs = Tensor::randn([members, 5, 2, 8], (Kind::Float, Device::Cpu));
+        let actions = Tensor::rand([members, 5, 7, 2], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        let ctx = tch::no_grad(|| packed.observation_context(&obs));
+        let energies = tch::no_grad(|| packed.energies(&ctx, &actions));
+        let acting = packed.acting();
+        let acting_ctx = acting.context(&obs);
+        assert!(max_diff(&acting_ctx, &ctx) < 1e-5, "blocks {blocks}");
+        let acting = acting.energies(&acting_ctx, &actions);
+        assert_eq!(acting.size(), energies.size());
+        let scale = energies.abs().max().double_value(&[]);
+        assert!(
+            max_diff(&acting, &energies) < 1e-5 * scale.max(1.0),
+            "blocks {blocks}, members {members}"
+        );
+        // The last member acts in the pack exactly as alone.
+        let last = members - 1;
+        let alone = PackedEbm::stack(&cfg, Precision::Fp32, &states[last as usize..]).unwrap();
+        let (obs, actions) = (obs.narrow(0, last, 1), actions.narrow(0, last, 1));
+        let acting_alone = alone.acting();
+        let acting_alone = acting_alone.energies(&acting_alone.context(&obs), &actions);
+        assert_eq!(
+            max_diff(&acting_alone, &acting.narrow(0, last, 1)),
+            0.0,
+            "blocks {blocks}, members {members}"
+        );
+    }
+}
+
 /// What a member trains on: 2-D particle demos of `data_seed`.
 fn data(data_seed: u64) -> (TrainingSet, Normalizer) {
     let task = ParticleTask::new(ParticleConfig::default()).unwrap();

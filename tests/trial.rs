@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 
 use common::{ebmlab, stderr, stdout};
 use ebmlab::spec::{load_spec_with_env, Spec};
-use ebmlab::trial::{run_trial, NoObserver, TrialOptions, TrialStop};
+use ebmlab::trial::{run_pack, run_trial, NoObserver, TrialObserver, TrialOptions, TrialStop};
 
 /// A spec small enough to train in a second or two.
 fn tiny_spec(dir: &Path, extra: &str) -> Spec {
@@ -235,6 +235,77 @@ fn a_diverging_loss_stops_the_trial_and_keeps_the_last_good_checkpoint() {
         err.to_string().contains(&format!("at step {step}")),
         "{err}"
     );
+}
+
+/// A pack reads an iteration's metrics while the next one runs (one iteration late) except
+/// where weights are saved or evaluated: a member that diverges in between leaves the
+/// pack from the iteration already queued, and the other member's metrics stay its own.
+#[test]
+fn a_member_diverging_between_checkpoints_leaves_the_pack_and_the_other_trains_as_alone() {
+    let _torch = common::torch_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let mut good = tiny_spec(dir.path(), "");
+    good.train.eval_every = 0;
+    good.train.log_every = 1;
+    good.train.negatives.kind = ebmlab::policy::ebm::NegativeKind::Uniform;
+    let mut diverging = good.clone();
+    diverging.train.lr = 1e30;
+    diverging.train.seed = 1;
+    let runs = dir.path().join("pack");
+    let mut observers = [NoObserver, NoObserver];
+    let [a, b] = &mut observers;
+    let mut observers: Vec<&mut dyn TrialObserver> = vec![a, b];
+    // The diverging member first: its leaving moves the other one's position.
+    let results = run_pack(
+        &[&diverging, &good],
+        &runs,
+        &TrialOptions::default(),
+        &cancel(),
+        &mut observers,
+    );
+    let err = results[0].as_ref().unwrap_err();
+    let Some(TrialStop::NonFiniteLoss { step, .. }) = err.downcast_ref::<TrialStop>() else {
+        panic!("wrong outcome: {err:#}");
+    };
+    assert_ne!(
+        step % good.train.checkpoint_every,
+        0,
+        "diverged at a step read late"
+    );
+    let report = results[1].as_ref().expect("the other member completes");
+    assert_eq!(report.final_evaluation.step, 30);
+
+    let alone = dir.path().join("alone");
+    run_trial(
+        &good,
+        &alone,
+        &TrialOptions::default(),
+        &cancel(),
+        &mut NoObserver,
+    )
+    .unwrap();
+    let losses = |runs: &Path| -> Vec<(u64, f64)> {
+        let csv = fs::read_to_string(runs.join("tiny").join(good.trial_id()).join("metrics.csv"))
+            .unwrap();
+        let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+        let loss = header.iter().position(|&c| c == "loss").unwrap();
+        csv.lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[0].parse().unwrap(), f[loss].parse().unwrap())
+            })
+            .collect()
+    };
+    let (packed, solo) = (losses(&runs), losses(&alone));
+    let steps: Vec<u64> = packed.iter().map(|r| r.0).collect();
+    assert_eq!(steps, (1..=30).collect::<Vec<u64>>());
+    for ((step, p), (_, s)) in packed.iter().zip(&solo) {
+        assert!(
+            (p - s).abs() <= 1e-4 * s.abs().max(1.0),
+            "step {step}: {p} packed, {s} alone"
+        );
+    }
 }
 
 #[test]

@@ -17,6 +17,7 @@ use crate::task::{episode_seeds, record_demos, TaskConfig};
 use crate::train::{LrSchedule, OptimConfig, Trainer};
 use crate::trial::training_set;
 
+mod device_waits;
 mod orchestration;
 mod packed;
 
@@ -74,6 +75,10 @@ pub struct BenchRecord {
     /// Items (rows) per second at the median, for throughput figures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_second: Option<f64>,
+    /// Per training step on a GPU: how often the host waited for the device's queue to
+    /// drain (each wait idles the GPU while the host queues the next kernels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_waits_per_step: Option<f64>,
 }
 
 pub(crate) fn time_ms(
@@ -123,6 +128,7 @@ pub(crate) fn record(
         median_ms: median,
         min_ms: times[0],
         per_second: None,
+        device_waits_per_step: None,
     }
 }
 

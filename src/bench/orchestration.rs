@@ -36,6 +36,7 @@ fn figure(bench: &str, config: serde_json::Value, ms: f64, per_second: Option<f6
         median_ms: ms,
         min_ms: ms,
         per_second,
+        device_waits_per_step: None,
     }
 }
 

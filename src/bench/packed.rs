@@ -2,14 +2,18 @@
 //! evaluations run as one batched rollout, for each pack size and precision (the figures
 //! a sweep of many seeds on one GPU depends on).
 
+use std::time::Instant;
+
 use anyhow::Result;
 use serde_json::json;
+use tch::Device;
 
+use super::device_waits::count_device_waits;
 use super::{ibc_spec, record, time_ms, BenchOptions, BenchRecord};
 use crate::eval::rollout_pack;
 use crate::policy::{PackedPolicies, PolicySpec, Precision};
 use crate::task::{episode_seeds, record_demos, Task, TaskConfig};
-use crate::train::{LrSchedule, OptimConfig, PackMember, PackedTrainer, TrainingSet};
+use crate::train::{LrSchedule, OptimConfig, PackMember, PackedTrainer, QueuedStep, TrainingSet};
 use crate::trial::training_set;
 
 /// A pack of `members` copies of the bench's config, differing in their seeds.
@@ -48,18 +52,19 @@ fn packed_trainer(
 }
 
 /// One figure per (precision, pack size, CUDA graphs or not): the median step, and
-/// trial-iterations per second in total (per trial: divide by the pack size). A figure
-/// asked with graphs is named `ebmlab-cuda-graph` only if the chains were replayed from
-/// one (the first chains run eagerly too, to check it: the warm-up steps).
+/// trial-iterations per second in total (per trial: divide by the pack size), with steps
+/// queued as a trial's loop queues them ([`pipelined_ms`]). A figure asked with graphs is
+/// named `ebmlab-cuda-graph` only if the chains were replayed from one (the first chains
+/// run eagerly too, to check it: the warm-up steps). On a GPU each figure also counts the
+/// host's waits for the device's queue per step (none is the aim).
 pub fn packed_training(opts: &BenchOptions, emit: &mut impl FnMut(&BenchRecord)) -> Result<()> {
     for &precision in &opts.precisions {
         precision.apply()?;
         for &members in &opts.pack_sizes {
             for &graphs in &opts.cuda_graphs {
                 let mut trainer = packed_trainer(opts, members, precision)?.cuda_graphs(graphs);
-                let times = time_ms(opts.device, opts.warmup, opts.repeats, || {
-                    trainer.train_step();
-                });
+                let (times, waits) =
+                    pipelined_ms(&mut trainer, opts.device, opts.warmup, opts.repeats);
                 let replayed = trainer.replaying_chains();
                 if graphs && !replayed {
                     tracing::warn!(
@@ -78,11 +83,47 @@ pub fn packed_training(opts: &BenchOptions, emit: &mut impl FnMut(&BenchRecord))
                     figure.implementation = "ebmlab-cuda-graph".into();
                 }
                 figure.per_second = Some(members as f64 * 1e3 / figure.median_ms);
+                figure.device_waits_per_step = waits.map(|w| w as f64 / opts.repeats as f64);
                 emit(&figure);
             }
         }
     }
     Precision::Fp32.apply()
+}
+
+/// Milliseconds per iteration as a trial's loop gets them: each iteration is queued before
+/// the previous one's metrics are read, so one interval runs from one read to the next.
+/// After `warmup` iterations, `repeats` intervals; on a GPU with the host's waits for the
+/// device's queue counted over them.
+fn pipelined_ms(
+    trainer: &mut PackedTrainer,
+    device: Device,
+    warmup: usize,
+    repeats: usize,
+) -> (Vec<f64>, Option<u64>) {
+    let mut previous = trainer.queue_step();
+    let mut next = |previous: &mut QueuedStep| {
+        let queued = trainer.queue_step();
+        std::mem::replace(previous, queued).metrics();
+    };
+    for _ in 0..warmup {
+        next(&mut previous);
+    }
+    let ((times, _), waits) = count_device_waits(|| {
+        let mut mark = Instant::now();
+        let times: Vec<f64> = (0..repeats)
+            .map(|_| {
+                next(&mut previous);
+                let interval = mark.elapsed().as_secs_f64() * 1e3;
+                mark = Instant::now();
+                interval
+            })
+            .collect();
+        (times, ())
+    });
+    previous.metrics();
+    let waits = waits.filter(|_| matches!(device, Device::Cuda(_)));
+    (times, waits)
 }
 
 /// One figure per (precision, pack size): the median time of one whole evaluation of every

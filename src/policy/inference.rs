@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::ebm::{
-    dfo_minimize, langevin, Bounds, DfoConfig, LangevinConfig, PackedEbm, SequenceEbm,
+    dfo_minimize, langevin, ActingPack, Bounds, DfoConfig, LangevinConfig, PackedEbm, SequenceEbm,
 };
 use super::{NetConfig, Precision};
 
@@ -128,16 +128,17 @@ pub fn in_row_chunks(
     Tensor::cat(&rows, batch_dim)
 }
 
-/// The energy model as inference computes it: the solo model in fp32 (TF32 where the
-/// precision allows), or its weights cast to bf16 and run as a pack of one.
+/// The energy model as inference computes it: without LayerNorm a pack of one with its
+/// weights in the inference precision, prepared for acting once per call (not at every
+/// Langevin step or DFO round); with LayerNorm the solo model.
 enum EnergyModel<'a> {
     Solo(&'a SequenceEbm),
-    Bf16(PackedEbm),
+    Packed(PackedEbm, ActingPack),
 }
 
 impl<'a> EnergyModel<'a> {
     fn new(model: &'a SequenceEbm, precision: Precision) -> Self {
-        if precision != Precision::Bf16 {
+        if model.config().layer_norm {
             return Self::Solo(model);
         }
         // Dropout is inactive when acting; without LayerNorm the network packs.
@@ -145,17 +146,18 @@ impl<'a> EnergyModel<'a> {
             dropout: 0.0,
             ..model.config().clone()
         };
-        let pack = PackedEbm::stack(&cfg, Precision::Bf16, &[model.named_tensors()])
-            .expect("a network without LayerNorm is a pack of one");
-        // Cast once per call, not at every Langevin step or DFO round.
-        Self::Bf16(pack.frozen())
+        let pack = PackedEbm::stack(&cfg, precision, &[model.named_tensors()])
+            .expect("a network without LayerNorm is a pack of one")
+            .frozen();
+        let acting = pack.acting();
+        Self::Packed(pack, acting)
     }
 
     /// The observation part of the first layer, `(B, hidden)`.
     fn context(&self, obs: &Tensor) -> Tensor {
         match self {
             Self::Solo(m) => m.observation_context(obs),
-            Self::Bf16(p) => p.observation_context(&obs.unsqueeze(0)).squeeze_dim(0),
+            Self::Packed(_, a) => a.context(&obs.unsqueeze(0)).squeeze_dim(0),
         }
     }
 
@@ -163,7 +165,7 @@ impl<'a> EnergyModel<'a> {
     fn energies(&self, context: &Tensor, actions: &Tensor) -> Tensor {
         match self {
             Self::Solo(m) => m.energies_with_context(context, actions, false),
-            Self::Bf16(p) => p
+            Self::Packed(_, a) => a
                 .energies(&context.unsqueeze(0), &actions.unsqueeze(0))
                 .squeeze_dim(0),
         }
@@ -173,7 +175,7 @@ impl<'a> EnergyModel<'a> {
     fn action_gradient(&self, context: &Tensor, actions: &Tensor) -> Tensor {
         match self {
             Self::Solo(m) => m.action_gradient(context, actions),
-            Self::Bf16(p) => p
+            Self::Packed(p, _) => p
                 .action_gradient(&context.unsqueeze(0), &actions.unsqueeze(0))
                 .squeeze_dim(0),
         }

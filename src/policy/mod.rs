@@ -4,6 +4,7 @@
 mod acting;
 pub mod cuda_graph;
 pub mod ebm;
+mod fused;
 mod inference;
 pub mod mse;
 mod packed_acting;

@@ -179,10 +179,11 @@ impl PackActor for PackedPolicies {
         let precision = self.model.precision();
         let _setting = MatmulSetting::set(precision);
         let actions = tch::no_grad(|| {
-            let context = self.model.observation_context(&obs);
+            let acting = self.model.acting();
+            let context = acting.context(&obs);
             let rows = self.inference.rows_per_pass(self.device);
             dfo_minimize_drawn(DfoDraws::stack(&draws), &self.bounds, &dfo, |a| {
-                in_row_chunks(&context, a, rows, |c, a| self.model.energies(c, a))
+                in_row_chunks(&context, a, rows, |c, a| acting.energies(c, a))
             })
         });
         let actions = actions.to_kind(Kind::Float).to_device(Device::Cpu);

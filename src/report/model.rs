@@ -12,6 +12,7 @@ use crate::policy::ebm::NegativeKind;
 use crate::policy::InferenceKind;
 use crate::spec::{describe_settings, Spec};
 use crate::store::{Baseline, CurvePoint, ReportEvaluation, ReportTrial, TrialStatus};
+use crate::trial::logged_seconds;
 
 /// Everything the store holds about one experiment, as read for a report.
 #[derive(Debug, Clone)]
@@ -96,17 +97,16 @@ pub fn digest_trials(rows: &ExperimentRows) -> Result<Vec<TrialDigest>> {
     }
     // Training time: each logged window's steps at that window's rate, summed (a plain
     // mean of the rates would overweight fast windows).
-    let mut seconds: BTreeMap<&str, (f64, i64)> = BTreeMap::new();
+    let mut rates: BTreeMap<&str, Vec<(u64, f64)>> = BTreeMap::new();
     for p in rows
         .curves
         .iter()
         .filter(|p| p.name == "iterations_per_second")
     {
-        let (time, last_step) = seconds.entry(&p.trial).or_default();
-        if p.value > 0.0 {
-            *time += (p.step - *last_step) as f64 / p.value;
-        }
-        *last_step = p.step;
+        rates
+            .entry(&p.trial)
+            .or_default()
+            .push((p.step.max(0) as u64, p.value));
     }
     rows.trials
         .iter()
@@ -155,10 +155,11 @@ pub fn digest_trials(rows: &ExperimentRows) -> Result<Vec<TrialDigest>> {
                 error: t.error.clone(),
                 final_step_success,
                 best,
-                iterations_per_second: seconds
-                    .get(t.id.as_str())
-                    .filter(|(time, _)| *time > 0.0)
-                    .map(|(time, steps)| *steps as f64 / time),
+                iterations_per_second: rates.get(t.id.as_str()).and_then(|rates| {
+                    let time = logged_seconds(rates.iter().copied());
+                    let steps = rates.last()?.0;
+                    (time > 0.0).then(|| steps as f64 / time)
+                }),
             })
         })
         .collect()

@@ -12,6 +12,8 @@ use std::path::Path;
 use anyhow::{bail, ensure, Context, Result};
 use tch::Tensor;
 
+use super::transfer::upload;
+
 #[derive(Debug)]
 struct Moments {
     param: Tensor,
@@ -205,31 +207,5 @@ impl Adam {
         }
         self.steps = steps;
         Ok(())
-    }
-}
-
-/// `values` on `device`: on a GPU copied from pinned host memory without blocking the
-/// host (libtorch keeps the pinned block until the copy has run).
-fn upload(values: &[f32], device: tch::Device) -> Tensor {
-    let host = Tensor::from_slice(values);
-    match device {
-        tch::Device::Cpu => host,
-        _ => pinned(&host)
-            .unwrap_or(host)
-            .to_device_(device, tch::Kind::Float, true, false),
-    }
-}
-
-extern "C" {
-    fn ebmlab_pin_memory(tensor: *mut std::ffi::c_void) -> *mut std::ffi::c_void;
-}
-
-/// A pinned copy of a CPU tensor, if libtorch can pin (it needs CUDA).
-fn pinned(host: &Tensor) -> Option<Tensor> {
-    // SAFETY: the shim reads the tensor behind tch's pointer and returns a new heap tensor
-    // (or null), which `from_ptr` takes ownership of.
-    unsafe {
-        let pinned = ebmlab_pin_memory(host.as_ptr() as *mut std::ffi::c_void);
-        (!pinned.is_null()).then(|| Tensor::from_ptr(pinned as *mut torch_sys::C_tensor))
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::{PackedTrainer, StepMetrics, Trainer};
+use super::{PackedTrainer, QueuedStep, StepMetrics, Trainer};
 use crate::checkpoint::{SavedCheckpoint, VerifiedCheckpoint};
 use crate::policy::{LoadedPolicy, PackedPolicies, PolicyView};
 
@@ -38,10 +38,15 @@ impl Learner {
 
     /// One iteration of every member, their metrics in member order.
     pub fn train_step(&mut self) -> Vec<StepMetrics> {
+        self.queue_step().metrics()
+    }
+
+    /// One iteration of every member, their metrics still on their way to the host.
+    pub fn queue_step(&mut self) -> QueuedStep {
         match self {
-            Learner::Solo(Some(t)) => vec![t.train_step()],
-            Learner::Solo(None) => Vec::new(),
-            Learner::Pack(p) => p.train_step(),
+            Learner::Solo(Some(t)) => t.queue_step(),
+            Learner::Solo(None) => QueuedStep::empty(self.step()),
+            Learner::Pack(p) => p.queue_step(),
         }
     }
 

@@ -4,10 +4,13 @@ mod adam;
 mod learner;
 mod packed;
 mod schedule;
+mod step;
 mod trainer;
+mod transfer;
 
 pub use adam::Adam;
 pub use learner::Learner;
 pub use packed::{pack_shape, PackMember, PackedTrainer};
 pub use schedule::LrSchedule;
-pub use trainer::{OptimConfig, StepMetrics, Trainer, TrainingSet};
+pub use step::{QueuedStep, StepMetrics};
+pub use trainer::{OptimConfig, Trainer, TrainingSet};

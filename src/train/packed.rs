@@ -9,7 +9,8 @@ use anyhow::{bail, ensure, Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 
 use super::adam::Adam;
-use super::trainer::{torch_seed, OptimConfig, StepMetrics, TrainingSet};
+use super::step::{QueuedStep, StepMetrics};
+use super::trainer::{torch_seed, OptimConfig, TrainingSet};
 use crate::checkpoint::{self, write_run_files, SavedCheckpoint, VerifiedCheckpoint};
 use crate::data::Normalizer;
 use crate::policy::ebm::{
@@ -165,7 +166,12 @@ impl PackedTrainer {
 
     /// One iteration of every member.
     pub fn train_step(&mut self) -> Vec<StepMetrics> {
-        let (k, batch) = (self.members.len(), self.members[0].optim.batch_size);
+        self.queue_step().metrics()
+    }
+
+    /// One iteration of every member, their scalars still on their way to the host.
+    pub fn queue_step(&mut self) -> QueuedStep {
+        let batch = self.members[0].optim.batch_size;
         let action_dim = self.model.config().action_dim;
         let (mut obs, mut actions, mut draws) = (vec![], vec![], vec![]);
         for (m, bounds) in self.members.iter().zip(&self.member_bounds) {
@@ -193,8 +199,8 @@ impl PackedTrainer {
             CounterExampleDraws::stack(draws),
         );
         loss.total.backward();
-        // Every scalar of every member, copied to the host at once.
-        let per_member = Tensor::stack(
+        // Every scalar of every member, copied to the host at once without waiting.
+        let scalars = Tensor::stack(
             &[
                 loss.info_nce.detach() + loss.grad_penalty.detach(),
                 loss.info_nce.detach(),
@@ -205,27 +211,10 @@ impl PackedTrainer {
             ],
             0,
         );
-        let values = Vec::<f64>::try_from(
-            per_member
-                .to_kind(Kind::Double)
-                .to_device(Device::Cpu)
-                .view([-1]),
-        )
-        .expect("scalar metrics convert");
+        let queued = QueuedStep::new(self.step + 1, lrs.clone(), &scalars);
         self.adam.step_members(&lrs);
         self.step += 1;
-        (0..k)
-            .map(|i| StepMetrics {
-                step: self.step,
-                lr: lrs[i],
-                loss: values[i],
-                info_nce: values[k + i],
-                grad_penalty: values[2 * k + i],
-                energy_positive: values[3 * k + i],
-                energy_negative: values[4 * k + i],
-                grad_norm: values[5 * k + i],
-            })
-            .collect()
+        queued
     }
 
     /// L2 norm of each member's weight gradients, `[K]`.

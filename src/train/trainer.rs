@@ -13,6 +13,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use super::adam::Adam;
 use super::schedule::LrSchedule;
+use super::step::{QueuedStep, StepMetrics};
 use crate::checkpoint::{self, write_run_files, SavedCheckpoint, VerifiedCheckpoint};
 use crate::data::{Normalizer, Windows};
 use crate::policy::ebm::{ar_ebm_loss, ebm_loss, Bounds, EbmLoss};
@@ -25,22 +26,6 @@ pub struct OptimConfig {
     pub batch_size: i64,
     pub schedule: LrSchedule,
     pub seed: u64,
-}
-
-/// Scalars of one iteration.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
-pub struct StepMetrics {
-    /// The iteration just completed (1-based: the number of updates applied so far).
-    pub step: u64,
-    pub lr: f64,
-    pub loss: f64,
-    /// EBM only (zero for MSE).
-    pub info_nce: f64,
-    pub grad_penalty: f64,
-    pub energy_positive: f64,
-    pub energy_negative: f64,
-    /// L2 norm of all weight gradients before the update.
-    pub grad_norm: f64,
 }
 
 /// Normalized training windows on the training device.
@@ -155,6 +140,11 @@ impl Trainer {
 
     /// One iteration: sample a batch, compute the loss, update the weights.
     pub fn train_step(&mut self) -> StepMetrics {
+        self.queue_step().metrics()[0]
+    }
+
+    /// One iteration, its scalars still on their way to the host.
+    pub fn queue_step(&mut self) -> QueuedStep {
         tch::manual_seed(torch_seed(derive_seed(self.optim.seed, self.step)));
         let lr = self.optim.schedule.at(self.step);
         let device = self.vs.device();
@@ -167,8 +157,8 @@ impl Trainer {
         let actions = self.data.actions.index_select(0, &index);
 
         self.adam.zero_grad();
-        // Scalars are gathered as tensors and copied to the host once per step: each
-        // `double_value` would be a device synchronisation on a GPU.
+        // Scalars are gathered as tensors and copied to the host together, without
+        // waiting: each `double_value` would be a device synchronisation on a GPU.
         let (loss, parts) = match (&self.net, &self.spec) {
             (PolicyNet::Ebm(model), PolicySpec::Ebm { loss, .. }) => {
                 with_parts(ebm_loss(model, &obs, &actions, &self.bounds, loss))
@@ -186,24 +176,12 @@ impl Trainer {
         let mut scalars: Vec<Tensor> = vec![loss.detach()];
         scalars.extend(parts);
         scalars.push(self.gradient_norm());
-        let values = Vec::<f64>::try_from(
-            Tensor::stack(&scalars, 0)
-                .to_kind(Kind::Double)
-                .to_device(Device::Cpu),
-        )
-        .expect("scalar metrics convert");
+        let scalars = Tensor::stack(&scalars, 0).view([-1, 1]);
+        // Queued before the update: the copy then runs as soon as the scalars exist.
+        let queued = QueuedStep::new(self.step + 1, vec![lr], &scalars);
         self.adam.step(lr);
         self.step += 1;
-        StepMetrics {
-            step: self.step,
-            lr,
-            loss: values[0],
-            info_nce: values[1],
-            grad_penalty: values[2],
-            energy_positive: values[3],
-            energy_negative: values[4],
-            grad_norm: values[5],
-        }
+        queued
     }
 
     /// L2 norm of all weight gradients, as a scalar tensor on the training device.

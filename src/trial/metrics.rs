@@ -17,12 +17,12 @@ pub struct CsvLog {
 
 impl CsvLog {
     /// Opens `path` for appending, first dropping rows whose step is past `keep_until`
-    /// and a last row cut short (a process killed while writing it).
+    /// and a last row cut short (a process killed while writing it); returns the rows kept.
     pub fn open<T: Serialize + DeserializeOwned>(
         path: &Path,
         keep_until: u64,
         step_of: impl Fn(&T) -> u64,
-    ) -> Result<Self> {
+    ) -> Result<(Self, Vec<T>)> {
         let mut kept: Vec<T> = Vec::new();
         if path.exists() {
             let mut reader = csv::Reader::from_path(path)
@@ -61,10 +61,11 @@ impl CsvLog {
         let writer = csv::WriterBuilder::new()
             .has_headers(kept.is_empty())
             .from_writer(file);
-        Ok(Self {
+        let log = Self {
             path: path.to_owned(),
             writer,
-        })
+        };
+        Ok((log, kept))
     }
 
     pub fn append<T: Serialize>(&mut self, row: &T) -> Result<()> {
@@ -78,6 +79,20 @@ impl CsvLog {
             .flush()
             .with_context(|| format!("writing {}", self.path.display()))
     }
+}
+
+/// The training time a metrics log records: each logged window's steps at its rate, from
+/// `(step, iterations per second)` rows in step order.
+pub fn logged_seconds(rows: impl IntoIterator<Item = (u64, f64)>) -> f64 {
+    let mut previous = 0;
+    let mut seconds = 0.0;
+    for (step, rate) in rows {
+        if rate > 0.0 {
+            seconds += step.saturating_sub(previous) as f64 / rate;
+        }
+        previous = step;
+    }
+    seconds
 }
 
 #[cfg(test)]
@@ -94,7 +109,7 @@ mod tests {
     fn reopening_cuts_back_to_the_step_and_drops_a_torn_last_row() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.csv");
-        let mut log = CsvLog::open::<Row>(&path, 0, |r| r.step).unwrap();
+        let (mut log, _) = CsvLog::open::<Row>(&path, 0, |r| r.step).unwrap();
         for step in 1..=5 {
             log.append(&Row { step, value: 0.5 }).unwrap();
         }
@@ -105,7 +120,8 @@ mod tests {
         text.push_str("6,0.");
         text.truncate(text.len() - 1);
         fs::write(&path, format!("{text}\n7")).unwrap();
-        let mut log = CsvLog::open::<Row>(&path, 3, |r| r.step).unwrap();
+        let (mut log, kept) = CsvLog::open::<Row>(&path, 3, |r| r.step).unwrap();
+        assert_eq!(kept.iter().map(|r| r.step).collect::<Vec<_>>(), [1, 2, 3]);
         log.append(&Row {
             step: 4,
             value: 1.0,
@@ -121,7 +137,8 @@ mod tests {
         let err = CsvLog::open::<Row>(&path, 9, |r| r.step).err().unwrap();
         assert!(format!("{err:#}").contains("m.csv"), "{err:#}");
         // Nothing kept: the header comes with the first row.
-        let mut log = CsvLog::open::<Row>(&path.with_file_name("n.csv"), 0, |r| r.step).unwrap();
+        let (mut log, _) =
+            CsvLog::open::<Row>(&path.with_file_name("n.csv"), 0, |r| r.step).unwrap();
         log.append(&Row {
             step: 1,
             value: 2.0,
@@ -132,5 +149,13 @@ mod tests {
             fs::read_to_string(path.with_file_name("n.csv")).unwrap(),
             "step,value\n1,2.0\n"
         );
+    }
+
+    #[test]
+    fn logged_time_is_each_windows_steps_at_its_rate() {
+        // Windows of 10 steps at 5 it/s, 30 steps at 10 it/s, then a row without a rate.
+        let rows = [(10, 5.0), (40, 10.0), (50, 0.0)];
+        assert!((logged_seconds(rows) - 5.0).abs() < 1e-12);
+        assert_eq!(logged_seconds([]), 0.0);
     }
 }

@@ -13,6 +13,7 @@ mod run;
 mod setup;
 
 pub use evaluate::{evaluate_actor, evaluate_pack};
+pub use metrics::logged_seconds;
 pub use observer::{NoObserver, TrialObserver};
 pub use paths::TrialPaths;
 pub use recorder::{

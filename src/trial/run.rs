@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tracing::info;
 
 use super::evaluate::{evaluate_actor, evaluate_pack, write_final_evaluation};
-use super::metrics::CsvLog;
+use super::metrics::{logged_seconds, CsvLog};
 use super::setup::{build_learner, evaluation_pack_key, trial_member};
 use super::{MetricsRow, TrialObserver, TrialOptions, TrialPaths, TrialReport, TrialStop};
 use crate::checkpoint::{self, write_atomic};
@@ -21,7 +21,7 @@ use crate::eval::{is_cancelled, Cancellable, EpisodeRecord, EvalSummary};
 use crate::policy::members_per_rollout;
 use crate::spec::{parse_device, Spec};
 use crate::task::Task;
-use crate::train::{Learner, StepMetrics};
+use crate::train::{Learner, QueuedStep, StepMetrics};
 
 /// Runs (or continues) the trial of `spec` under `runs_root`; `cancel` is polled between
 /// iterations.
@@ -113,53 +113,122 @@ fn train_members(
     for (pos, m) in members.iter_mut().enumerate() {
         if step >= m.spec.train.iterations {
             let observer = &mut *observers[m.index];
-            results[m.index] = Some(m.finish(&learner, pos, observer, resumed_from, (0.0, step)));
+            results[m.index] = Some(m.finish(&learner, pos, observer, resumed_from, 0.0));
         }
     }
     retire(&mut learner, &mut members, |m| results[m.index].is_some());
     let started = (Instant::now(), learner.step());
-    while !learner.is_empty() {
+    let mut run = PackRun {
+        learner,
+        members,
+        observers,
+        results,
+        started,
+        resumed_from,
+    };
+    // The last iteration queued whose metrics the host has not read yet, with the members
+    // (their indices) it trained.
+    let mut in_flight: Option<(Vec<usize>, QueuedStep)> = None;
+    while !run.learner.is_empty() {
         if cancel.load(Ordering::Relaxed) {
-            for (pos, m) in members.iter_mut().enumerate() {
-                let stop = m.checkpoint(&learner, pos, &mut *observers[m.index]);
-                results[m.index] = Some(
-                    stop.and(Err(TrialStop::Cancelled {
-                        step: learner.step(),
-                        checkpoint: Some(learner.step()),
-                    }
-                    .into())),
-                );
+            // The step about to be saved is checked first: a non-finite loss fails it.
+            if let Some(queued) = in_flight.take() {
+                run.settle(queued);
             }
+            run.cancel();
             return;
         }
-        let metrics = learner.train_step();
+        let trained = run.members.iter().map(|m| m.index).collect();
+        let queued = run.learner.queue_step();
+        // The previous iteration's metrics are read while this one runs on the device.
+        if let Some(previous) = in_flight.replace((trained, queued)) {
+            run.settle(previous);
+        }
+        // Weights that are evaluated or saved are checked (and used) before the next
+        // iteration changes them.
+        let step = run.learner.step();
+        if run.members.iter().any(|m| m.uses_weights_at(step)) {
+            run.settle(in_flight.take().expect("queued above"));
+        }
+    }
+}
+
+/// A pack being trained: its learner, the members still in it, and where their outcomes go.
+struct PackRun<'r, 'a, 'o> {
+    learner: Learner,
+    members: Vec<Member<'a>>,
+    observers: &'r mut [&'o mut dyn TrialObserver],
+    results: &'r mut [Option<Result<TrialReport>>],
+    /// When training began in this run, and at which step.
+    started: (Instant, u64),
+    resumed_from: Option<u64>,
+}
+
+impl PackRun<'_, '_, '_> {
+    /// Logs iteration `queued` of the members that trained it and are still in the pack
+    /// (`trained` holds their indices), then evaluates, checkpoints and finishes them as
+    /// their specs ask; ended members leave the pack.
+    fn settle(&mut self, (trained, queued): (Vec<usize>, QueuedStep)) {
+        let all = queued.metrics();
+        let metrics: Vec<StepMetrics> = self
+            .members
+            .iter()
+            .map(|m| {
+                let at = trained.iter().position(|&i| i == m.index);
+                all[at.expect("members only leave a pack")]
+            })
+            .collect();
         // Timed before any evaluation: the rates and train time are training's alone.
-        let train_seconds = started.0.elapsed().as_secs_f64();
-        let logged: Vec<Result<bool>> = members
+        let train_seconds = self.started.0.elapsed().as_secs_f64();
+        let (learner, observers) = (&self.learner, &mut *self.observers);
+        let logged: Vec<Result<bool>> = self
+            .members
             .iter_mut()
             .zip(&metrics)
             .map(|(m, step)| m.log_step(step, &mut *observers[m.index]))
             .collect();
-        evaluate_together(&learner, &mut members, &metrics);
-        for (pos, ((m, step), logged)) in members.iter_mut().zip(&metrics).zip(logged).enumerate() {
+        evaluate_together(learner, &mut self.members, &metrics);
+        for (pos, ((m, step), logged)) in self
+            .members
+            .iter_mut()
+            .zip(&metrics)
+            .zip(logged)
+            .enumerate()
+        {
             let observer = &mut *observers[m.index];
             let outcome = logged
-                .and_then(|last| m.after_step(&learner, pos, step, last, observer))
+                .and_then(|last| m.after_step(learner, pos, step, last, observer))
                 .and_then(|done| match done {
-                    true => {
-                        let timing = (train_seconds, started.1);
-                        m.finish(&learner, pos, observer, resumed_from, timing)
-                            .map(Some)
-                    }
+                    true => m
+                        .finish(learner, pos, observer, self.resumed_from, train_seconds)
+                        .map(Some),
                     false => Ok(None),
                 });
             match outcome {
-                Ok(Some(report)) => results[m.index] = Some(Ok(report)),
+                Ok(Some(report)) => self.results[m.index] = Some(Ok(report)),
                 Ok(None) => {}
-                Err(e) => results[m.index] = Some(Err(e)),
+                Err(e) => self.results[m.index] = Some(Err(e)),
             }
         }
-        retire(&mut learner, &mut members, |m| results[m.index].is_some());
+        let results = &*self.results;
+        retire(&mut self.learner, &mut self.members, |m| {
+            results[m.index].is_some()
+        });
+    }
+
+    /// Checkpoints every member at the current step and ends it as cancelled.
+    fn cancel(&mut self) {
+        let step = self.learner.step();
+        for (pos, m) in self.members.iter_mut().enumerate() {
+            let stop = m.checkpoint(&self.learner, pos, &mut *self.observers[m.index]);
+            self.results[m.index] = Some(
+                stop.and(Err(TrialStop::Cancelled {
+                    step,
+                    checkpoint: Some(step),
+                }
+                .into())),
+            );
+        }
     }
 }
 
@@ -293,6 +362,8 @@ struct Member<'a> {
     window: (Instant, u64),
     /// When this run of the trial began training.
     started: Instant,
+    /// Seconds of training that earlier runs logged up to the step this run starts from.
+    trained_before: f64,
     /// Its evaluation of a step, made together with other members' ([`evaluate_together`]).
     prepared: Option<(u64, (EvalSummary, Vec<EpisodeRecord>))>,
     /// The run's stop request, which evaluations heed too.
@@ -321,6 +392,7 @@ impl<'a> Member<'a> {
             last_good: None,
             window: (Instant::now(), 0),
             started: Instant::now(),
+            trained_before: 0.0,
             prepared: None,
             cancel,
         })
@@ -333,15 +405,26 @@ impl<'a> Member<'a> {
         step == spec.iterations || (periodic && !self.options.defer_evaluations)
     }
 
+    /// Whether the trial's weights after `step` are evaluated or saved (periodically, or
+    /// at the end): that iteration's metrics are read before the next one changes them.
+    fn uses_weights_at(&self, step: u64) -> bool {
+        let t = &self.spec.train;
+        let periodic = |every: u64| every > 0 && step % every == 0;
+        step >= t.iterations || periodic(t.checkpoint_every) || periodic(t.eval_every)
+    }
+
     fn open_logs(&mut self, start_step: u64) -> Result<()> {
-        let metrics = CsvLog::open::<MetricsRow>(&self.paths.metrics(), start_step, |r| r.step)?;
+        let (metrics, earlier) =
+            CsvLog::open::<MetricsRow>(&self.paths.metrics(), start_step, |r| r.step)?;
+        self.trained_before =
+            logged_seconds(earlier.iter().map(|r| (r.step, r.iterations_per_second)));
         // Restored at its last step, the trial makes its final evaluation again: a row of it
         // written before it stopped goes.
         let keep_evaluations = match start_step >= self.spec.train.iterations {
             true => start_step - 1,
             false => start_step,
         };
-        let evaluations =
+        let (evaluations, _) =
             CsvLog::open::<EvalSummary>(&self.paths.evaluations(), keep_evaluations, |r| r.step)?;
         self.logs = Some((metrics, evaluations));
         self.bar = progress_bar(
@@ -397,6 +480,13 @@ impl<'a> Member<'a> {
         observer: &mut dyn TrialObserver,
     ) -> Result<bool> {
         let (spec, step) = (self.spec, m.step);
+        if self.uses_weights_at(step) {
+            assert_eq!(
+                learner.step(),
+                step,
+                "the weights of step {step} were changed"
+            );
+        }
         // Evaluate before checkpointing: a trial killed in between redoes the evaluation.
         let eval_step = spec.train.eval_every > 0 && step % spec.train.eval_every == 0 && !last;
         if eval_step && !self.options.defer_evaluations {
@@ -470,11 +560,13 @@ impl<'a> Member<'a> {
         pos: usize,
         observer: &mut dyn TrialObserver,
         resumed_from: Option<u64>,
-        (train_seconds, from_step): (f64, u64),
+        train_seconds: f64,
     ) -> Result<TrialReport> {
         self.bar.finish_and_clear();
         self.metrics_log().flush()?;
         let step = learner.step();
+        // The whole trial's training: earlier runs' (from their logged rates) and this one's.
+        let train_seconds = self.trained_before + train_seconds;
         let (summary, episodes) = self.evaluate(learner, pos, step)?;
         write_final_evaluation(self.spec, self.task.as_ref(), &self.paths, &episodes)?;
         observer.evaluation(&summary, &episodes)?;
@@ -487,7 +579,10 @@ impl<'a> Member<'a> {
             iterations: self.spec.train.iterations,
             resumed_from,
             train_seconds,
-            iterations_per_second: (step - from_step) as f64 / train_seconds.max(1e-9),
+            iterations_per_second: match train_seconds > 0.0 {
+                true => step as f64 / train_seconds,
+                false => 0.0,
+            },
             final_evaluation: summary,
         };
         write_atomic(

@@ -20,7 +20,7 @@ pub use negatives::{
     counter_examples, dfo_refine, CounterExampleDraws, NegativeKind, NegativesConfig,
     RefinementDraws,
 };
-pub use packed::{packable, PackedEbm};
+pub use packed::{packable, ActingPack, PackedEbm};
 pub use packed_chains::PackedChains;
 pub use packed_loss::{PackedLoss, PackedObjective};
 

@@ -10,6 +10,7 @@
 use anyhow::{ensure, Context, Result};
 use tch::{Kind, Tensor};
 
+use crate::policy::fused::addmm_relu;
 use crate::policy::{NetConfig, Precision};
 
 /// One linear layer of every member: `weight` `[K, out, in]`, `bias` `[K, out]`.
@@ -292,6 +293,16 @@ impl PackedEbm {
             .view([s[0], s[1], s[2]])
     }
 
+    /// The weights prepared for acting: see [`ActingPack`].
+    pub fn acting(&self) -> ActingPack {
+        let kind = self.precision.compute_kind();
+        tch::no_grad(|| ActingPack {
+            members: (0..self.members)
+                .map(|m| ActingMember::new(self, m, kind))
+                .collect(),
+        })
+    }
+
     /// `dE/da` `[K, B, N, A]` (fp32) at candidates `[K, B, N, A]`, without a graph: the
     /// network is piecewise linear, so the input gradient needs only each block's two ReLU
     /// masks and one `hidden x hidden` product per block each way (see
@@ -361,5 +372,129 @@ impl PackedEbm {
                 grad.to_kind(Kind::Float).reshape([s[0], s[1], s[2], s[3]])
             })
         }
+    }
+}
+
+/// A pack's weights prepared for acting (no autograd), with what depends only on the
+/// weights computed once: [`PackedEbm::observation_context`] and [`PackedEbm::energies`],
+/// faster.
+///
+/// Each member runs on its own 2-D products, so it acts exactly as it acts alone (batched
+/// products round differently for different batch counts, enough to flip a DFO pick now
+/// and then); the first layer of each block adds its bias and applies its ReLU inside the
+/// product. The last block's second layer is folded into the energy head: both are linear
+/// and nothing else reads that block's output, so with `h` the block's input and `r` its
+/// inner activation, `E = w_E h + (w_E W_2) r + (w_E b_2 + b_E)`: one `hidden x hidden`
+/// product and the residual sum's passes over the rows less.
+pub struct ActingPack {
+    members: Vec<ActingMember>,
+}
+
+impl ActingPack {
+    /// The observation part of the first layer, `[K, B, hidden]` (in the pack's compute
+    /// kind), for windows `[K, B, S, D]`: shared by every candidate action.
+    pub fn context(&self, obs: &Tensor) -> Tensor {
+        tch::no_grad(|| self.per_member(|m, member| member.context(&obs.get(m))))
+    }
+
+    /// Energies `[K, B, N]` (fp32) of candidates `[K, B, N, A]` given a context.
+    pub fn energies(&self, context: &Tensor, actions: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            self.per_member(|m, member| member.energies(&context.get(m), &actions.get(m)))
+        })
+    }
+
+    fn per_member(&self, f: impl Fn(i64, &ActingMember) -> Tensor) -> Tensor {
+        let parts: Vec<Tensor> = (0..)
+            .zip(&self.members)
+            .map(|(m, member)| f(m, member))
+            .collect();
+        Tensor::stack(&parts, 0)
+    }
+}
+
+/// One member's weights in 2-D, cast for acting, with its energy head folded.
+struct ActingMember {
+    /// The first layer's observation and action parts `[S*D, hidden]`, `[A, hidden]`, and
+    /// its bias.
+    obs_weight: Tensor,
+    action_weight: Tensor,
+    projection_bias: Tensor,
+    /// Per block: first layer's bias and transposed weight, second layer's.
+    blocks: Vec<[Tensor; 4]>,
+    /// `w_E` and `w_E W_2` (of the last block) as columns `[hidden, 1]`, and the constant
+    /// `[1]`; without blocks only the first and last (`b_E`).
+    head: (Tensor, Option<Tensor>, Tensor),
+}
+
+impl ActingMember {
+    fn new(pack: &PackedEbm, m: i64, kind: Kind) -> Self {
+        let cast = |t: &Tensor| t.get(m).detach().to_kind(kind);
+        let blocks: Vec<[Tensor; 4]> = pack
+            .blocks
+            .iter()
+            .map(|(fc1, fc2)| {
+                [
+                    cast(&fc1.bias),
+                    cast(&fc1.weight).tr(),
+                    cast(&fc2.bias),
+                    cast(&fc2.weight).tr(),
+                ]
+            })
+            .collect();
+        let w_energy = cast(&pack.energy.weight).tr(); // [hidden, 1]
+        let b_energy = cast(&pack.energy.bias); // [1]
+        let head = match blocks.last() {
+            Some([_, _, b2, w2_t]) => (
+                w_energy.shallow_clone(),
+                Some(w2_t.matmul(&w_energy)),
+                b2.matmul(&w_energy) + b_energy,
+            ),
+            None => (w_energy, None, b_energy),
+        };
+        let obs_weight = pack.projection.weight.narrow(2, 0, pack.obs_inputs());
+        Self {
+            obs_weight: cast(&obs_weight).tr(),
+            action_weight: cast(&pack.action_weight()).tr(),
+            projection_bias: cast(&pack.projection.bias),
+            blocks,
+            head,
+        }
+    }
+
+    /// `[B, hidden]` for windows `[B, S, D]`.
+    fn context(&self, obs: &Tensor) -> Tensor {
+        let rows = obs
+            .reshape([obs.size()[0], -1])
+            .to_kind(self.obs_weight.kind());
+        self.projection_bias.addmm(&rows, &self.obs_weight)
+    }
+
+    /// Energies `[B, N]` (fp32) of candidates `[B, N, A]` given a context `[B, hidden]`.
+    fn energies(&self, context: &Tensor, actions: &Tensor) -> Tensor {
+        let s = actions.size();
+        let kind = self.action_weight.kind();
+        let rows = actions.reshape([-1, s[2]]).to_kind(kind);
+        let h = rows.matmul(&self.action_weight).view([s[0], s[1], -1])
+            + context.to_kind(kind).unsqueeze(1);
+        let mut h = h.view([s[0] * s[1], -1]);
+        let (w_energy, folded, constant) = &self.head;
+        let Some(([b1, w1_t, ..], earlier)) = self.blocks.split_last() else {
+            return constant
+                .addmm(&h, w_energy)
+                .to_kind(Kind::Float)
+                .view([s[0], s[1]]);
+        };
+        for [b1, w1_t, b2, w2_t] in earlier {
+            let inner = addmm_relu(b1, &h.relu(), w1_t);
+            h = b2.addmm(&inner, w2_t) + h;
+        }
+        let inner = addmm_relu(b1, &h.relu(), w1_t);
+        let folded = folded.as_ref().expect("folded with the last block");
+        constant
+            .addmm(&h, w_energy)
+            .addmm(&inner, folded)
+            .to_kind(Kind::Float)
+            .view([s[0], s[1]])
     }
 }
