@@ -55,10 +55,11 @@ c10::cuda::CUDAStream switch_to_side_stream(int device) {
 }
 
 // Counts libtorch's "called a synchronizing CUDA operation" warnings (its sync debug mode
-// "warn") and passes every other warning on.
+// "warn") and passes every other warning on to the handler it replaced.
 class WaitCounter : public c10::WarningHandler {
  public:
-  explicit WaitCounter(c10::WarningHandler* next) : next(next) {}
+  WaitCounter(c10::WarningHandler* next, c10::cuda::SyncDebugMode mode)
+      : next(next), previous_mode(mode) {}
   void process(const c10::Warning& warning) override {
     if (warning.msg().find("synchronizing CUDA operation") != std::string::npos) {
       ++waits;
@@ -67,6 +68,7 @@ class WaitCounter : public c10::WarningHandler {
     }
   }
   c10::WarningHandler* next;
+  c10::cuda::SyncDebugMode previous_mode;
   long waits = 0;
 };
 
@@ -151,11 +153,13 @@ int ebmlab_cuda_side_stream_leave(void* previous) {
 }
 
 // Starts counting the operations of this thread that wait for the device's queue to drain
-// (a copy to the host, a stream or device synchronisation); events are not counted.
+// (a copy to the host, a stream or device synchronisation); event waits are not counted.
+// libtorch's sync debug mode is process-wide: other threads' waits meanwhile are printed.
 int ebmlab_cuda_waits_count_begin() {
   return guarded([] {
     if (wait_counter == nullptr) {
-      wait_counter = new WaitCounter(c10::WarningUtils::get_warning_handler());
+      auto mode = c10::cuda::warning_state().get_sync_debug_mode();
+      wait_counter = new WaitCounter(c10::WarningUtils::get_warning_handler(), mode);
       c10::WarningUtils::set_warning_handler(wait_counter);
     }
     wait_counter->waits = 0;
@@ -163,12 +167,13 @@ int ebmlab_cuda_waits_count_begin() {
   });
 }
 
-// Stops counting; the waits since `begin`, or -1 if none began.
+// Stops counting and puts back the mode and handler `begin` found; the waits since `begin`,
+// or -1 if none began.
 long ebmlab_cuda_waits_count_end() {
-  c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
   if (wait_counter == nullptr) {
     return -1;
   }
+  c10::cuda::warning_state().set_sync_debug_mode(wait_counter->previous_mode);
   c10::WarningUtils::set_warning_handler(wait_counter->next);
   long waits = wait_counter->waits;
   delete wait_counter;
@@ -176,6 +181,7 @@ long ebmlab_cuda_waits_count_end() {
   return waits;
 }
 
-// What libtorch does at each wait for the device (for a test of the count without a GPU).
+// What libtorch does at each wait for the device (for a test of the count without a GPU;
+// in sync debug mode "warn" it only warns).
 void ebmlab_cuda_waits_count_example_wait() { c10::cuda::warn_or_error_on_sync(); }
 }

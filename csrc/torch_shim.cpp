@@ -69,22 +69,23 @@ void* ebmlab_event_record(void* tensor) {
   }
 }
 
-// Waits for `event` to complete, then frees it. Returns 0 on success.
-int ebmlab_event_wait_and_free(void* event) {
-  auto* e = static_cast<c10::Event*>(event);
-  int status = 0;
+// Waits for `event` to complete. Returns 0 on success.
+int ebmlab_event_wait(void* event) {
   try {
-    e->synchronize();
+    static_cast<c10::Event*>(event)->synchronize();
+    return 0;
   } catch (...) {
-    status = 1;
+    return 1;
   }
-  delete e;
-  return status;
 }
 
+// Frees `event` without waiting for it.
+void ebmlab_event_free(void* event) { delete static_cast<c10::Event*>(event); }
+
 // out = relu(bias + mat1 @ mat2), into `out` (e.g. one member's slice of a stacked
-// result); returns 0 on success. On a GPU cuBLASLt adds the bias and applies the ReLU in
-// the product's epilogue, with no pass of their own over the output. tch's
+// result); returns 0 on success. On a GPU (where ATen's conditions hold) cuBLASLt adds the
+// bias and applies the ReLU in the product's epilogue, with no pass of their own over the
+// output. tch's
 // `_addmm_activation` passes its `use_gelu` flag as `beta`, so it cannot be used for this.
 int ebmlab_addmm_relu_into(void* out, void* bias, void* mat1, void* mat2) {
   try {

@@ -530,6 +530,13 @@ fn a_trial_stopped_in_its_final_evaluation_continues_with_that_evaluation_not_pa
                 .unwrap();
         assert_eq!(summary["final_evaluation"]["step"], 6);
         assert_eq!(summary["resumed_from"], 6);
+        // Its training was all the stopped run's: its time and rate come from that run's log.
+        let seconds = summary["train_seconds"].as_f64().unwrap();
+        let rate = summary["iterations_per_second"].as_f64().unwrap();
+        assert!(
+            seconds > 0.0 && (rate * seconds - 6.0).abs() < 1e-6,
+            "{summary}"
+        );
         if signal == "KILL" {
             // Stopped after its final evaluation was written but before its summary: the
             // evaluation is made again, and its row is not doubled.

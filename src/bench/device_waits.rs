@@ -17,12 +17,35 @@ mod imp {
         fn ebmlab_cuda_waits_count_end() -> c_long;
     }
 
+    /// Ends the count when dropped, also if the counted work panics (the sync debug mode and
+    /// warning handler are put back).
+    struct Counting(bool);
+
+    impl Counting {
+        fn end(mut self) -> Option<u64> {
+            self.0 = false;
+            // SAFETY: a plain call; it undoes what `begin` set (also after a failed begin).
+            let waits = unsafe { ebmlab_cuda_waits_count_end() };
+            (waits >= 0).then_some(waits as u64)
+        }
+    }
+
+    impl Drop for Counting {
+        fn drop(&mut self) {
+            if self.0 {
+                // SAFETY: as in `end`.
+                unsafe { ebmlab_cuda_waits_count_end() };
+            }
+        }
+    }
+
     pub fn count<T>(f: impl FnOnce() -> T) -> (T, Option<u64>) {
-        // SAFETY: plain calls; `end` undoes what `begin` set (also after a failed begin).
+        // SAFETY: a plain call; `Counting` ends what it begins.
         let began = unsafe { ebmlab_cuda_waits_count_begin() } == 0;
+        let counting = Counting(true);
         let value = f();
-        let waits = unsafe { ebmlab_cuda_waits_count_end() };
-        (value, (began && waits >= 0).then_some(waits as u64))
+        let waits = counting.end();
+        (value, waits.filter(|_| began))
     }
 }
 

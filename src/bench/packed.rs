@@ -75,6 +75,7 @@ pub fn packed_training(opts: &BenchOptions, emit: &mut impl FnMut(&BenchRecord))
                     "members": members,
                     "precision": precision.to_string(),
                     "cuda_graphs": replayed,
+                    "timing": "pipelined",
                     "hidden": opts.hidden, "batch_size": opts.batch_size,
                     "negatives": opts.negatives, "langevin_steps": opts.langevin_steps,
                 });

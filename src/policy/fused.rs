@@ -15,8 +15,9 @@ extern "C" {
 }
 
 /// `relu(bias + mat1 @ mat2)` for a bias `[n]` and matrices `[m, k]`, `[k, n]`: one call,
-/// and on a GPU one cuBLASLt product whose epilogue adds the bias and applies the ReLU (no
-/// pass of their own over the output).
+/// and on a GPU, where ATen's conditions for it hold (contiguous bias and output, a
+/// supported element type and size), one cuBLASLt product whose epilogue adds the bias and
+/// applies the ReLU, with no pass of their own over the output.
 pub fn addmm_relu(bias: &Tensor, mat1: &Tensor, mat2: &Tensor) -> Tensor {
     let out = Tensor::empty(
         [mat1.size()[0], mat2.size()[1]],

@@ -8,7 +8,7 @@
 use anyhow::{ensure, Context, Result};
 use tch::{Device, Kind, Tensor};
 
-use super::ebm::{dfo_minimize_drawn, Bounds, DfoConfig, DfoDraws, PackedEbm};
+use super::ebm::{dfo_minimize_drawn, ActingPack, Bounds, DfoConfig, DfoDraws, PackedEbm};
 use super::inference::MatmulSetting;
 use super::{in_row_chunks, InferenceConfig, InferenceKind, NetConfig, PolicySpec, Precision};
 use crate::checkpoint::{read_run_files, VerifiedCheckpoint};
@@ -44,6 +44,8 @@ pub fn members_per_rollout(episodes: usize, samples: i64) -> usize {
 /// Members' policies acting together; built from a pack's stacked weights.
 pub struct PackedPolicies {
     model: PackedEbm,
+    /// `model`'s weights prepared for acting, once.
+    acting: ActingPack,
     normalizers: Vec<Normalizer>,
     /// Each member's sampling bounds `[A]`, and all of them `[K, 1, 1, A]`.
     member_bounds: Vec<Bounds>,
@@ -86,8 +88,14 @@ impl PackedPolicies {
             low: stacked(|b| &b.low),
             high: stacked(|b| &b.high),
         };
+        let model = model.with_precision(precision).frozen();
+        let acting = {
+            let _setting = MatmulSetting::set(precision);
+            model.acting()
+        };
         Ok(Self {
-            model: model.with_precision(precision).frozen(),
+            model,
+            acting,
             normalizers: members.iter().map(|(_, n)| (*n).clone()).collect(),
             member_bounds,
             bounds,
@@ -179,11 +187,10 @@ impl PackActor for PackedPolicies {
         let precision = self.model.precision();
         let _setting = MatmulSetting::set(precision);
         let actions = tch::no_grad(|| {
-            let acting = self.model.acting();
-            let context = acting.context(&obs);
+            let context = self.acting.context(&obs);
             let rows = self.inference.rows_per_pass(self.device);
             dfo_minimize_drawn(DfoDraws::stack(&draws), &self.bounds, &dfo, |a| {
-                in_row_chunks(&context, a, rows, |c, a| acting.energies(c, a))
+                in_row_chunks(&context, a, rows, |c, a| self.acting.energies(c, a))
             })
         });
         let actions = actions.to_kind(Kind::Float).to_device(Device::Cpu);

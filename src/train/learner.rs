@@ -45,7 +45,7 @@ impl Learner {
     pub fn queue_step(&mut self) -> QueuedStep {
         match self {
             Learner::Solo(Some(t)) => t.queue_step(),
-            Learner::Solo(None) => QueuedStep::empty(self.step()),
+            Learner::Solo(None) => QueuedStep::empty(self.step() + 1),
             Learner::Pack(p) => p.queue_step(),
         }
     }

@@ -45,15 +45,10 @@ impl QueuedStep {
         }
     }
 
-    /// An iteration of no members.
+    /// Iteration `step` of no members.
     pub fn empty(step: u64) -> Self {
         let none = Tensor::zeros([SCALARS as i64, 0], (Kind::Double, Device::Cpu));
         Self::new(step, Vec::new(), &none)
-    }
-
-    /// The iteration this is (1-based).
-    pub fn step(&self) -> u64 {
-        self.step
     }
 
     /// Each member's metrics, in member order.

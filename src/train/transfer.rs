@@ -9,7 +9,8 @@ use tch::{Device, Kind, Tensor};
 extern "C" {
     fn ebmlab_pin_memory(tensor: *mut c_void) -> *mut c_void;
     fn ebmlab_event_record(tensor: *mut c_void) -> *mut c_void;
-    fn ebmlab_event_wait_and_free(event: *mut c_void) -> i32;
+    fn ebmlab_event_wait(event: *mut c_void) -> i32;
+    fn ebmlab_event_free(event: *mut c_void);
 }
 
 /// `values` on `device`: on a GPU copied from pinned host memory without blocking the
@@ -91,7 +92,15 @@ impl DeviceEvent {
 
     /// Waits for the event; false if libtorch failed to.
     fn wait(self) -> bool {
-        // SAFETY: the event came from `ebmlab_event_record` and is freed here, once.
-        unsafe { ebmlab_event_wait_and_free(self.0) == 0 }
+        // SAFETY: the event came from `ebmlab_event_record` and is live until dropped.
+        unsafe { ebmlab_event_wait(self.0) == 0 }
+    }
+}
+
+impl Drop for DeviceEvent {
+    fn drop(&mut self) {
+        // SAFETY: the event came from `ebmlab_event_record` and is freed once, here (a step
+        // queued but never read frees it without waiting).
+        unsafe { ebmlab_event_free(self.0) }
     }
 }

@@ -117,7 +117,7 @@ fn train_members(
         }
     }
     retire(&mut learner, &mut members, |m| results[m.index].is_some());
-    let started = (Instant::now(), learner.step());
+    let started = Instant::now();
     let mut run = PackRun {
         learner,
         members,
@@ -159,8 +159,8 @@ struct PackRun<'r, 'a, 'o> {
     members: Vec<Member<'a>>,
     observers: &'r mut [&'o mut dyn TrialObserver],
     results: &'r mut [Option<Result<TrialReport>>],
-    /// When training began in this run, and at which step.
-    started: (Instant, u64),
+    /// When training began in this run.
+    started: Instant,
     resumed_from: Option<u64>,
 }
 
@@ -178,8 +178,9 @@ impl PackRun<'_, '_, '_> {
                 all[at.expect("members only leave a pack")]
             })
             .collect();
-        // Timed before any evaluation: the rates and train time are training's alone.
-        let train_seconds = self.started.0.elapsed().as_secs_f64();
+        // Timed before this step's evaluation (earlier periodic evaluations and checkpoints
+        // count, as they do in the logged rates).
+        let train_seconds = self.started.elapsed().as_secs_f64();
         let (learner, observers) = (&self.learner, &mut *self.observers);
         let logged: Vec<Result<bool>> = self
             .members
@@ -398,26 +399,53 @@ impl<'a> Member<'a> {
         })
     }
 
-    /// Whether the trial evaluates itself after `step` (periodically, or at the end).
-    fn evaluates_at(&self, step: u64) -> bool {
-        let spec = &self.spec.train;
-        let periodic = spec.eval_every > 0 && step % spec.eval_every == 0;
-        step == spec.iterations || (periodic && !self.options.defer_evaluations)
+    /// Whether `step` is a multiple of `every` (0: never).
+    fn every(every: u64, step: u64) -> bool {
+        every > 0 && step % every == 0
     }
 
-    /// Whether the trial's weights after `step` are evaluated or saved (periodically, or
-    /// at the end): that iteration's metrics are read before the next one changes them.
+    /// Whether `step` ends the trial's training.
+    fn is_last(&self, step: u64) -> bool {
+        step >= self.spec.train.iterations
+    }
+
+    /// Whether the trial evaluates periodically after `step` (the end excluded): itself,
+    /// or by a later evaluation job of the checkpoint it then saves.
+    fn periodic_evaluation_at(&self, step: u64) -> bool {
+        Self::every(self.spec.train.eval_every, step) && !self.is_last(step)
+    }
+
+    /// Whether the trial evaluates itself after `step` (periodically, or at the end).
+    fn evaluates_at(&self, step: u64) -> bool {
+        let periodic = self.periodic_evaluation_at(step) && !self.options.defer_evaluations;
+        self.is_last(step) || periodic
+    }
+
+    /// Whether the trial saves a checkpoint after `step`.
+    fn checkpoints_at(&self, step: u64) -> bool {
+        let for_a_job = self.periodic_evaluation_at(step) && self.options.defer_evaluations;
+        Self::every(self.spec.train.checkpoint_every, step) || self.is_last(step) || for_a_job
+    }
+
+    /// Whether the trial's weights after `step` are evaluated or saved: that iteration's
+    /// metrics are read before the next one changes them.
     fn uses_weights_at(&self, step: u64) -> bool {
-        let t = &self.spec.train;
-        let periodic = |every: u64| every > 0 && step % every == 0;
-        step >= t.iterations || periodic(t.checkpoint_every) || periodic(t.eval_every)
+        self.evaluates_at(step) || self.checkpoints_at(step)
     }
 
     fn open_logs(&mut self, start_step: u64) -> Result<()> {
         let (metrics, earlier) =
             CsvLog::open::<MetricsRow>(&self.paths.metrics(), start_step, |r| r.step)?;
+        // Earlier runs' training: their logged windows, and the steps after the last logged
+        // row up to the checkpoint this run starts from, at that row's rate.
+        let unlogged = earlier
+            .last()
+            .filter(|r| r.iterations_per_second > 0.0)
+            .map_or(0.0, |r| {
+                start_step.saturating_sub(r.step) as f64 / r.iterations_per_second
+            });
         self.trained_before =
-            logged_seconds(earlier.iter().map(|r| (r.step, r.iterations_per_second)));
+            logged_seconds(earlier.iter().map(|r| (r.step, r.iterations_per_second))) + unlogged;
         // Restored at its last step, the trial makes its final evaluation again: a row of it
         // written before it stopped goes.
         let keep_evaluations = match start_step >= self.spec.train.iterations {
@@ -456,7 +484,7 @@ impl<'a> Member<'a> {
             }
             .into());
         }
-        let last = step >= spec.train.iterations;
+        let last = self.is_last(step);
         if step % spec.train.log_every == 0 || last {
             let (t0, s0) = self.window;
             let rate = (step - s0) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
@@ -479,17 +507,14 @@ impl<'a> Member<'a> {
         last: bool,
         observer: &mut dyn TrialObserver,
     ) -> Result<bool> {
-        let (spec, step) = (self.spec, m.step);
-        if self.uses_weights_at(step) {
-            assert_eq!(
-                learner.step(),
-                step,
-                "the weights of step {step} were changed"
-            );
-        }
+        let step = m.step;
+        anyhow::ensure!(
+            !self.uses_weights_at(step) || learner.step() == step,
+            "internal error: the weights of step {step} were asked for at step {}",
+            learner.step()
+        );
         // Evaluate before checkpointing: a trial killed in between redoes the evaluation.
-        let eval_step = spec.train.eval_every > 0 && step % spec.train.eval_every == 0 && !last;
-        if eval_step && !self.options.defer_evaluations {
+        if self.periodic_evaluation_at(step) && !self.options.defer_evaluations {
             let (summary, episodes) = self.evaluate(learner, pos, step)?;
             observer.evaluation(&summary, &episodes)?;
             self.bar.println(format!(
@@ -500,8 +525,7 @@ impl<'a> Member<'a> {
             ));
             self.record_evaluation(&summary)?;
         }
-        let keep_for_evaluation = eval_step && self.options.defer_evaluations;
-        if step % spec.train.checkpoint_every == 0 || last || keep_for_evaluation {
+        if self.checkpoints_at(step) {
             self.checkpoint(learner, pos, observer)?;
         }
         self.bar.set_position(step);

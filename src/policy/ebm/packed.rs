@@ -379,9 +379,11 @@ impl PackedEbm {
 /// weights computed once: [`PackedEbm::observation_context`] and [`PackedEbm::energies`],
 /// faster.
 ///
-/// Each member runs on its own 2-D products, so it acts exactly as it acts alone (batched
-/// products round differently for different batch counts, enough to flip a DFO pick now
-/// and then); the first layer of each block adds its bias and applies its ReLU inside the
+/// Each member runs on its own 2-D products, as it does alone (batched products round
+/// differently for different batch counts, enough to flip a DFO pick now and then); on the
+/// CPU a pack's members act exactly as alone (tested), as long as the BLAS rounds a row
+/// alike in products of different row counts (a pack cuts candidates into pieces by its
+/// size). The first layer of each block adds its bias and applies its ReLU inside the
 /// product. The last block's second layer is folded into the energy head: both are linear
 /// and nothing else reads that block's output, so with `h` the block's input and `r` its
 /// inner activation, `E = w_E h + (w_E W_2) r + (w_E b_2 + b_E)`: one `hidden x hidden`
