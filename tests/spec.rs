@@ -318,7 +318,7 @@ fn shipped_experiments_load() {
     );
     // The N-D study: 5 dimensions x 4 methods x 3 seeds, its CPU version 4 x 4 x 1, every
     // trial a valid spec (an ar_ebm trial is IBC's variant).
-    for (name, count) in [("particle_nd", 60), ("particle_nd_cpu", 16)] {
+    for (name, count) in [("particle_nd", 60), ("particle_nd_cpu", 12)] {
         let spec = load(&root.join(format!("{name}.toml")), &[], &[]).unwrap();
         let trials = ebmlab::spec::expand_trials(&spec).unwrap();
         assert_eq!(trials.len(), count, "{name}");
