@@ -110,17 +110,16 @@ fn pipelined_ms(
     for _ in 0..warmup {
         next(&mut previous);
     }
-    let ((times, _), waits) = count_device_waits(|| {
+    let (times, waits) = count_device_waits(|| {
         let mut mark = Instant::now();
-        let times: Vec<f64> = (0..repeats)
+        (0..repeats)
             .map(|_| {
                 next(&mut previous);
                 let interval = mark.elapsed().as_secs_f64() * 1e3;
                 mark = Instant::now();
                 interval
             })
-            .collect();
-        (times, ())
+            .collect::<Vec<f64>>()
     });
     previous.metrics();
     let waits = waits.filter(|_| matches!(device, Device::Cuda(_)));

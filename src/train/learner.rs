@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::{PackedTrainer, QueuedStep, StepMetrics, Trainer};
+use super::{PackedTrainer, QueuedStep, Trainer};
 use crate::checkpoint::{SavedCheckpoint, VerifiedCheckpoint};
 use crate::policy::{LoadedPolicy, PackedPolicies, PolicyView};
 
@@ -34,11 +34,6 @@ impl Learner {
             Learner::Solo(t) => t.as_ref().map_or(0, |t| t.step()),
             Learner::Pack(p) => p.step(),
         }
-    }
-
-    /// One iteration of every member, their metrics in member order.
-    pub fn train_step(&mut self) -> Vec<StepMetrics> {
-        self.queue_step().metrics()
     }
 
     /// One iteration of every member, their metrics still on their way to the host.

@@ -111,7 +111,7 @@ fn train_members(
     // the end.
     let step = learner.step();
     for (pos, m) in members.iter_mut().enumerate() {
-        if step >= m.spec.train.iterations {
+        if m.is_last(step) {
             let observer = &mut *observers[m.index];
             results[m.index] = Some(m.finish(&learner, pos, observer, resumed_from, 0.0));
         }
