@@ -2,77 +2,207 @@
 # The GPU checks in one call (a lent GPU machine has minutes, not hours): builds nothing.
 # Before: `cargo build --release` here, then `mkdir -p device-bin && cp target/release/ebmlab
 # device-bin/`; run from the repository root on the GPU machine with device-bin carried.
-# Writes under $OUT: gpu.txt (the card), bench.jsonl (throughput and latency beside the
-# PyTorch reference, every precision), the 4-seed packed run of IBC's config (runs/, its
-# status, evaluations by DFO too, report), and nvidia-smi samples taken during the run.
+#
+# Each part runs in its own process with its own time limit, so a part that fails or
+# crashes costs only its own figures. In order of what matters most:
+#   1. packed training, K = 1..64, each precision, CUDA graphs on and off, beside the
+#      PyTorch reference doing the same packing (and the host's waits for the GPU per step);
+#   2. IBC's config, 4 seeds x 10,000 iterations as one pack in the default GPU precision,
+#      evaluated by Langevin inference (as IBC does) and then by DFO;
+#   3. acting: DFO batches 1 and 100 x 16,384 samples, 100-episode evaluations (128 and
+#      256 wide), packed evaluation, one solo training step;
+#   4. where time is left and Nsight Compute is there, the kernels of a packed step;
+#   5. (asked for only) the N-D study for the time left, for its rates and progress.
+# PARTS chooses (default "1 2 3 4"). A second call on the same warm machine, with PARTS="2 4 5",
+# resumes the 4-seed run where the first call's time ran out (its runs stay in $WORK).
+# Everything comes back in at most 8 files under $OUT (the device tool's limit): console.txt
+# (what is printed), bench.jsonl, bench.log, run.log, results.txt (status, evaluations,
+# report), gpu_util.csv, runs.tar.gz (database and checkpoints, to resume), kernels.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/ebmlab-gpu}
-mkdir -p "$OUT"
+WORK=${WORK:-/tmp/ebmlab-gpu-work}
+mkdir -p "$OUT" "$WORK"
+exec > >(tee "$OUT/console.txt") 2>&1
 HERE=$PWD
 BIN=$HERE/device-bin/ebmlab
 TORCH_PY=${TORCH_PY:-/opt/torch/.venv/bin/python3}
 TORCH_LIB=$("$TORCH_PY" -c 'import os, torch; print(os.path.dirname(torch.__file__))')/lib
 export LD_LIBRARY_PATH=$HERE/device-bin:$TORCH_LIB
-# The whole script must fit one device call (600 s): bench ~200 s (packed training now twice,
-# with CUDA graphs and without), the 4-seed run ~290 s, DFO evaluations and the report ~100 s.
-BENCH_SECONDS=${BENCH_SECONDS:-200}
-# For a rehearsal on the CPU: BENCH_ARGS="--device cpu ..." RUN_ARGS="--set train.iterations=20".
-BENCH_ARGS=${BENCH_ARGS:---device cuda --eval-samples 16384 --eval-pack-sizes 1,4}
+# Seconds the whole script may take (the device call's limit less a margin).
+BUDGET=${BUDGET:-540}
+# For a rehearsal on the CPU: DEVICE=cpu PRECISIONS=fp32 GRAPHS=off PACKS=1,4
+# WARMUP=0 REPEATS=1 BENCH_EXTRA="--hidden 32 --batch-size 16 --langevin-steps 2 ..."
+# RUN_ARGS="--set train.iterations=20" TORCH_PY=.venv/bin/python
+DEVICE=${DEVICE:-cuda}
+PRECISIONS=${PRECISIONS:-fp32,tf32,bf16}
+GRAPHS=${GRAPHS:-on,off}
+PACKS=${PACKS:-1,4,16,64}
 RUN_ARGS=${RUN_ARGS:-}
-# 10,000 iterations of a pack of 4 took ~300 s on an H100 (26 it/s per member).
-RUN_SECONDS=${RUN_SECONDS:-290}
+WARMUP=${WARMUP:-2}
+REPEATS=${REPEATS:-3}
+# Smaller figures for a rehearsal, e.g. "--hidden 32 --batch-size 16 --langevin-steps 2".
+BENCH_EXTRA=${BENCH_EXTRA:-}
+PARTS=" ${PARTS:-1 2 3 4} "
+START=$(date +%s)
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+part() { [[ "$PARTS" == *" $1 "* ]]; }
+step() { printf '\n== %s (%s, %s s left)\n' "$1" "$(date +%T)" "$(left)"; }
 
-step() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
+# bench NAME SECONDS ARGS...: one `ebmlab bench` process, its lines appended to bench.jsonl.
+bench() {
+    local name=$1 seconds=$2
+    shift 2
+    echo "-- bench $name: $*" >>"$OUT/bench.log"
+    timeout "$seconds" "$BIN" bench --device "$DEVICE" --python "$TORCH_PY" \
+        --overhead-trials 0 --ingest-rows 0 --warmup "$WARMUP" --repeats "$REPEATS" "$@" $BENCH_EXTRA \
+        >>"$OUT/bench.jsonl" 2>>"$OUT/bench.log"
+    echo "bench $name: exit $?"
+}
 
-step "card"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
-
-step "bench: training step, DFO, 100-episode evaluation (16,384 samples), packs of 1-64, packed evaluation of 1 and 4"
-timeout "$BENCH_SECONDS" "$BIN" bench $BENCH_ARGS --python "$TORCH_PY" \
-    --overhead-trials 0 --ingest-rows 0 --warmup 2 --repeats 3 \
-    > "$OUT/bench.jsonl" 2> "$OUT/bench.log"
-echo "bench exit $?"
-"$TORCH_PY" - "$OUT/bench.jsonl" <<'EOF'
+# The bench lines as a table (per-second rates, waits for the GPU per step).
+table() {
+    "$TORCH_PY" - "$OUT/bench.jsonl" <<'EOF'
 import json, sys
 for line in open(sys.argv[1]):
-    r = json.loads(line)
+    try:
+        r = json.loads(line)
+    except ValueError:
+        continue
     c = r["config"]
-    what = " ".join(f"{k}={c[k]}" for k in ("members", "batch", "precision", "cuda_graphs") if k in c)
+    keys = ("members", "batch", "episodes", "hidden", "samples", "precision", "cuda_graphs")
+    what = " ".join(f"{k}={c[k]}" for k in keys if k in c)
     rate = f" {r['per_second']:.0f}/s" if r.get("per_second") else ""
     waits = r.get("device_waits_per_step")
-    waits = f" ({waits:g} waits for the GPU per step)" if waits is not None else ""
-    print(f"{r['bench']:13s} {r['impl']:27s} {what:32s} {r['median_ms']:9.2f} ms{rate}{waits}")
+    waits = f" ({waits:g} waits/step)" if waits is not None else ""
+    print(f"{r['bench']:12s} {r['impl']:25s} {what:58s} {r['median_ms']:9.2f} ms{rate}{waits}")
 EOF
-echo "-- what the CUDA-graph guard said (bench):"
-grep -iE "cuda graph|chains (stay|go back|replayed)" "$OUT/bench.log" | sort | uniq -c | head -n 20
+}
 
-step "4 seeds x 10,000 iterations of IBC's config, one pack, default precision"
-nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv -l 5 > "$OUT/gpu_util.csv" 2>&1 &
+step "card"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
+nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 2 >>"$OUT/gpu_util.csv" 2>&1 &
 SMI=$!
-start=$(date +%s)
-timeout "$RUN_SECONDS" "$BIN" run experiments/particle_ibc_seeds.toml --runs "$OUT/runs" --quiet $RUN_ARGS \
-    > "$OUT/run.log" 2>&1
-echo "run exit $? after $(( $(date +%s) - start )) s"
+
+if part 1; then
+    step "1. packed training: K = $PACKS, $PRECISIONS, graphs $GRAPHS, beside the PyTorch reference"
+    bench packed 200 --only packed --pack-sizes "$PACKS" --precisions "$PRECISIONS" --cuda-graphs "$GRAPHS"
+    table
+    echo "-- what the CUDA-graph guard said:"
+    grep -iE "cuda graph|chains (stay|go back|replayed)" "$OUT/bench.log" | sed 's/^.*\(WARN\|INFO\)/\1/' | sort | uniq -c | head -n 20
+fi
+
+RUNS=$WORK/runs
+[[ -e $WORK/runs-eager ]] && RUNS=$WORK/runs-eager
+DB=$RUNS/ebmlab.sqlite
+if part 2; then
+    # Started afresh, or resumed where an earlier call's time ran out.
+    step "2. IBC's config, 4 seeds x 10,000 iterations, one pack, default precision"
+    # Room after the run: the acting figures (part 3), DFO evaluations and the report.
+    reserve=60
+    part 3 && reserve=190
+    run_seconds=$(($(left) - reserve))
+    ((run_seconds > 330)) && run_seconds=330
+    ((run_seconds < 10)) && run_seconds=10
+    started=$(date +%s)
+    timeout "$run_seconds" "$BIN" run experiments/particle_ibc_seeds.toml --runs "$RUNS" --quiet $RUN_ARGS \
+        >>"$OUT/run.log" 2>&1
+    code=$?
+    echo "run exit $code after $(($(date +%s) - started)) s (limit $run_seconds s)"
+    if ((code != 0 && $(date +%s) - started < 60)) && [[ $RUNS != *eager ]]; then
+        echo "-- it failed at once: again with the chains eager (resources.cuda_graphs = false)"
+        RUNS=$WORK/runs-eager
+        DB=$RUNS/ebmlab.sqlite
+        timeout $((run_seconds - 60)) "$BIN" run experiments/particle_ibc_seeds.toml --runs "$RUNS" \
+            --quiet --set resources.cuda_graphs=false $RUN_ARGS >>"$OUT/run.log" 2>&1
+        echo "eager run exit $?"
+    fi
+    tail -n 6 "$OUT/run.log"
+    {
+        echo "== worker logs: the CUDA-graph guard, errors"
+        grep -hiE "cuda graph|chains (stay|go back|replayed)|error|panic" "$RUNS"/particle-ibc-seeds/*/worker.log \
+            2>/dev/null | sed 's/^[^ ]* //' | sort | uniq -c | tail -n 20
+        echo "== status"
+        "$BIN" status particle-ibc-seeds --db "$DB"
+        echo "== evaluations (Langevin inference, the trials' own)"
+        "$BIN" query --db "$DB" "SELECT trial, step, successes, episodes, ci_low, ci_high, wall_seconds
+            FROM evaluations WHERE experiment = 'particle-ibc-seeds' ORDER BY trial, step"
+    } >>"$OUT/results.txt" 2>&1
+    cat "$OUT/results.txt"
+fi
+
+if part 3; then
+    step "3. acting: DFO, 100-episode evaluations (16,384 samples), packed evaluation, one solo step"
+    bench acting 110 --only train-step,dfo,eval,packed-eval --eval-samples 16384 --eval-pack-sizes 1,4 \
+        --precisions "$PRECISIONS"
+    bench eval-256 40 --only eval --eval-samples 16384 --eval-hidden 256 --no-reference \
+        --precisions "$PRECISIONS"
+    table | grep -vE "^packed_train"
+fi
+
+if part 2; then
+    step "the 4-seed checkpoints acting by DFO (16,384 samples, the default inference precision)"
+    for trial in "$RUNS"/particle-ibc-seeds/*/; do
+        printf '{"trial":"%s","dfo":' "$(basename "$trial")"
+        timeout 25 "$BIN" eval "$trial" --inference dfo --json --out "$WORK/dfo/$(basename "$trial")" \
+            2>/dev/null | tail -n 1 | tr -d '\n'
+        echo '}'
+    done | tee -a "$OUT/results.txt"
+
+    step "report"
+    timeout 40 "$BIN" report particle-ibc-seeds --db "$DB" --out "$WORK/report" >>"$OUT/results.txt" 2>&1
+    echo "report exit $?"
+    cat "$WORK/report/report.md" >>"$OUT/results.txt" 2>/dev/null
+    head -n 14 "$WORK/report/report.md" 2>/dev/null
+    # The database and each trial's latest checkpoint (all of them could pass the 16 MiB a
+    # returned file may have): enough to resume the run in a later call.
+    (
+        cd "$WORK" || exit
+        find "$(basename "$RUNS")" -type f ! -name '*.png' ! -path '*/checkpoints/*'
+        for dir in "$(basename "$RUNS")"/*/*/checkpoints; do
+            latest=$(ls "$dir" | grep -o '^step_[0-9]*' | sort | tail -n 1)
+            [[ -n "$latest" ]] && ls "$dir/$latest".*
+        done
+    ) >"$WORK/keep.txt"
+    tar -czf "$OUT/runs.tar.gz" -C "$WORK" -T "$WORK/keep.txt" 2>/dev/null
+fi
+
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+if part 4 && [[ ! -s $WORK/kernels.txt ]]; then
+    step "4. the kernels of a packed step (K = 64, bf16, eager chains), where Nsight Compute is"
+    if [[ -n "$NCU" && $(left) -gt 45 ]]; then
+        timeout $(($(left) - 10)) "$NCU" --clock-control none --metrics gpu__time_duration.sum \
+            --launch-skip 4000 --launch-count 400 --csv \
+            "$BIN" bench --device "$DEVICE" --only packed --pack-sizes 64 --precisions bf16 \
+            --cuda-graphs off --no-reference --warmup 0 --repeats 1 >"$WORK/ncu.csv" 2>"$WORK/ncu.log"
+        echo "ncu exit $?"
+        "$TORCH_PY" - "$WORK/ncu.csv" >"$WORK/kernels.txt" 2>&1 <<'EOF'
+import csv, collections, sys
+rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
+head, rows = rows[0], rows[1:]
+name, value = head.index("Kernel Name"), head.index("Metric Value")
+total = collections.Counter(); count = collections.Counter()
+for r in rows:
+    total[r[name][:110]] += float(r[value].replace(",", "")); count[r[name][:110]] += 1
+all_ns = sum(total.values())
+print(f"{len(rows)} kernels, {all_ns / 1e3:.1f} us in all")
+for k, ns in total.most_common(25):
+    print(f"{ns / all_ns * 100:5.1f}% {ns / count[k] / 1e3:8.2f} us x{count[k]:4d}  {k}")
+EOF
+        cp "$WORK/kernels.txt" "$OUT/kernels.txt"
+        head -n 30 "$OUT/kernels.txt"
+    else
+        echo "skipped (ncu: ${NCU:-none}, $(left) s left)"
+    fi
+fi
+
+if part 5 && (($(left) > 40)); then
+    step "5. the N-D study (particle_nd.toml, 60 trials) for the $(left) s left: its rates and progress"
+    timeout $(($(left) - 20)) "$BIN" run experiments/particle_nd.toml --runs "$WORK/nd" --quiet \
+        --set resources.slots_per_gpu=4 >"$WORK/nd.log" 2>&1
+    echo "N-D run exit $?"
+    { tail -n 5 "$WORK/nd.log"; "$BIN" status particle-nd --db "$WORK/nd/ebmlab.sqlite"; } >"$OUT/nd.txt" 2>&1
+    cat "$OUT/nd.txt"
+fi
 kill "$SMI" 2>/dev/null
-tail -n 5 "$OUT/run.log"
-echo "-- what the CUDA-graph guard said (training worker):"
-grep -rhiE "cuda graph|chains (stay|go back|replayed)" "$OUT"/runs/particle-ibc-seeds/*/worker.log 2>/dev/null | head -n 5
-DB=$OUT/runs/ebmlab.sqlite
-"$BIN" status particle-ibc-seeds --db "$DB" | tee "$OUT/status.txt"
-"$BIN" query --db "$DB" "SELECT trial, step, successes, episodes, ci_low, ci_high, wall_seconds
-    FROM evaluations WHERE experiment = 'particle-ibc-seeds' ORDER BY trial, step" \
-    2>&1 | tee "$OUT/evaluations.txt"
-
-step "the same checkpoints acting by DFO (16,384 samples, bf16)"
-for trial in "$OUT"/runs/particle-ibc-seeds/*/; do
-    printf '{"trial":"%s","dfo":' "$(basename "$trial")"
-    timeout 25 "$BIN" eval "$trial" --inference dfo --json --out "$OUT/dfo/$(basename "$trial")" \
-        2>/dev/null | tail -n 1 | tr -d '\n'
-    echo '}'
-done | tee "$OUT/dfo_evals.jsonl"
-
-step "report"
-timeout 40 "$BIN" report particle-ibc-seeds --db "$DB" --out "$OUT/report" > "$OUT/report.log" 2>&1
-echo "report exit $?"
-tail -n 2 "$OUT/report.log"
-head -n 30 "$OUT/report/report.md" 2>/dev/null
+ls -la "$OUT"
+step "done"
