@@ -59,7 +59,7 @@ fn each_member_of_a_packed_model_computes_its_solo_energies_and_gradients() {
         let actions = Tensor::rand([3, 5, 7, 2], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
         let ctx = tch::no_grad(|| packed.observation_context(&obs));
         let energies = tch::no_grad(|| packed.energies(&ctx, &actions));
-        let grads = packed.action_gradient(&ctx, &actions);
+        let grads = packed.action_gradient(&obs, &actions);
         for (k, (_, model, _)) in solos.iter().enumerate() {
             let k = k as i64;
             let solo_ctx = tch::no_grad(|| model.observation_context(&obs.get(k)));
@@ -69,7 +69,7 @@ fn each_member_of_a_packed_model_computes_its_solo_energies_and_gradients() {
                 max_diff(&energies.get(k), &solo_e) < 1e-5,
                 "energies, blocks {blocks}"
             );
-            let solo_g = model.action_gradient(&solo_ctx, &actions.get(k));
+            let solo_g = model.action_gradient(&obs.get(k), &actions.get(k));
             assert!(
                 max_diff(&grads.get(k), &solo_g) < 1e-5,
                 "dE/da, blocks {blocks}"

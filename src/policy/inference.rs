@@ -171,16 +171,28 @@ impl<'a> EnergyModel<'a> {
         }
     }
 
-    /// `dE/da` `(B, N, A)` (fp32).
-    fn action_gradient(&self, context: &Tensor, actions: &Tensor) -> Tensor {
-        match self {
-            Self::Solo(m) => m.action_gradient(context, actions),
-            Self::Packed(p, _) => p
-                .action_gradient(&context.unsqueeze(0), &actions.unsqueeze(0))
-                .squeeze_dim(0),
+    /// `dE/da` `(B, N, A)` (fp32) at candidates `(B, N, A)` for observation windows
+    /// `(B, S, D)`, with the weights prepared once for every call.
+    fn action_gradient_fn(&self) -> GradientFn<'_> {
+        let gradient = match self {
+            Self::Solo(m) => m.input_gradient(),
+            Self::Packed(p, _) => Some(p.input_gradient()),
+        };
+        match gradient {
+            Some(g) => Box::new(move |obs: &Tensor, actions: &Tensor| {
+                g.at(&obs.unsqueeze(0), &actions.unsqueeze(0))
+                    .squeeze_dim(0)
+            }),
+            None => match self {
+                Self::Solo(m) => Box::new(move |obs, actions| m.action_gradient(obs, actions)),
+                Self::Packed(..) => unreachable!("a pack has a hand-written gradient"),
+            },
         }
     }
 }
+
+/// `dE/da` at candidates `(B, N, A)` for observation windows `(B, S, D)`.
+type GradientFn<'a> = Box<dyn Fn(&Tensor, &Tensor) -> Tensor + 'a>;
 
 /// Restores libtorch's fp32 matmul setting when dropped (inference may run between
 /// training steps of another precision in the same process).
@@ -242,8 +254,9 @@ pub fn infer_actions(
                 ..Default::default()
             };
             let init = bounds.uniform(&[batch, cfg.langevin_samples, action_dim]);
+            let gradient = model.action_gradient_fn();
             let samples = langevin(init, bounds, &langevin_cfg, |a| {
-                in_row_chunks(&context, a, rows, |ctx, a| model.action_gradient(ctx, a))
+                in_row_chunks(obs, a, rows, |obs, a| gradient(obs, a))
             });
             tch::no_grad(|| {
                 let best = energy(&samples).argmin(-1, false);

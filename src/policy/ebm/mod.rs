@@ -3,6 +3,7 @@
 
 mod autoregressive;
 mod dfo;
+mod input_gradient;
 mod langevin;
 mod loss;
 mod model;
@@ -13,6 +14,7 @@ mod packed_loss;
 
 pub use autoregressive::{ar_ebm_loss, dfo_dimension, AutoregressiveEbm};
 pub use dfo::{dfo_minimize, dfo_minimize_drawn, DfoConfig, DfoDraws};
+pub use input_gradient::InputGradient;
 pub use langevin::{langevin, langevin_with_noise, Bounds, LangevinConfig};
 pub use loss::{gradient_penalty, info_nce, GradNorm, GradPenaltyConfig};
 pub use model::SequenceEbm;
@@ -68,7 +70,7 @@ pub fn ebm_loss(
     cfg: &EbmLossConfig,
 ) -> EbmLoss {
     let context = model.observation_context(obs);
-    let negatives = counter_examples(model, &context, bounds, &cfg.negatives, cfg.temperature);
+    let negatives = counter_examples(model, obs, bounds, &cfg.negatives, cfg.temperature);
     let penalise = cfg.grad_penalty.enabled;
     let candidates = Tensor::cat(&[negatives, actions.unsqueeze(1)], 1)
         .detach()

@@ -2,8 +2,9 @@
 //! concatenated with the action, as in the seed (and IBC's `MLPEBM`).
 
 use tch::nn::{self, Module};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
+use super::InputGradient;
 use crate::policy::resnet::{linear, residual_blocks, NetConfig, ResidualBlock};
 
 /// The energy network. Tensor names: `projection`, `blocks.i.{norm1,fc1,norm2,fc2}`,
@@ -88,83 +89,63 @@ impl SequenceEbm {
         actions.linear::<Tensor>(&w_act, None) + context.unsqueeze(1)
     }
 
-    /// `dE/da` at candidate actions `(B, N, A)`, for Langevin: no graph is kept.
+    /// `dE/da` at candidate actions `(B, N, A)` for observation windows `(B, S, D)`, for
+    /// Langevin: no graph is kept.
     ///
     /// Without LayerNorm the network is piecewise linear, and its input gradient is a short
-    /// hand-written backward pass: the output weights make the last block's upstream
-    /// gradient one constant vector, so a step costs two `hidden x hidden` products instead
-    /// of autograd's four. With LayerNorm it falls back to autograd.
-    pub fn action_gradient(&self, context: &Tensor, actions: &Tensor) -> Tensor {
-        self.action_gradient_fn(context)(actions)
+    /// hand-written backward pass ([`InputGradient`], on this model as a pack of one, so a
+    /// solo trial's chains are a packed one's); with LayerNorm it falls back to autograd.
+    pub fn action_gradient(&self, obs: &Tensor, actions: &Tensor) -> Tensor {
+        self.action_gradient_fn(obs)(actions)
     }
 
-    /// [`Self::action_gradient`] at any candidates for one context, with what depends only
-    /// on the weights computed once (a Langevin chain asks 100 times).
+    /// [`Self::action_gradient`] at any candidates for one batch of observations, with what
+    /// depends only on the weights prepared once (a Langevin chain asks 100 times).
     pub fn action_gradient_fn<'a>(
         &'a self,
-        context: &'a Tensor,
+        obs: &'a Tensor,
     ) -> Box<dyn Fn(&Tensor) -> Tensor + 'a> {
-        if self.blocks.iter().any(ResidualBlock::has_layer_norm) {
-            return Box::new(move |actions| self.action_gradient_autograd(context, actions));
+        match self.input_gradient() {
+            Some(gradient) => {
+                let chain = gradient.chain(obs.unsqueeze(0));
+                Box::new(move |actions: &Tensor| chain(&actions.unsqueeze(0)).squeeze_dim(0))
+            }
+            None => {
+                let context = tch::no_grad(|| self.observation_context(obs));
+                Box::new(move |actions| self.action_gradient_autograd(&context, actions))
+            }
         }
-        let w_act = self
-            .projection
-            .ws
-            .narrow(1, self.obs_inputs(), self.cfg.action_dim);
-        // Backward from dE/dh_out = w_energy, the same for every row; the residual path
-        // carries it to every block's input. The gradient is kept as that row plus a full
-        // part, so the row is never written out at full size: its products with each
-        // block's second layer and with the action weights are constants of the chain.
-        let (rows_r2, row_act) = tch::no_grad(|| {
-            let w_energy = self.energy_projection.ws.reshape([-1]);
-            let rows: Vec<Tensor> = self
-                .blocks
-                .iter()
-                .map(|block| w_energy.matmul(&block.fc2.ws))
-                .collect();
-            (rows, w_energy.matmul(&w_act))
-        });
-        Box::new(move |actions: &Tensor| {
-            tch::no_grad(|| {
-                // Forward, keeping each block's input and first pre-activation (ReLU masks).
-                let mut h = self.first_hidden(context, actions);
-                let mut saved = Vec::with_capacity(self.blocks.len());
-                for (i, block) in self.blocks.iter().enumerate() {
-                    let z1 = block.fc1.forward(&h.relu());
-                    let last = i + 1 == self.blocks.len();
-                    let next = if last {
-                        None
-                    } else {
-                        Some(&h + block.fc2.forward(&z1.relu()))
-                    };
-                    saved.push((h, z1));
-                    if let Some(next) = next {
-                        h = next;
-                    } else {
-                        break;
-                    }
-                }
-                let mut full: Option<Tensor> = None; // None: zero
-                for ((block, (h_in, z1)), row) in self.blocks.iter().zip(&saved).zip(&rows_r2).rev()
-                {
-                    let g_r2 = match &full {
-                        None => row.shallow_clone(),
-                        Some(f) => f.matmul(&block.fc2.ws) + row,
-                    };
-                    let g_z1 = z1.threshold_backward(&g_r2, 0.0);
-                    let g_r1 = g_z1.matmul(&block.fc1.ws);
-                    let g_h = h_in.threshold_backward(&g_r1, 0.0);
-                    full = Some(match full {
-                        None => g_h,
-                        Some(f) => f + g_h,
-                    });
-                }
-                match full {
-                    Some(f) => f.matmul(&w_act) + &row_act,
-                    None => row_act.expand_as(actions).contiguous(),
-                }
+    }
+
+    /// The weights prepared for the hand-written `dE/da` as a pack of one (fp32), or `None`
+    /// for a network with LayerNorm.
+    pub fn input_gradient(&self) -> Option<InputGradient> {
+        if self.blocks.iter().any(ResidualBlock::has_layer_norm) {
+            return None;
+        }
+        let one = |t: &Tensor| t.unsqueeze(0);
+        let bias = |l: &nn::Linear| one(l.bs.as_ref().expect("linear layers have biases"));
+        let layers: Vec<_> = self
+            .blocks
+            .iter()
+            .map(|b| {
+                (
+                    (one(&b.fc1.ws), bias(&b.fc1)),
+                    (one(&b.fc2.ws), bias(&b.fc2)),
+                )
             })
-        })
+            .collect();
+        let blocks: Vec<_> = layers
+            .iter()
+            .map(|((w1, b1), (w2, b2))| ((w1, b1), (w2, b2)))
+            .collect();
+        Some(InputGradient::new(
+            (&one(&self.projection.ws), &bias(&self.projection)),
+            &blocks,
+            &one(&self.energy_projection.ws),
+            self.cfg.action_dim,
+            Kind::Float,
+        ))
     }
 
     /// `dE/da` through autograd (any architecture); detached result.

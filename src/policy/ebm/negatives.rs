@@ -173,18 +173,18 @@ impl CounterExampleDraws {
     }
 }
 
-/// Counter-examples `(B, count, A)` for a batch whose observation context is `context`
-/// `(B, hidden)`.
+/// Counter-examples `(B, count, A)` for a batch of observation windows `obs` `(B, S, D)`.
 pub fn counter_examples(
     model: &SequenceEbm,
-    context: &Tensor,
+    obs: &Tensor,
     bounds: &Bounds,
     cfg: &NegativesConfig,
     temperature: f64,
 ) -> Tensor {
-    let batch = context.size()[0];
+    let batch = obs.size()[0];
     let draws = CounterExampleDraws::draw(batch, model.config().action_dim, bounds, cfg);
-    let context = context.detach();
+    let obs = obs.detach();
+    let context = tch::no_grad(|| model.observation_context(&obs));
     refine(draws, cfg, |start, refinement| match refinement {
         RefinementDraws::None => unreachable!("refine calls back only with draws"),
         RefinementDraws::Langevin { noise } => langevin_with_noise(
@@ -192,7 +192,7 @@ pub fn counter_examples(
             bounds,
             &cfg.langevin,
             noise,
-            model.action_gradient_fn(&context),
+            model.action_gradient_fn(&obs),
         ),
         RefinementDraws::Dfo { uniforms, noise } => dfo_refine(
             start,

@@ -10,6 +10,7 @@
 use anyhow::{ensure, Context, Result};
 use tch::{Kind, Tensor};
 
+use super::InputGradient;
 use crate::policy::fused::addmm_relu;
 use crate::policy::{NetConfig, Precision};
 
@@ -303,75 +304,26 @@ impl PackedEbm {
         })
     }
 
-    /// `dE/da` `[K, B, N, A]` (fp32) at candidates `[K, B, N, A]`, without a graph: the
-    /// network is piecewise linear, so the input gradient needs only each block's two ReLU
-    /// masks and one `hidden x hidden` product per block each way (see
-    /// `SequenceEbm::action_gradient`, of which this is the batched form).
-    pub fn action_gradient(&self, context: &Tensor, actions: &Tensor) -> Tensor {
-        self.action_gradient_fn(context)(actions)
+    /// `dE/da` `[K, B, N, A]` (fp32) at candidates `[K, B, N, A]` for observation windows
+    /// `[K, B, S, D]`, for Langevin (no graph is kept).
+    pub fn action_gradient(&self, obs: &Tensor, actions: &Tensor) -> Tensor {
+        self.input_gradient().at(obs, actions)
     }
 
-    /// [`Self::action_gradient`] at any candidates for one context, with what depends only
-    /// on the weights computed once (a Langevin chain asks 100 times).
-    pub fn action_gradient_fn<'a>(
-        &'a self,
-        context: &'a Tensor,
-    ) -> impl Fn(&Tensor) -> Tensor + 'a {
-        let kind = self.precision.compute_kind();
-        let (rows_r2, w_act, row_act) = tch::no_grad(|| {
-            // dE/dh_out is the output weight row, the same for every row of a member, and
-            // the residual path carries it to every block's input: the gradient is kept as
-            // that row plus a full part, so the row is never written out at full size. Its
-            // products with each block's second layer and with the action weights are
-            // constants of the chain.
-            let w_energy = self.energy.weight.to_kind(kind); // [K, 1, hidden]
-            let rows_r2: Vec<Tensor> = self
-                .blocks
-                .iter()
-                .map(|(_, fc2)| w_energy.bmm(&fc2.weight.to_kind(kind)))
-                .collect();
-            let w_act = self.action_weight().to_kind(kind); // [K, hidden, A]
-            let row_act = w_energy.bmm(&w_act); // [K, 1, A]
-            (rows_r2, w_act, row_act)
-        });
-        move |actions: &Tensor| {
-            let s = actions.size();
-            tch::no_grad(|| {
-                let mut h = self.first_hidden(context, actions);
-                let mut saved = Vec::with_capacity(self.blocks.len());
-                for (i, (fc1, fc2)) in self.blocks.iter().enumerate() {
-                    let z1 = fc1.forward(&h.relu(), kind);
-                    let next =
-                        (i + 1 < self.blocks.len()).then(|| fc2.forward(&z1.relu(), kind) + &h);
-                    saved.push((h, z1));
-                    match next {
-                        Some(next) => h = next,
-                        None => break,
-                    }
-                }
-                let mut full: Option<Tensor> = None; // None: zero
-                for (((fc1, fc2), (h_in, z1)), row) in
-                    self.blocks.iter().zip(&saved).zip(&rows_r2).rev()
-                {
-                    let g_r2 = match &full {
-                        None => row.shallow_clone(),
-                        Some(f) => row.baddbmm(f, &fc2.weight.to_kind(kind), 1.0, 1.0),
-                    };
-                    let g_z1 = z1.threshold_backward(&g_r2, 0.0);
-                    let g_r1 = g_z1.bmm(&fc1.weight.to_kind(kind));
-                    let g_h = h_in.threshold_backward(&g_r1, 0.0);
-                    full = Some(match full {
-                        None => g_h,
-                        Some(f) => f + g_h,
-                    });
-                }
-                let grad = match full {
-                    Some(f) => f.bmm(&w_act) + &row_act,
-                    None => row_act.expand([s[0], s[1] * s[2], s[3]], false),
-                };
-                grad.to_kind(Kind::Float).reshape([s[0], s[1], s[2], s[3]])
-            })
-        }
+    /// The weights prepared for `dE/da` in a Langevin chain: see [`InputGradient`].
+    pub fn input_gradient(&self) -> InputGradient {
+        let blocks: Vec<_> = self
+            .blocks
+            .iter()
+            .map(|(fc1, fc2)| ((&fc1.weight, &fc1.bias), (&fc2.weight, &fc2.bias)))
+            .collect();
+        InputGradient::new(
+            (&self.projection.weight, &self.projection.bias),
+            &blocks,
+            &self.energy.weight,
+            self.cfg.action_dim,
+            self.precision.compute_kind(),
+        )
     }
 }
 

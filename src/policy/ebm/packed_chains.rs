@@ -122,21 +122,21 @@ impl PackedChains {
     }
 
     /// The chains from `init` `[K, B, N, A]` with `noise` `[K, steps, B, N, A]` on the
-    /// energies of `sampler` (frozen weights) given `context` `[K, B, hidden]`. Member k's
-    /// chain is the same arithmetic as its solo `langevin_with_noise`.
+    /// energies of `sampler` (frozen weights) for observation windows `obs` `[K, B, S, D]`.
+    /// Member k's chain is the same arithmetic as its solo `langevin_with_noise`.
     pub fn run(
         &mut self,
         sampler: &PackedEbm,
-        context: &Tensor,
+        obs: &Tensor,
         init: Tensor,
         noise: &Tensor,
     ) -> Tensor {
         if matches!(self.graph, GraphState::Off) {
-            return self.tables.chain_on(sampler, context, init, noise);
+            return self.tables.chain_on(sampler, obs, init, noise);
         }
         let weights = sampler.named_parameters();
         let names: Vec<String> = weights.iter().map(|(n, _)| n.clone()).collect();
-        let inputs: Vec<Tensor> = [init, noise.shallow_clone(), context.shallow_clone()]
+        let inputs: Vec<Tensor> = [init, noise.shallow_clone(), obs.shallow_clone()]
             .into_iter()
             .chain(weights.into_iter().map(|(_, t)| t))
             .collect();
@@ -176,7 +176,7 @@ impl PackedChains {
 }
 
 impl ChainTables {
-    /// The eager chain; `inputs` = init, noise, context, then the sampler's weights (named
+    /// The eager chain; `inputs` = init, noise, observations, then the sampler's weights (named
     /// `names`), so that a capture sees every tensor it reads.
     fn chain(
         &self,
@@ -195,14 +195,9 @@ impl ChainTables {
         self.chain_on(&model, &inputs[2], inputs[0].shallow_clone(), &inputs[1])
     }
 
-    /// The chain on `model`'s energies from `init` with `noise`, given `context`.
-    fn chain_on(
-        &self,
-        model: &PackedEbm,
-        context: &Tensor,
-        init: Tensor,
-        noise: &Tensor,
-    ) -> Tensor {
+    /// The chain on `model`'s energies from `init` with `noise`, for observation windows
+    /// `obs`.
+    fn chain_on(&self, model: &PackedEbm, obs: &Tensor, init: Tensor, noise: &Tensor) -> Tensor {
         chain_with_clip(
             init,
             &self.bounds,
@@ -210,7 +205,7 @@ impl ChainTables {
             self.clip.shallow_clone(),
             &self.coefficients,
             |i, _| noise.select(1, i as i64),
-            model.action_gradient_fn(context),
+            model.input_gradient().chain(obs.shallow_clone()),
         )
     }
 
@@ -313,12 +308,12 @@ mod tests {
             .frozen()
     }
 
-    /// Chain inputs of the `i`th training step: context, starts, noise.
+    /// Chain inputs of the `i`th training step: observation windows, starts, noise.
     fn step_inputs(i: i64) -> (Tensor, Tensor, Tensor) {
         tch::manual_seed(100 + i);
         let options = (Kind::Float, Device::Cpu);
         (
-            Tensor::randn([MEMBERS, 4, 16], options),
+            Tensor::randn([MEMBERS, 4, 1, 3], options),
             Tensor::rand([MEMBERS, 4, 3, 2], options) * 2.0 - 1.0,
             Tensor::randn([MEMBERS, 5, 4, 3, 2], options),
         )
@@ -339,9 +334,9 @@ mod tests {
         let mut eager = PackedChains::new(&configs(), &bounds(), false);
         (0..3)
             .map(|i| {
-                let (context, init, noise) = step_inputs(i);
-                let expected = eager.run(&model, &context, init.copy(), &noise);
-                let got = chains.run(&model, &context, init, &noise);
+                let (obs, init, noise) = step_inputs(i);
+                let expected = eager.run(&model, &obs, init.copy(), &noise);
+                let got = chains.run(&model, &obs, init, &noise);
                 assert!(
                     got.equal(&expected),
                     "step {i}: not the eager chain's result"

@@ -90,7 +90,7 @@ impl PackedObjective {
             let first = &cfgs[0].negatives;
             negatives::refine(draws, first, |start, refinement| match refinement {
                 RefinementDraws::None => unreachable!("refine calls back only with draws"),
-                RefinementDraws::Langevin { noise } => chains.run(&sampler, &ctx, start, noise),
+                RefinementDraws::Langevin { noise } => chains.run(&sampler, obs, start, noise),
                 RefinementDraws::Dfo { uniforms, noise } => negatives::dfo_refine(
                     start,
                     bounds,

@@ -1,0 +1,321 @@
+//! `dE/da` of a pack's residual MLP for Langevin, as plain batched products.
+//!
+//! A Langevin step is a forward and a backward pass over `[K, B*N, hidden]` tensors, and on a
+//! GPU its cost is the number of passes over them. Broadcast operations (adding a context
+//! shared by a row's candidates, a bias, multiplying by a gradient row) run in ATen's
+//! generic kernels at about twice the cost of a plain pass, and a batched product with a
+//! bias first writes the bias out at full size. So every layer here is augmented with a
+//! constant-one column, which carries the biases into the products:
+//!
+//! - the input rows are `x = [obs, a, 1, 0..]` (padded to a multiple of 8 columns), and the
+//!   first layer's `[W_obs, W_act, b]` is one product: no context added per candidate;
+//! - the hidden width is `W = hidden + 8`: column `hidden` is 1 in every row (each layer
+//!   passes it on, and ReLU keeps it), the rest of the padding 0; a block's first layer
+//!   reads its bias from that column;
+//! - the last block's upstream gradient is a constant row `c`, so its masked product
+//!   `(m ⊙ c) W1` is `m (diag(c) W1)`: the mask is written in place of the pre-activation
+//!   (`gt_`: 1 where positive, else 0), and the row scales the weights once per chain.
+//!
+//! The constant column gathers gradient (the biases'), but it stays in its column: the
+//! products that read the padding have zero weights there, down to the action columns of
+//! the first layer. For IBC's network (one block) a step is: the input product, one ReLU, a
+//! product, the mask, a product, the masked gradient, the action product.
+
+use std::cell::RefCell;
+
+use tch::{Kind, Tensor};
+
+/// Columns of padding after `hidden`: the constant one and zeros up to a multiple of 8
+/// (tensor cores want dimensions that are multiples of 8).
+const PAD: i64 = 8;
+
+/// One stacked layer: `(weight [K, out, in], bias [K, out])`.
+pub type Layer<'a> = (&'a Tensor, &'a Tensor);
+
+/// The augmented weights of one pack (see the module doc), in its compute kind.
+pub struct InputGradient {
+    kind: Kind,
+    obs_inputs: i64,
+    action_dim: i64,
+    /// Input columns: `obs_inputs + action_dim + 1`, rounded up to a multiple of 8.
+    inputs: i64,
+    /// `x @ first`: `[K, inputs, W]`.
+    first: Tensor,
+    /// Per block: `u @ fc1` and `r @ fc2`, each `[K, W, W]`, and the backward products.
+    blocks: Vec<Block>,
+    /// `dE/da` of the constant row, `[K, 1, A]` (fp32).
+    row_act: Tensor,
+    /// The first layer's action rows, transposed: `[K, W, A]`.
+    act_back: Tensor,
+}
+
+struct Block {
+    fc1: Tensor,
+    fc2: Tensor,
+    /// `fc1ᵀ`, or for the last block `diag(c) fc1ᵀ` with `c` its constant upstream row.
+    fc1_back: Tensor,
+    /// `fc2ᵀ` (blocks before the last).
+    fc2_back: Tensor,
+    /// The constant part of the gradient at the block's inner activation `[K, 1, W]`.
+    row: Tensor,
+}
+
+/// One layer as the weights of `u @ m` on augmented rows: `m[..hidden, ..out] = wᵀ`,
+/// `m[one, ..out] = b`, and `m[one, one] = 1` where the layer passes the constant on.
+fn augmented(
+    weight: &Tensor,
+    bias: &Tensor,
+    rows: i64,
+    cols: i64,
+    one: i64,
+    keep_one: bool,
+) -> Tensor {
+    let (k, out, inp) = (weight.size()[0], weight.size()[1], weight.size()[2]);
+    let m = Tensor::zeros([k, rows, cols], (weight.kind(), weight.device()));
+    m.narrow(1, 0, inp)
+        .narrow(2, 0, out)
+        .copy_(&weight.transpose(1, 2));
+    m.narrow(1, one, 1)
+        .narrow(2, 0, out)
+        .copy_(&bias.view([k, 1, out]));
+    if keep_one {
+        let _ = m.narrow(1, one, 1).narrow(2, out, 1).fill_(1.0);
+    }
+    m
+}
+
+impl InputGradient {
+    /// The augmented weights of a pack given as the solo tensors stacked `[K, ..]`:
+    /// `projection` `(weight [K, H, obs+A], bias [K, H])`, blocks `(fc1, fc2)`, `energy`
+    /// `(weight [K, 1, H], bias [K, 1])`, for products in `kind`. The backward constants
+    /// are formed in fp32 and rounded once.
+    pub fn new(
+        projection: Layer,
+        blocks: &[(Layer, Layer)],
+        energy: &Tensor,
+        action_dim: i64,
+        kind: Kind,
+    ) -> Self {
+        tch::no_grad(|| {
+            let fp32 = |t: &Tensor| t.detach().to_kind(Kind::Float);
+            let (members, hidden, input) = {
+                let s = projection.0.size();
+                (s[0], s[1], s[2])
+            };
+            let device = projection.0.device();
+            let width = hidden + PAD;
+            let obs_inputs = input - action_dim;
+            let inputs = (input + 1 + 7) / 8 * 8;
+            let first = augmented(
+                &fp32(projection.0),
+                &fp32(projection.1),
+                inputs,
+                width,
+                input,
+                true,
+            );
+            // dE/dh along the residual stream: the energy head's row [K, 1, W].
+            let e = Tensor::zeros([members, 1, width], (Kind::Float, device));
+            e.narrow(2, 0, hidden).copy_(&fp32(energy));
+            let count = blocks.len();
+            let blocks: Vec<Block> = blocks
+                .iter()
+                .enumerate()
+                .map(|(i, ((w1, b1), (w2, b2)))| {
+                    let fc1 = augmented(&fp32(w1), &fp32(b1), width, width, hidden, true);
+                    let fc2 = augmented(&fp32(w2), &fp32(b2), width, width, hidden, false);
+                    let fc2_back = fc2.transpose(1, 2);
+                    let row = e.bmm(&fc2_back);
+                    let fc1_back = if i + 1 == count {
+                        row.transpose(1, 2) * fc1.transpose(1, 2)
+                    } else {
+                        fc1.transpose(1, 2)
+                    };
+                    let cast = |t: &Tensor| t.to_kind(kind).contiguous();
+                    Block {
+                        fc1: cast(&fc1),
+                        fc2: cast(&fc2),
+                        fc1_back: cast(&fc1_back),
+                        fc2_back: cast(&fc2_back),
+                        row: cast(&row),
+                    }
+                })
+                .collect();
+            let act_back = first.narrow(1, obs_inputs, action_dim).transpose(1, 2);
+            Self {
+                kind,
+                obs_inputs,
+                action_dim,
+                inputs,
+                row_act: e.bmm(&act_back),
+                first: first.to_kind(kind),
+                act_back: act_back.to_kind(kind).contiguous(),
+                blocks,
+            }
+        })
+    }
+
+    /// Input rows `[K, B, N, inputs]` for candidates `[K, B, N, A]` of observation windows
+    /// `[K, B, ..]`, the actions' columns left to fill.
+    fn observation_rows(&self, obs: &Tensor, shape: &[i64]) -> Tensor {
+        let (k, b, n) = (shape[0], shape[1], shape[2]);
+        let rows = Tensor::zeros([k, b, n, self.inputs], (self.kind, obs.device()));
+        rows.narrow(3, 0, self.obs_inputs)
+            .copy_(&obs.reshape([k, b, 1, self.obs_inputs]));
+        let _ = rows
+            .narrow(3, self.obs_inputs + self.action_dim, 1)
+            .fill_(1.0);
+        rows
+    }
+
+    /// `dE/da` `[K, B, N, A]` (fp32) at candidates `[K, B, N, A]` for observation windows
+    /// `[K, B, S, D]` (or flattened `[K, B, S*D]`).
+    pub fn at(&self, obs: &Tensor, actions: &Tensor) -> Tensor {
+        let rows = self.observation_rows(obs, &actions.size());
+        self.at_rows(&rows, actions)
+    }
+
+    /// [`Self::at`] for a chain on observation windows `obs`: the observation rows are built
+    /// at the first step and only the actions' columns are written at the next ones.
+    pub fn chain(self, obs: Tensor) -> impl Fn(&Tensor) -> Tensor {
+        let rows: RefCell<Option<Tensor>> = RefCell::new(None);
+        move |actions: &Tensor| {
+            let mut rows = rows.borrow_mut();
+            let shape = actions.size();
+            if !matches!(&*rows, Some(r) if r.size()[..3] == shape[..3]) {
+                *rows = Some(self.observation_rows(&obs, &shape));
+            }
+            self.at_rows(rows.as_ref().expect("built above"), actions)
+        }
+    }
+
+    /// `dE/da` with the input rows' observation and constant columns already in `rows`.
+    fn at_rows(&self, rows: &Tensor, actions: &Tensor) -> Tensor {
+        let s = actions.size();
+        tch::no_grad(|| {
+            if self.blocks.is_empty() {
+                return self
+                    .row_act
+                    .view([s[0], 1, 1, s[3]])
+                    .expand(&s[..], false)
+                    .contiguous();
+            }
+            rows.narrow(3, self.obs_inputs, self.action_dim)
+                .copy_(actions);
+            let x = rows.view([s[0], s[1] * s[2], self.inputs]);
+            let mut h = x.bmm(&self.first);
+            let last = self.blocks.len() - 1;
+            let mut saved = Vec::with_capacity(self.blocks.len());
+            for (i, block) in self.blocks.iter().enumerate() {
+                if i == last {
+                    // Nothing reads the stream past the last block: ReLU in place.
+                    let u = h.relu_();
+                    let z = u.bmm(&block.fc1);
+                    saved.push((u, z));
+                    break;
+                }
+                let u = h.relu();
+                let z = u.bmm(&block.fc1);
+                h = h.baddbmm(&z.relu(), &block.fc2, 1.0, 1.0);
+                saved.push((u, z));
+            }
+            let mut full: Option<Tensor> = None;
+            for (block, (u, mut z)) in self.blocks.iter().zip(saved).rev() {
+                let g_u = match &full {
+                    // The last block: its upstream gradient is the constant row.
+                    None => z.gt_(0.0).bmm(&block.fc1_back),
+                    Some(f) => {
+                        let g_r = f.bmm(&block.fc2_back) + &block.row;
+                        z.threshold_backward(&g_r, 0.0).bmm(&block.fc1_back)
+                    }
+                };
+                let g_h = u.threshold_backward(&g_u, 0.0);
+                full = Some(match full {
+                    None => g_h,
+                    Some(f) => f + g_h,
+                });
+            }
+            let full = full.expect("at least one block");
+            let grad = full.bmm(&self.act_back).to_kind(Kind::Float) + &self.row_act;
+            grad.view([s[0], s[1], s[2], s[3]])
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The gradient's arithmetic against autograd is tested with the models that use it
+    //! (tests/ebm_core.rs, tests/packing.rs); here: its precisions and its chain form.
+
+    use tch::{nn, Device};
+
+    use super::*;
+    use crate::policy::ebm::{PackedEbm, SequenceEbm};
+    use crate::policy::{NetConfig, Precision};
+
+    fn pack(blocks: usize, precision: Precision) -> PackedEbm {
+        let net = NetConfig {
+            obs_seq_len: 2,
+            obs_dim: 3,
+            action_dim: 2,
+            hidden: 32,
+            blocks,
+            dropout: 0.0,
+            layer_norm: false,
+        };
+        let members: Vec<Vec<(String, Tensor)>> = (0..2)
+            .map(|k| {
+                tch::manual_seed(k);
+                let vs = nn::VarStore::new(Device::Cpu);
+                let _model = SequenceEbm::new(&vs.root(), net.clone());
+                vs.variables().into_iter().collect()
+            })
+            .collect();
+        PackedEbm::stack(&net, precision, &members)
+            .expect("one shape")
+            .frozen()
+    }
+
+    fn inputs(seed: i64) -> (Tensor, Tensor) {
+        tch::manual_seed(seed);
+        let options = (Kind::Float, Device::Cpu);
+        (
+            Tensor::randn([2, 5, 2, 3], options),
+            Tensor::rand([2, 5, 7, 2], options) * 2.0 - 1.0,
+        )
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).abs().max().double_value(&[])
+    }
+
+    #[test]
+    fn in_bf16_the_gradient_is_the_fp32_one_to_bf16_rounding() {
+        for blocks in [1, 2] {
+            let (obs, actions) = inputs(3);
+            let exact = pack(blocks, Precision::Fp32).action_gradient(&obs, &actions);
+            let low = pack(blocks, Precision::Bf16).action_gradient(&obs, &actions);
+            assert_eq!(low.kind(), Kind::Float);
+            let scale = exact.abs().max().double_value(&[]);
+            let diff = max_diff(&low, &exact);
+            // bf16 keeps 8 bits: a few roundings of 2^-9 on every product.
+            assert!(
+                diff < 0.05 * scale,
+                "{blocks} blocks: {diff} (scale {scale})"
+            );
+            assert!(diff > 0.0, "{blocks} blocks: bf16 computed nothing in bf16");
+        }
+    }
+
+    #[test]
+    fn a_chain_reuses_its_observation_rows_and_gives_each_steps_own_gradient() {
+        let model = pack(1, Precision::Fp32);
+        let (obs, first) = inputs(4);
+        let (_, second) = inputs(5);
+        let chain = model.input_gradient().chain(obs.shallow_clone());
+        for actions in [&first, &second, &first] {
+            let expected = model.action_gradient(&obs, actions);
+            assert_eq!(max_diff(&chain(actions), &expected), 0.0);
+        }
+    }
+}
