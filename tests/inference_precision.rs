@@ -6,7 +6,10 @@ mod common;
 
 use ebmlab::policy::ebm::{Bounds, SequenceEbm};
 use ebmlab::policy::Precision;
-use ebmlab::policy::{infer_actions, InferenceConfig, InferenceKind, NetConfig, PolicySpec};
+use ebmlab::policy::{
+    infer_actions, infer_actions_prepared, InferenceConfig, InferenceKind, NetConfig, PolicySpec,
+    PreparedEbm,
+};
 use tch::{nn, Device, Kind, Tensor};
 
 const TARGET: [f32; 2] = [0.3, -0.4];
@@ -180,4 +183,34 @@ fn bf16_inference_of_a_layer_norm_network_is_refused_naming_the_key() {
     };
     assert_eq!(auto.precision_on(Device::Cuda(0), &plain), Precision::Bf16);
     assert_eq!(auto.precision_on(Device::Cpu, &plain), Precision::Fp32);
+}
+
+#[test]
+fn a_model_prepared_once_acts_as_one_prepared_at_each_call_and_another_precisions_is_not_used() {
+    let _torch = common::torch_lock();
+    let (_vs, model) = hand_set_model();
+    let obs = Tensor::randn([3, 1, 1], (Kind::Float, Device::Cpu));
+    let bounds = Bounds::new(&[-1.0; 2], &[1.0; 2], Device::Cpu);
+    let bf16 = PreparedEbm::new(&model, Precision::Bf16).expect("no LayerNorm");
+    for kind in [InferenceKind::Dfo, InferenceKind::Langevin] {
+        let cfg = inference(kind, Precision::Fp32);
+        let prepared = PreparedEbm::new(&model, Precision::Fp32).expect("no LayerNorm");
+        let act = |prepared: Option<&PreparedEbm>| {
+            tch::manual_seed(11);
+            infer_actions_prepared(&model, prepared, &obs, &bounds, &cfg)
+        };
+        let fresh = act(None);
+        // Twice: acting leaves the prepared model as it was.
+        for _ in 0..2 {
+            assert!(
+                act(Some(&prepared)).equal(&fresh),
+                "{kind:?}: prepared once"
+            );
+        }
+        // A model prepared in bf16 is not what fp32 inference computes with.
+        assert!(
+            act(Some(&bf16)).equal(&fresh),
+            "{kind:?}: another precision's"
+        );
+    }
 }

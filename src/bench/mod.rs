@@ -12,7 +12,10 @@ use tch::{Device, Kind, Tensor};
 
 use crate::eval::rollout;
 use crate::policy::ebm::{Bounds, EbmLossConfig, LangevinConfig, NegativesConfig};
-use crate::policy::{infer_actions, InferenceConfig, NetConfig, PolicyNet, PolicySpec, Precision};
+use crate::policy::{
+    infer_actions_prepared, InferenceConfig, NetConfig, PolicyNet, PolicySpec, Precision,
+    PreparedEbm,
+};
 use crate::task::{episode_seeds, record_demos, TaskConfig};
 use crate::train::{LrSchedule, OptimConfig, Trainer};
 use crate::trial::training_set;
@@ -225,10 +228,14 @@ pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()
                 precision,
                 ..inference.clone()
             };
+            // Prepared once, as a policy acting step after step is.
+            let prepared =
+                PreparedEbm::new(model, inference.precision_on(opts.device, model.config()));
             for &batch in &opts.dfo_batches {
                 let obs = Tensor::randn([batch, 2, 8], (Kind::Float, opts.device));
                 let times = time_ms(opts.device, opts.warmup, opts.repeats, || {
-                    let _ = infer_actions(model, &obs, &bounds, &inference);
+                    let _ =
+                        infer_actions_prepared(model, prepared.as_ref(), &obs, &bounds, &inference);
                 });
                 let config = json!({
                     "batch": batch, "samples": opts.dfo_samples, "iters": opts.dfo_iters,

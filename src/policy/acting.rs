@@ -1,10 +1,12 @@
 //! A trained policy loaded from a checkpoint, acting on raw observation windows.
 
+use std::cell::OnceCell;
+
 use anyhow::{Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 
 use super::ebm::Bounds;
-use super::{infer_actions, PolicyNet, PolicySpec};
+use super::{infer_actions_prepared, PolicyNet, PolicySpec, PreparedEbm};
 use crate::checkpoint::{read_run_files, VerifiedCheckpoint};
 use crate::data::Normalizer;
 use crate::eval::Actor;
@@ -86,27 +88,46 @@ impl LoadedPolicy {
 
     /// The policy as an [`Actor`].
     pub fn view(&self) -> PolicyView<'_> {
-        PolicyView {
-            net: &self.net,
-            spec: &self.spec,
-            normalizer: &self.normalizer,
-            bounds: &self.bounds,
-            device: self.vs.device(),
-        }
+        PolicyView::new(
+            &self.net,
+            &self.spec,
+            &self.normalizer,
+            &self.bounds,
+            self.vs.device(),
+        )
     }
 }
 
-/// What acting needs, borrowed from a [`LoadedPolicy`] or a trainer.
-#[derive(Clone, Copy)]
+/// What acting needs, borrowed from a [`LoadedPolicy`] or a trainer. The weights cannot
+/// change while it is borrowed, so an energy model is prepared for acting once per view
+/// (at its first action), not at every step of a rollout.
 pub struct PolicyView<'a> {
     pub net: &'a PolicyNet,
     pub spec: &'a PolicySpec,
     pub normalizer: &'a Normalizer,
     pub bounds: &'a Bounds,
     pub device: Device,
+    prepared: OnceCell<Option<PreparedEbm>>,
 }
 
-impl PolicyView<'_> {
+impl<'a> PolicyView<'a> {
+    pub fn new(
+        net: &'a PolicyNet,
+        spec: &'a PolicySpec,
+        normalizer: &'a Normalizer,
+        bounds: &'a Bounds,
+        device: Device,
+    ) -> Self {
+        Self {
+            net,
+            spec,
+            normalizer,
+            bounds,
+            device,
+            prepared: OnceCell::new(),
+        }
+    }
+
     /// Actions (`batch x action_dim`, task units) for raw observation windows
     /// (`batch x seq_len x obs_dim`, task units).
     pub fn act(&self, obs_windows: &[f32], batch: usize) -> Vec<f32> {
@@ -118,7 +139,10 @@ impl PolicyView<'_> {
             .to_device(self.device);
         let actions = tch::no_grad(|| match (self.net, self.spec) {
             (PolicyNet::Ebm(model), PolicySpec::Ebm { inference, .. }) => {
-                infer_actions(model, &obs, self.bounds, inference)
+                let prepared = self.prepared.get_or_init(|| {
+                    PreparedEbm::new(model, inference.precision_on(self.device, model.config()))
+                });
+                infer_actions_prepared(model, prepared.as_ref(), &obs, self.bounds, inference)
             }
             (PolicyNet::ArEbm(model), PolicySpec::ArEbm { inference, .. }) => {
                 let rows = inference.rows_per_pass(self.device);

@@ -128,18 +128,21 @@ pub fn in_row_chunks(
     Tensor::cat(&rows, batch_dim)
 }
 
-/// The energy model as inference computes it: without LayerNorm a pack of one with its
-/// weights in the inference precision, prepared for acting once per call (not at every
-/// Langevin step or DFO round); with LayerNorm the solo model.
-enum EnergyModel<'a> {
-    Solo(&'a SequenceEbm),
-    Packed(PackedEbm, ActingPack),
+/// A network without LayerNorm prepared for acting in one precision: a pack of one with its
+/// weights cast, folded and stacked once (about twenty small operations), so that a policy
+/// acting at every step of a rollout prepares it once, not at every call.
+pub struct PreparedEbm {
+    precision: Precision,
+    pack: PackedEbm,
+    acting: ActingPack,
 }
 
-impl<'a> EnergyModel<'a> {
-    fn new(model: &'a SequenceEbm, precision: Precision) -> Self {
+impl PreparedEbm {
+    /// `model` prepared for acting in `precision`, or `None` with LayerNorm (which acts as
+    /// the solo model).
+    pub fn new(model: &SequenceEbm, precision: Precision) -> Option<Self> {
         if model.config().layer_norm {
-            return Self::Solo(model);
+            return None;
         }
         // Dropout is inactive when acting; without LayerNorm the network packs.
         let cfg = NetConfig {
@@ -150,7 +153,27 @@ impl<'a> EnergyModel<'a> {
             .expect("a network without LayerNorm is a pack of one")
             .frozen();
         let acting = pack.acting();
-        Self::Packed(pack, acting)
+        Some(Self {
+            precision,
+            pack,
+            acting,
+        })
+    }
+}
+
+/// The energy model as inference computes it: without LayerNorm a [`PreparedEbm`], with
+/// LayerNorm the solo model.
+enum EnergyModel<'a> {
+    Solo(&'a SequenceEbm),
+    Packed(&'a PackedEbm, &'a ActingPack),
+}
+
+impl<'a> EnergyModel<'a> {
+    fn new(model: &'a SequenceEbm, prepared: Option<&'a PreparedEbm>) -> Self {
+        match prepared {
+            Some(p) => Self::Packed(&p.pack, &p.acting),
+            None => Self::Solo(model),
+        }
     }
 
     /// The observation part of the first layer, `(B, hidden)`.
@@ -235,11 +258,31 @@ pub fn infer_actions(
     bounds: &Bounds,
     cfg: &InferenceConfig,
 ) -> Tensor {
+    infer_actions_prepared(model, None, obs, bounds, cfg)
+}
+
+/// [`infer_actions`] with `model` already prepared for acting (used where it is prepared
+/// in the precision `cfg` asks for on this device; else it is prepared for this call).
+pub fn infer_actions_prepared(
+    model: &SequenceEbm,
+    prepared: Option<&PreparedEbm>,
+    obs: &Tensor,
+    bounds: &Bounds,
+    cfg: &InferenceConfig,
+) -> Tensor {
     let batch = obs.size()[0];
     let action_dim = model.config().action_dim;
     let precision = cfg.precision_on(obs.device(), model.config());
     let _setting = MatmulSetting::set(precision);
-    let model = EnergyModel::new(model, precision);
+    let fresh;
+    let prepared = match prepared {
+        Some(p) if p.precision == precision && p.pack.device() == obs.device() => Some(p),
+        _ => {
+            fresh = PreparedEbm::new(model, precision);
+            fresh.as_ref()
+        }
+    };
+    let model = EnergyModel::new(model, prepared);
     let context = tch::no_grad(|| model.context(obs));
     let rows = cfg.rows_per_pass(obs.device());
     let energy = |a: &Tensor| in_row_chunks(&context, a, rows, |ctx, a| model.energies(ctx, a));

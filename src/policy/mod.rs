@@ -12,7 +12,10 @@ mod precision;
 pub mod resnet;
 
 pub use acting::{LoadedPolicy, PolicyView};
-pub use inference::{in_row_chunks, infer_actions, InferenceConfig, InferenceKind};
+pub use inference::{
+    in_row_chunks, infer_actions, infer_actions_prepared, InferenceConfig, InferenceKind,
+    PreparedEbm,
+};
 pub use packed_acting::{acting_key, members_per_rollout, PackedPolicies};
 pub use precision::Precision;
 

@@ -129,13 +129,13 @@ impl Trainer {
 
     /// The current weights as a policy that can act (for evaluation during training).
     pub fn policy_view(&self) -> PolicyView<'_> {
-        PolicyView {
-            net: &self.net,
-            spec: &self.spec,
-            normalizer: &self.normalizer,
-            bounds: &self.bounds,
-            device: self.vs.device(),
-        }
+        PolicyView::new(
+            &self.net,
+            &self.spec,
+            &self.normalizer,
+            &self.bounds,
+            self.vs.device(),
+        )
     }
 
     /// One iteration: sample a batch, compute the loss, update the weights.
