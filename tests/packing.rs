@@ -101,8 +101,12 @@ fn acting_energies_equal_the_energies_and_a_member_acts_in_its_pack_as_alone() {
         let ctx = tch::no_grad(|| packed.observation_context(&obs));
         let energies = tch::no_grad(|| packed.energies(&ctx, &actions));
         let acting = packed.acting();
+        // Acting's context is the observation part of the candidates' input rows: the
+        // flattened window, then a one (which carries the first layer's bias).
         let acting_ctx = acting.context(&obs);
-        assert!(max_diff(&acting_ctx, &ctx) < 1e-5, "blocks {blocks}");
+        let window = obs.reshape([members, 5, 16]);
+        assert_eq!(max_diff(&acting_ctx.narrow(2, 0, 16), &window), 0.0);
+        assert_eq!(acting_ctx.narrow(2, 16, 1).min().double_value(&[]), 1.0);
         let acting = acting.energies(&acting_ctx, &actions);
         assert_eq!(acting.size(), energies.size());
         let scale = energies.abs().max().double_value(&[]);

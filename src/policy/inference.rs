@@ -176,7 +176,8 @@ impl<'a> EnergyModel<'a> {
         }
     }
 
-    /// The observation part of the first layer, `(B, hidden)`.
+    /// What candidates share per observation, `(B, ..)`: the first layer's observation part
+    /// (solo), or the observation part of the input rows (prepared).
     fn context(&self, obs: &Tensor) -> Tensor {
         match self {
             Self::Solo(m) => m.observation_context(obs),

@@ -253,7 +253,9 @@ mod tests {
     use crate::policy::ebm::{PackedEbm, SequenceEbm};
     use crate::policy::{NetConfig, Precision};
 
-    fn pack(blocks: usize, precision: Precision) -> PackedEbm {
+    /// A pack of two random members (fp32). Tests run in parallel threads that share
+    /// libtorch's generator, so whatever is compared is derived from one pack.
+    fn pack(blocks: usize) -> PackedEbm {
         let net = NetConfig {
             obs_seq_len: 2,
             obs_dim: 3,
@@ -271,7 +273,7 @@ mod tests {
                 vs.variables().into_iter().collect()
             })
             .collect();
-        PackedEbm::stack(&net, precision, &members)
+        PackedEbm::stack(&net, Precision::Fp32, &members)
             .expect("one shape")
             .frozen()
     }
@@ -293,23 +295,28 @@ mod tests {
     fn in_bf16_the_gradient_is_the_fp32_one_to_bf16_rounding() {
         for blocks in [1, 2] {
             let (obs, actions) = inputs(3);
-            let exact = pack(blocks, Precision::Fp32).action_gradient(&obs, &actions);
-            let low = pack(blocks, Precision::Bf16).action_gradient(&obs, &actions);
+            let model = pack(blocks);
+            let exact = model.action_gradient(&obs, &actions);
+            let low = model
+                .with_precision(Precision::Bf16)
+                .frozen()
+                .action_gradient(&obs, &actions);
             assert_eq!(low.kind(), Kind::Float);
-            let scale = exact.abs().max().double_value(&[]);
-            let diff = max_diff(&low, &exact);
-            // bf16 keeps 8 bits: a few roundings of 2^-9 on every product.
-            assert!(
-                diff < 0.05 * scale,
-                "{blocks} blocks: {diff} (scale {scale})"
-            );
+            // bf16 keeps 8 bits: a few roundings of 2^-9 on each product, and now and then
+            // a ReLU mask flipped near zero (over 60 random nets: mean error <= 1.1% of
+            // the mean gradient, the largest <= 11% of the largest).
+            let diff = (&low - &exact).abs();
+            let mean = diff.mean(Kind::Float).double_value(&[])
+                / exact.abs().mean(Kind::Float).double_value(&[]);
+            assert!(mean < 0.03, "{blocks} blocks: mean error {mean}");
+            let diff = diff.max().double_value(&[]);
             assert!(diff > 0.0, "{blocks} blocks: bf16 computed nothing in bf16");
         }
     }
 
     #[test]
     fn a_chain_reuses_its_observation_rows_and_gives_each_steps_own_gradient() {
-        let model = pack(1, Precision::Fp32);
+        let model = pack(1);
         let (obs, first) = inputs(4);
         let (_, second) = inputs(5);
         let chain = model.input_gradient().chain(obs.shallow_clone());

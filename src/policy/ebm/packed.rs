@@ -328,8 +328,9 @@ impl PackedEbm {
 }
 
 /// A pack's weights prepared for acting (no autograd), with what depends only on the
-/// weights computed once: [`PackedEbm::observation_context`] and [`PackedEbm::energies`],
-/// faster.
+/// weights computed once: [`PackedEbm::energies`], faster. Its context is not the first
+/// layer's observation part but the observation part of each candidate's input row (see
+/// `ActingMember`).
 ///
 /// Each member runs on its own 2-D products, as it does alone (batched products round
 /// differently for different batch counts, enough to flip a DFO pick now and then); on the
@@ -345,7 +346,7 @@ pub struct ActingPack {
 }
 
 impl ActingPack {
-    /// The observation part of the first layer, `[K, B, hidden]` (in the pack's compute
+    /// The observation part of the candidates' input rows, `[K, B, width]` (in the pack's compute
     /// kind), for windows `[K, B, S, D]`: shared by every candidate action.
     pub fn context(&self, obs: &Tensor) -> Tensor {
         tch::no_grad(|| self.per_member(|m, member| member.context(&obs.get(m))))
@@ -368,21 +369,33 @@ impl ActingPack {
 }
 
 /// One member's weights in 2-D, cast for acting, with its energy head folded.
+///
+/// Candidates enter as input rows `[obs, 1, 0.., a]`, and the first layer (its observation
+/// part and bias included) is one product with `first` `[inputs, hidden]`: no context is
+/// added per candidate. With one block nothing reads the first layer's output but its ReLU
+/// and the energy head, whose part `w_E h` is `x (first w_E)`: so the first product writes
+/// `relu(h)` directly, and a candidate costs two products and two thin ones.
 struct ActingMember {
-    /// The first layer's observation and action parts `[S*D, hidden]`, `[A, hidden]`, and
-    /// its bias.
-    obs_weight: Tensor,
-    action_weight: Tensor,
-    projection_bias: Tensor,
+    /// `[W_obs; b; 0..; W_act]`ᵀ rows for the input columns `[obs, 1, 0.., a]`.
+    first: Tensor,
+    /// Columns of the observation part of an input row (`obs`, the one, the padding).
+    context_width: i64,
     /// Per block: first layer's bias and transposed weight, second layer's.
     blocks: Vec<[Tensor; 4]>,
-    /// `w_E` and `w_E W_2` (of the last block) as columns `[hidden, 1]`, and the constant
-    /// `[1]`; without blocks only the first and last (`b_E`).
-    head: (Tensor, Option<Tensor>, Tensor),
+    /// The energy head: `w_E` `[hidden, 1]`; `first w_E` `[inputs, 1]` (the head on the
+    /// input rows when there is at most one block); `w_E W_2` of the last block
+    /// `[hidden, 1]`; the constant `[1]` (`w_E b_2 + b_E`, or `b_E`).
+    w_energy: Tensor,
+    first_energy: Tensor,
+    folded: Option<Tensor>,
+    constant: Tensor,
+    /// Zeros `[hidden]`: the bias of the fused first product.
+    zero_bias: Tensor,
 }
 
 impl ActingMember {
     fn new(pack: &PackedEbm, m: i64, kind: Kind) -> Self {
+        let fp32 = |t: &Tensor| t.get(m).detach().to_kind(Kind::Float);
         let cast = |t: &Tensor| t.get(m).detach().to_kind(kind);
         let blocks: Vec<[Tensor; 4]> = pack
             .blocks
@@ -396,59 +409,94 @@ impl ActingMember {
                 ]
             })
             .collect();
-        let w_energy = cast(&pack.energy.weight).tr(); // [hidden, 1]
-        let b_energy = cast(&pack.energy.bias); // [1]
-        let head = match blocks.last() {
-            Some([_, _, b2, w2_t]) => (
-                w_energy.shallow_clone(),
-                Some(w2_t.matmul(&w_energy)),
-                b2.matmul(&w_energy) + b_energy,
+        let (obs_inputs, action_dim) = (pack.obs_inputs(), pack.cfg.action_dim);
+        let hidden = pack.cfg.hidden;
+        // Input columns: obs, the one, padding to a multiple of 8, then the action.
+        let context_width = (obs_inputs + 1 + action_dim + 7) / 8 * 8 - action_dim;
+        let weight = fp32(&pack.projection.weight); // [hidden, obs + A]
+        let first = Tensor::zeros(
+            [context_width + action_dim, hidden],
+            (Kind::Float, weight.device()),
+        );
+        first
+            .narrow(0, 0, obs_inputs)
+            .copy_(&weight.narrow(1, 0, obs_inputs).tr());
+        first
+            .narrow(0, obs_inputs, 1)
+            .copy_(&fp32(&pack.projection.bias).unsqueeze(0));
+        first
+            .narrow(0, context_width, action_dim)
+            .copy_(&weight.narrow(1, obs_inputs, action_dim).tr());
+        let w_energy = fp32(&pack.energy.weight).tr(); // [hidden, 1]
+        let b_energy = fp32(&pack.energy.bias); // [1]
+        let (folded, constant) = match pack.blocks.last() {
+            Some((_, fc2)) => (
+                Some(fp32(&fc2.weight).tr().matmul(&w_energy)),
+                fp32(&fc2.bias).matmul(&w_energy) + b_energy,
             ),
-            None => (w_energy, None, b_energy),
+            None => (None, b_energy),
         };
-        let obs_weight = pack.projection.weight.narrow(2, 0, pack.obs_inputs());
         Self {
-            obs_weight: cast(&obs_weight).tr(),
-            action_weight: cast(&pack.action_weight()).tr(),
-            projection_bias: cast(&pack.projection.bias),
+            first_energy: first.matmul(&w_energy).to_kind(kind),
+            first: first.to_kind(kind),
+            context_width,
             blocks,
-            head,
+            w_energy: w_energy.to_kind(kind),
+            folded: folded.map(|f| f.to_kind(kind)),
+            constant: constant.to_kind(kind),
+            zero_bias: Tensor::zeros([hidden], (kind, weight.device())),
         }
     }
 
-    /// `[B, hidden]` for windows `[B, S, D]`.
+    /// The observation part of the input rows, `[B, context_width]`, for windows
+    /// `[B, S, D]`.
     fn context(&self, obs: &Tensor) -> Tensor {
-        let rows = obs
-            .reshape([obs.size()[0], -1])
-            .to_kind(self.obs_weight.kind());
-        self.projection_bias.addmm(&rows, &self.obs_weight)
+        let b = obs.size()[0];
+        let rows = Tensor::zeros([b, self.context_width], (self.first.kind(), obs.device()));
+        let obs = obs.reshape([b, -1]);
+        let obs_inputs = obs.size()[1];
+        rows.narrow(1, 0, obs_inputs).copy_(&obs);
+        let _ = rows.narrow(1, obs_inputs, 1).fill_(1.0);
+        rows
     }
 
-    /// Energies `[B, N]` (fp32) of candidates `[B, N, A]` given a context `[B, hidden]`.
+    /// Energies `[B, N]` (fp32) of candidates `[B, N, A]` given a context `[B, width]`.
     fn energies(&self, context: &Tensor, actions: &Tensor) -> Tensor {
         let s = actions.size();
-        let kind = self.action_weight.kind();
-        let rows = actions.reshape([-1, s[2]]).to_kind(kind);
-        let h = rows.matmul(&self.action_weight).view([s[0], s[1], -1])
-            + context.to_kind(kind).unsqueeze(1);
-        let mut h = h.view([s[0] * s[1], -1]);
-        let (w_energy, folded, constant) = &self.head;
-        let Some(([b1, w1_t, ..], earlier)) = self.blocks.split_last() else {
-            return constant
-                .addmm(&h, w_energy)
-                .to_kind(Kind::Float)
-                .view([s[0], s[1]]);
+        let kind = self.first.kind();
+        let x = Tensor::cat(
+            &[
+                context
+                    .to_kind(kind)
+                    .unsqueeze(1)
+                    .expand([s[0], s[1], self.context_width], false),
+                actions.to_kind(kind),
+            ],
+            2,
+        )
+        .view([s[0] * s[1], -1]);
+        let energies = match self.blocks.as_slice() {
+            [] => self.constant.addmm(&x, &self.first_energy),
+            [[b1, w1_t, ..]] => {
+                let u = addmm_relu(&self.zero_bias, &x, &self.first);
+                let inner = addmm_relu(b1, &u, w1_t);
+                self.constant
+                    .addmm(&x, &self.first_energy)
+                    .addmm(&inner, self.folded.as_ref().expect("folded with the block"))
+            }
+            [earlier @ .., [b1, w1_t, ..]] => {
+                let mut h = x.matmul(&self.first);
+                for [b1, w1_t, b2, w2_t] in earlier {
+                    let inner = addmm_relu(b1, &h.relu(), w1_t);
+                    h = b2.addmm(&inner, w2_t) + h;
+                }
+                let inner = addmm_relu(b1, &h.relu(), w1_t);
+                self.constant.addmm(&h, &self.w_energy).addmm(
+                    &inner,
+                    self.folded.as_ref().expect("folded with the last block"),
+                )
+            }
         };
-        for [b1, w1_t, b2, w2_t] in earlier {
-            let inner = addmm_relu(b1, &h.relu(), w1_t);
-            h = b2.addmm(&inner, w2_t) + h;
-        }
-        let inner = addmm_relu(b1, &h.relu(), w1_t);
-        let folded = folded.as_ref().expect("folded with the last block");
-        constant
-            .addmm(&h, w_energy)
-            .addmm(&inner, folded)
-            .to_kind(Kind::Float)
-            .view([s[0], s[1]])
+        energies.to_kind(Kind::Float).view([s[0], s[1]])
     }
 }
