@@ -6,7 +6,9 @@
 # Each part runs in its own process with its own time limit, so a part that fails or
 # crashes costs only its own figures. In order of what matters most:
 #   1. packed training, K = 1..64, each precision, CUDA graphs on and off, beside the
-#      PyTorch reference doing the same packing (and the host's waits for the GPU per step);
+#      PyTorch reference doing the same packing (and the host's waits for the GPU per step),
+#      and a few of the same figures from an earlier build where device-bin/ebmlab-baseline
+#      is carried (a before-and-after on one card);
 #   2. IBC's config, 4 seeds x 10,000 iterations as one pack in the default GPU precision,
 #      evaluated by Langevin inference (as IBC does) and then by DFO;
 #   3. acting: DFO batches 1 and 100 x 16,384 samples, 100-episode evaluations (128 and
@@ -89,6 +91,21 @@ if part 1; then
     table
     echo "-- what the CUDA-graph guard said:"
     grep -iE "cuda graph|chains (stay|go back|replayed)" "$OUT/bench.log" | sed 's/^.*\(WARN\|INFO\)/\1/' | sort | uniq -c | head -n 20
+    # An earlier build beside this one on the same card (its lines tagged `baseline-`):
+    # device-bin/ebmlab-baseline, when carried.
+    if [[ -x $HERE/device-bin/ebmlab-baseline ]]; then
+        step "1b. the baseline build on the same card: packs of 1 and 64, DFO batch 100, one evaluation"
+        for only in "packed --pack-sizes 1,64 --precisions tf32,bf16 --cuda-graphs on" \
+            "dfo,eval --dfo-batches 100 --eval-samples 16384 --precisions bf16"; do
+            echo "-- baseline bench: --only $only" >>"$OUT/bench.log"
+            timeout 90 "$HERE/device-bin/ebmlab-baseline" bench --device "$DEVICE" --no-reference \
+                --overhead-trials 0 --ingest-rows 0 --warmup "$WARMUP" --repeats "$REPEATS" \
+                --only $only $BENCH_EXTRA 2>>"$OUT/bench.log" |
+                sed 's/"impl":"/"impl":"baseline-/' >>"$OUT/bench.jsonl"
+            echo "baseline bench: exit ${PIPESTATUS[0]}"
+        done
+        table | grep baseline
+    fi
 fi
 
 RUNS=$WORK/runs
