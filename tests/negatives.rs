@@ -95,6 +95,7 @@ fn only_the_refined_share_of_counter_examples_leaves_its_uniform_draw() {
     let model = SequenceEbm::new(&vs.root(), cfg);
     let bounds = Bounds::new(&[-1.0, -1.0], &[1.0, 1.0], Device::Cpu);
     let obs = Tensor::randn([5, 2, 3], (Kind::Float, Device::Cpu));
+    let context = model.observation_context(&obs);
     for (kind, fraction, refined) in [
         (NegativeKind::Uniform, 1.0, 0),
         (NegativeKind::Dfo, 0.5, 4),
@@ -114,7 +115,7 @@ fn only_the_refined_share_of_counter_examples_leaves_its_uniform_draw() {
         tch::manual_seed(7);
         let drawn = CounterExampleDraws::draw(5, 2, &bounds, &negatives);
         tch::manual_seed(7);
-        let made = counter_examples(&model, &obs, &bounds, &negatives, 1.0);
+        let made = counter_examples(&model, &obs, &context, &bounds, &negatives, 1.0);
         assert_eq!(made.size(), [5, 8, 2]);
         let uniform = 8 - refined;
         let same = made

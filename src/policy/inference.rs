@@ -1,10 +1,13 @@
 //! How an energy-based policy picks its action: DFO or Langevin minimisation of the energy.
 
+use std::cell::OnceCell;
+
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::ebm::{
-    dfo_minimize, langevin, ActingPack, Bounds, DfoConfig, LangevinConfig, PackedEbm, SequenceEbm,
+    dfo_minimize, langevin, ActingPack, Bounds, DfoConfig, InputGradient, LangevinConfig,
+    PackedEbm, SequenceEbm,
 };
 use super::{NetConfig, Precision};
 
@@ -129,12 +132,14 @@ pub fn in_row_chunks(
 }
 
 /// A network without LayerNorm prepared for acting in one precision: a pack of one with its
-/// weights cast, folded and stacked once (about twenty small operations), so that a policy
-/// acting at every step of a rollout prepares it once, not at every call.
+/// weights cast, folded and stacked once (about twenty small operations), and for Langevin
+/// inference its widened gradient layers at the first chain, so that a policy acting at
+/// every step of a rollout prepares it once, not at every call.
 pub struct PreparedEbm {
     precision: Precision,
     pack: PackedEbm,
     acting: ActingPack,
+    gradient: OnceCell<InputGradient>,
 }
 
 impl PreparedEbm {
@@ -157,6 +162,7 @@ impl PreparedEbm {
             precision,
             pack,
             acting,
+            gradient: OnceCell::new(),
         })
     }
 }
@@ -165,23 +171,16 @@ impl PreparedEbm {
 /// LayerNorm the solo model.
 enum EnergyModel<'a> {
     Solo(&'a SequenceEbm),
-    Packed(&'a PackedEbm, &'a ActingPack),
+    Prepared(&'a PreparedEbm),
 }
 
-impl<'a> EnergyModel<'a> {
-    fn new(model: &'a SequenceEbm, prepared: Option<&'a PreparedEbm>) -> Self {
-        match prepared {
-            Some(p) => Self::Packed(&p.pack, &p.acting),
-            None => Self::Solo(model),
-        }
-    }
-
+impl EnergyModel<'_> {
     /// What candidates share per observation, `(B, ..)`: the first layer's observation part
     /// (solo), or the observation part of the input rows (prepared).
     fn context(&self, obs: &Tensor) -> Tensor {
         match self {
             Self::Solo(m) => m.observation_context(obs),
-            Self::Packed(_, a) => a.context(&obs.unsqueeze(0)).squeeze_dim(0),
+            Self::Prepared(p) => p.acting.context(&obs.unsqueeze(0)).squeeze_dim(0),
         }
     }
 
@@ -189,34 +188,26 @@ impl<'a> EnergyModel<'a> {
     fn energies(&self, context: &Tensor, actions: &Tensor) -> Tensor {
         match self {
             Self::Solo(m) => m.energies_with_context(context, actions, false),
-            Self::Packed(_, a) => a
+            Self::Prepared(p) => p
+                .acting
                 .energies(&context.unsqueeze(0), &actions.unsqueeze(0))
                 .squeeze_dim(0),
         }
     }
 
     /// `dE/da` `(B, N, A)` (fp32) at candidates `(B, N, A)` for observation windows
-    /// `(B, S, D)`, with the weights prepared once for every call.
-    fn action_gradient_fn(&self) -> GradientFn<'_> {
-        let gradient = match self {
-            Self::Solo(m) => m.input_gradient(),
-            Self::Packed(p, _) => Some(p.input_gradient()),
-        };
-        match gradient {
-            Some(g) => Box::new(move |obs: &Tensor, actions: &Tensor| {
-                g.at(&obs.unsqueeze(0), &actions.unsqueeze(0))
-                    .squeeze_dim(0)
-            }),
-            None => match self {
-                Self::Solo(m) => Box::new(move |obs, actions| m.action_gradient(obs, actions)),
-                Self::Packed(..) => unreachable!("a pack has a hand-written gradient"),
-            },
+    /// `(B, S, D)`.
+    fn action_gradient(&self, obs: &Tensor, actions: &Tensor) -> Tensor {
+        match self {
+            Self::Solo(m) => m.action_gradient(obs, actions),
+            Self::Prepared(p) => p
+                .gradient
+                .get_or_init(|| p.pack.input_gradient())
+                .at(&obs.unsqueeze(0), &actions.unsqueeze(0))
+                .squeeze_dim(0),
         }
     }
 }
-
-/// `dE/da` at candidates `(B, N, A)` for observation windows `(B, S, D)`.
-type GradientFn<'a> = Box<dyn Fn(&Tensor, &Tensor) -> Tensor + 'a>;
 
 /// Restores libtorch's fp32 matmul setting when dropped (inference may run between
 /// training steps of another precision in the same process).
@@ -283,7 +274,10 @@ pub fn infer_actions_prepared(
             fresh.as_ref()
         }
     };
-    let model = EnergyModel::new(model, prepared);
+    let model = match prepared {
+        Some(p) => EnergyModel::Prepared(p),
+        None => EnergyModel::Solo(model),
+    };
     let context = tch::no_grad(|| model.context(obs));
     let rows = cfg.rows_per_pass(obs.device());
     let energy = |a: &Tensor| in_row_chunks(&context, a, rows, |ctx, a| model.energies(ctx, a));
@@ -298,9 +292,8 @@ pub fn infer_actions_prepared(
                 ..Default::default()
             };
             let init = bounds.uniform(&[batch, cfg.langevin_samples, action_dim]);
-            let gradient = model.action_gradient_fn();
             let samples = langevin(init, bounds, &langevin_cfg, |a| {
-                in_row_chunks(obs, a, rows, |obs, a| gradient(obs, a))
+                in_row_chunks(obs, a, rows, |obs, a| model.action_gradient(obs, a))
             });
             tch::no_grad(|| {
                 let best = energy(&samples).argmin(-1, false);

@@ -70,7 +70,14 @@ pub fn ebm_loss(
     cfg: &EbmLossConfig,
 ) -> EbmLoss {
     let context = model.observation_context(obs);
-    let negatives = counter_examples(model, obs, bounds, &cfg.negatives, cfg.temperature);
+    let negatives = counter_examples(
+        model,
+        obs,
+        &context,
+        bounds,
+        &cfg.negatives,
+        cfg.temperature,
+    );
     let penalise = cfg.grad_penalty.enabled;
     let candidates = Tensor::cat(&[negatives, actions.unsqueeze(1)], 1)
         .detach()

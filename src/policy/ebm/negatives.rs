@@ -173,10 +173,13 @@ impl CounterExampleDraws {
     }
 }
 
-/// Counter-examples `(B, count, A)` for a batch of observation windows `obs` `(B, S, D)`.
+/// Counter-examples `(B, count, A)` for a batch of observation windows `obs` `(B, S, D)`
+/// whose observation context is `context` `(B, hidden)` (Langevin reads the windows, DFO
+/// the context).
 pub fn counter_examples(
     model: &SequenceEbm,
     obs: &Tensor,
+    context: &Tensor,
     bounds: &Bounds,
     cfg: &NegativesConfig,
     temperature: f64,
@@ -184,7 +187,7 @@ pub fn counter_examples(
     let batch = obs.size()[0];
     let draws = CounterExampleDraws::draw(batch, model.config().action_dim, bounds, cfg);
     let obs = obs.detach();
-    let context = tch::no_grad(|| model.observation_context(&obs));
+    let context = context.detach();
     refine(draws, cfg, |start, refinement| match refinement {
         RefinementDraws::None => unreachable!("refine calls back only with draws"),
         RefinementDraws::Langevin { noise } => langevin_with_noise(
