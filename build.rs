@@ -59,10 +59,11 @@ fn cuda_include(lib_dir: &str) -> Option<std::path::PathBuf> {
     })
 }
 
-/// Compiles the CUDA-graph shim (`csrc/cuda_graph.cpp`) where libtorch has CUDA and the
-/// CUDA headers are found, and tells the Rust side so (`cfg(ebmlab_cuda_graphs)`);
-/// elsewhere the Langevin chains simply run eagerly.
-fn compile_cuda_graph_shim(lib_dir: &str) {
+/// Compiles the CUDA shims where libtorch has CUDA and the CUDA headers are found, and tells
+/// the Rust side which compiled: `csrc/cuda_graph.cpp` (`cfg(ebmlab_cuda_graphs)`) and
+/// `csrc/cublas_lt.cpp` (`cfg(ebmlab_cublas_lt)`). Elsewhere the Langevin chains run
+/// eagerly, with ATen's products.
+fn compile_cuda_shims(lib_dir: &str) {
     if !std::path::Path::new(lib_dir)
         .join("libtorch_cuda.so")
         .exists()
@@ -76,19 +77,34 @@ fn compile_cuda_graph_shim(lib_dir: &str) {
         );
         return;
     };
-    let built = shim_build(lib_dir, "csrc/cuda_graph.cpp")
-        .include(cuda)
-        .try_compile("ebmlab_cuda_graph");
-    match built {
-        Ok(()) => println!("cargo:rustc-cfg=ebmlab_cuda_graphs"),
-        Err(e) => {
-            println!("cargo:warning=the CUDA-graph shim did not compile ({e}): no CUDA graphs")
+    let shims = [
+        (
+            "csrc/cuda_graph.cpp",
+            "ebmlab_cuda_graph",
+            "ebmlab_cuda_graphs",
+            "CUDA graphs",
+        ),
+        (
+            "csrc/cublas_lt.cpp",
+            "ebmlab_cublas_lt",
+            "ebmlab_cublas_lt",
+            "cuBLASLt epilogues",
+        ),
+    ];
+    for (file, library, cfg, what) in shims {
+        match shim_build(lib_dir, file)
+            .include(&cuda)
+            .try_compile(library)
+        {
+            Ok(()) => println!("cargo:rustc-cfg={cfg}"),
+            Err(e) => println!("cargo:warning={file} did not compile ({e}): no {what}"),
         }
     }
 }
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(ebmlab_cuda_graphs)");
+    println!("cargo::rustc-check-cfg=cfg(ebmlab_cublas_lt)");
     // `sqlx::migrate!` embeds migrations/ at compile time; rebuild when they change.
     println!("cargo:rerun-if-changed=migrations");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
@@ -97,7 +113,7 @@ fn main() {
         return;
     };
     compile_shim(&lib_dir);
-    compile_cuda_graph_shim(&lib_dir);
+    compile_cuda_shims(&lib_dir);
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # The GPU checks in one call (a lent GPU machine has minutes, not hours): builds nothing.
 # Before: `cargo build --release` here, then `mkdir -p device-bin && cp target/release/ebmlab
-# device-bin/`; run from the repository root on the GPU machine with device-bin carried.
+# device-bin/`, and the unit tests' binary as device-bin/ebmlab-tests (`cargo test --release
+# --lib --no-run` names it); run from the repository root on the GPU machine with device-bin
+# carried.
 #
 # Each part runs in its own process with its own time limit, so a part that fails or
-# crashes costs only its own figures. In order of what matters most:
+# crashes costs only its own figures. First the unit tests that need a CUDA device (the
+# cuBLASLt epilogue products against ATen's, and the Langevin gradient that uses them),
+# where device-bin/ebmlab-tests is carried. Then, in order of what matters most:
 #   1. packed training, K = 1..64, each precision, CUDA graphs on and off, beside the
-#      PyTorch reference doing the same packing (and the host's waits for the GPU per step),
-#      and a few of the same figures from an earlier build where device-bin/ebmlab-baseline
-#      is carried (a before-and-after on one card);
+#      PyTorch reference doing the same packing (and the host's waits for the GPU per step);
+#      packs of 1 and 64 again with the Langevin gradient's cuBLASLt epilogues off (what
+#      they gain, and what the guard said of them); and a few of the same figures from an
+#      earlier build where device-bin/ebmlab-baseline is carried (a before-and-after on one
+#      card);
 #   2. IBC's config, 4 seeds x 10,000 iterations as one pack in the default GPU precision,
 #      evaluated by Langevin inference (as IBC does) and then by DFO;
 #   3. acting: DFO batches 1 and 100 x 16,384 samples, 100-episode evaluations (128 and
@@ -71,12 +77,13 @@ for line in open(sys.argv[1]):
     except ValueError:
         continue
     c = r["config"]
-    keys = ("members", "batch", "episodes", "hidden", "samples", "precision", "cuda_graphs")
+    keys = ("members", "batch", "episodes", "hidden", "samples", "precision", "cuda_graphs",
+            "fused_gradient")
     what = " ".join(f"{k}={c[k]}" for k in keys if k in c)
     rate = f" {r['per_second']:.0f}/s" if r.get("per_second") else ""
     waits = r.get("device_waits_per_step")
     waits = f" ({waits:g} waits/step)" if waits is not None else ""
-    print(f"{r['bench']:12s} {r['impl']:25s} {what:58s} {r['median_ms']:9.2f} ms{rate}{waits}")
+    print(f"{r['bench']:12s} {r['impl']:28s} {what:78s} {r['median_ms']:9.2f} ms{rate}{waits}")
 EOF
 }
 
@@ -85,12 +92,21 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 2 >>"$OUT/gpu_util.csv" 2>&1 &
 SMI=$!
 
+if [[ -x $HERE/device-bin/ebmlab-tests ]]; then
+    step "0. the unit tests that need a CUDA device"
+    timeout 120 "$HERE/device-bin/ebmlab-tests" --ignored --test-threads 1 on_a_gpu 2>&1 | tail -n 30
+fi
+
 if part 1; then
     step "1. packed training: K = $PACKS, $PRECISIONS, graphs $GRAPHS, beside the PyTorch reference"
     bench packed 200 --only packed --pack-sizes "$PACKS" --precisions "$PRECISIONS" --cuda-graphs "$GRAPHS"
+    step "1a. packs of 1 and 64 with the gradient's cuBLASLt epilogues off (ATen's products)"
+    bench packed-unfused 90 --only packed --pack-sizes 1,64 --precisions tf32,bf16 --cuda-graphs on \
+        --fused-gradient off --no-reference
     table
-    echo "-- what the CUDA-graph guard said:"
-    grep -iE "cuda graph|chains (stay|go back|replayed)" "$OUT/bench.log" | sed 's/^.*\(WARN\|INFO\)/\1/' | sort | uniq -c | head -n 20
+    echo "-- what the CUDA-graph and gradient guards said:"
+    grep -iE "cuda graph|chains (stay|go back|replayed)|Langevin gradient|cublaslt" "$OUT/bench.log" |
+        sed 's/^.*\(WARN\|INFO\)/\1/' | sort | uniq -c | head -n 20
     # An earlier build beside this one on the same card (its lines tagged `baseline-`):
     # device-bin/ebmlab-baseline, when carried.
     if [[ -x $HERE/device-bin/ebmlab-baseline ]]; then

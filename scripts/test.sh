@@ -22,5 +22,6 @@ printf '\n==> cargo test (release profile, shares the build with the binary)\n'
 log="$(mktemp)"
 trap 'rm -f "$log"; [ "$was_up" -eq 1 ] || bash scripts/cluster.sh down >/dev/null 2>&1 || true' EXIT
 cargo test --release --locked --tests "$@" 2>&1 | tee "$log"
-# One closing line for the whole suite, summed over every test binary.
+# One closing line for the whole suite, summed over every test binary. Skipped: the tests
+# that need a CUDA device (`#[ignore]`; bench/gpu.sh runs them on a GPU).
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "\nsummary: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"

@@ -61,6 +61,9 @@ pub struct BenchOptions {
     pub precisions: Vec<Precision>,
     /// Packed training with the Langevin chains replayed as CUDA graphs, eagerly, or both.
     pub cuda_graphs: Vec<bool>,
+    /// Packed training with the Langevin gradient's ReLUs in cuBLASLt epilogues (where the
+    /// GPU gives them), with ATen's products only, or both.
+    pub fused_gradient: Vec<bool>,
 }
 
 /// One figure.

@@ -11,6 +11,7 @@ use tch::Device;
 use super::device_waits::count_device_waits;
 use super::{ibc_spec, record, time_ms, BenchOptions, BenchRecord};
 use crate::eval::rollout_pack;
+use crate::policy::ebm::fused_gradient;
 use crate::policy::{PackedPolicies, PolicySpec, Precision};
 use crate::task::{episode_seeds, record_demos, Task, TaskConfig};
 use crate::train::{LrSchedule, OptimConfig, PackMember, PackedTrainer, QueuedStep, TrainingSet};
@@ -62,34 +63,54 @@ pub fn packed_training(opts: &BenchOptions, emit: &mut impl FnMut(&BenchRecord))
         precision.apply()?;
         for &members in &opts.pack_sizes {
             for &graphs in &opts.cuda_graphs {
-                let mut trainer = packed_trainer(opts, members, precision)?.cuda_graphs(graphs);
-                let (times, waits) =
-                    pipelined_ms(&mut trainer, opts.device, opts.warmup, opts.repeats);
-                let replayed = trainer.replaying_chains();
-                if graphs && !replayed {
-                    tracing::warn!(
-                        "K={members} {precision}: CUDA graphs asked, the chains ran eagerly"
-                    );
+                for &fused in &opts.fused_gradient {
+                    fused_gradient::set_enabled(fused);
+                    packed_figure(opts, members, precision, graphs, emit)?;
                 }
-                let config = json!({
-                    "members": members,
-                    "precision": precision.to_string(),
-                    "cuda_graphs": replayed,
-                    "timing": "pipelined",
-                    "hidden": opts.hidden, "batch_size": opts.batch_size,
-                    "negatives": opts.negatives, "langevin_steps": opts.langevin_steps,
-                });
-                let mut figure = record("packed_train", opts.device, config, times);
-                if replayed {
-                    figure.implementation = "ebmlab-cuda-graph".into();
-                }
-                figure.per_second = Some(members as f64 * 1e3 / figure.median_ms);
-                figure.device_waits_per_step = waits.map(|w| w as f64 / opts.repeats as f64);
-                emit(&figure);
             }
         }
     }
+    fused_gradient::set_enabled(true);
     Precision::Fp32.apply()
+}
+
+/// One packed-training figure (see [`packed_training`]); the Langevin gradient's products
+/// are as `fused_gradient` was last set.
+fn packed_figure(
+    opts: &BenchOptions,
+    members: usize,
+    precision: Precision,
+    graphs: bool,
+    emit: &mut impl FnMut(&BenchRecord),
+) -> Result<()> {
+    let mut trainer = packed_trainer(opts, members, precision)?.cuda_graphs(graphs);
+    let (times, waits) = pipelined_ms(&mut trainer, opts.device, opts.warmup, opts.repeats);
+    let replayed = trainer.replaying_chains();
+    if graphs && !replayed {
+        tracing::warn!("K={members} {precision}: CUDA graphs asked, the chains ran eagerly");
+    }
+    let fused = fused_gradient::in_use();
+    let config = json!({
+        "members": members,
+        "precision": precision.to_string(),
+        "cuda_graphs": replayed,
+        "fused_gradient": fused,
+        "timing": "pipelined",
+        "hidden": opts.hidden, "batch_size": opts.batch_size,
+        "negatives": opts.negatives, "langevin_steps": opts.langevin_steps,
+    });
+    let mut figure = record("packed_train", opts.device, config, times);
+    figure.implementation = match (replayed, fused) {
+        (false, false) => "ebmlab",
+        (true, false) => "ebmlab-cuda-graph",
+        (false, true) => "ebmlab-lt",
+        (true, true) => "ebmlab-cuda-graph-lt",
+    }
+    .into();
+    figure.per_second = Some(members as f64 * 1e3 / figure.median_ms);
+    figure.device_waits_per_step = waits.map(|w| w as f64 / opts.repeats as f64);
+    emit(&figure);
+    Ok(())
 }
 
 /// Milliseconds per iteration as a trial's loop gets them: each iteration is queued before

@@ -96,6 +96,10 @@ pub struct BenchArgs {
     /// both (default: on,off on a GPU; off on the CPU, which has no graphs).
     #[arg(long, value_delimiter = ',', value_parser = parse_on_off)]
     cuda_graphs: Vec<bool>,
+    /// Packed training with the Langevin gradient's ReLUs in cuBLASLt epilogues (`on`,
+    /// where the GPU gives them), with ATen's products only (`off`), or both (default: on).
+    #[arg(long, value_delimiter = ',', value_parser = parse_on_off, default_value = "on")]
+    fused_gradient: Vec<bool>,
     /// Python with torch for the reference figures.
     #[arg(long, default_value = ".venv/bin/python")]
     python: PathBuf,
@@ -182,6 +186,7 @@ pub fn run_bench(args: BenchArgs) -> Result<ExitCode> {
             (true, tch::Device::Cpu) => vec![false],
             (true, _) => vec![true, false],
         },
+        fused_gradient: args.fused_gradient.clone(),
     };
     run(&opts, |record| {
         println!(

@@ -2,6 +2,7 @@
 //! action dimension) and the explicit MSE baseline, chosen by `kind` in the spec.
 
 mod acting;
+mod cublas_lt;
 pub mod cuda_graph;
 pub mod ebm;
 mod fused;

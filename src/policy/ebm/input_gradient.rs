@@ -20,10 +20,19 @@
 //! products that read the padding have zero weights there, down to the action columns of
 //! the first layer. For IBC's network (one block) a step is: the input product, one ReLU, a
 //! product, the mask, a product, the masked gradient, the action product.
+//!
+//! On a GPU, a one-block network's ReLU and masked gradient go into the products'
+//! epilogues (cuBLASLt: the first product writes `relu(h)` and `h`'s mask as bits, the
+//! backward one multiplies by that mask), once they have agreed with the eager gradient
+//! ([`super::fused_gradient`]).
 
 use std::cell::RefCell;
 
+use anyhow::Result;
 use tch::{Kind, Tensor};
+
+use super::fused_gradient::GUARD;
+use crate::policy::{cublas_lt, Precision};
 
 /// Columns of padding after `hidden`: the constant one and zeros up to a multiple of 8
 /// (tensor cores want dimensions that are multiples of 8).
@@ -189,6 +198,67 @@ impl InputGradient {
         }
     }
 
+    /// `dE/dh` `[K, rows, W]` at the first layer's output for input rows `x`
+    /// `[K, rows, inputs]`, with ATen's products.
+    fn hidden_gradient(&self, x: &Tensor) -> Tensor {
+        let mut h = x.bmm(&self.first);
+        let last = self.blocks.len() - 1;
+        let mut saved = Vec::with_capacity(self.blocks.len());
+        for (i, block) in self.blocks.iter().enumerate() {
+            if i == last {
+                // Nothing reads the stream past the last block: ReLU in place.
+                let u = h.relu_();
+                let z = u.bmm(&block.fc1);
+                saved.push((u, z));
+                break;
+            }
+            let u = h.relu();
+            let z = u.bmm(&block.fc1);
+            h = h.baddbmm(&z.relu(), &block.fc2, 1.0, 1.0);
+            saved.push((u, z));
+        }
+        let mut full: Option<Tensor> = None;
+        for (block, (u, mut z)) in self.blocks.iter().zip(saved).rev() {
+            let g_u = match &full {
+                // The last block: its upstream gradient is the constant row.
+                None => z.gt_(0.0).bmm(&block.fc1_back),
+                Some(f) => {
+                    let g_r = f.bmm(&block.fc2_back) + &block.row;
+                    z.threshold_backward(&g_r, 0.0).bmm(&block.fc1_back)
+                }
+            };
+            let g_h = u.threshold_backward(&g_u, 0.0);
+            full = Some(match full {
+                None => g_h,
+                Some(f) => f + g_h,
+            });
+        }
+        full.expect("at least one block")
+    }
+
+    /// [`Self::hidden_gradient`] of a one-block network in three products whose epilogues
+    /// do the ReLUs' work: the first writes `u = relu(h)` and `h`'s mask as bits, the last
+    /// multiplies by that mask. Two passes over `[K, rows, W]` fewer than eagerly.
+    fn hidden_gradient_fused(&self, x: &Tensor) -> Result<Tensor> {
+        self.one_block_gradient(x, cublas_lt::bmm_relu, cublas_lt::bmm_masked)
+    }
+
+    /// A one-block network's `dE/dh` from products that apply a ReLU and keep its mask
+    /// (`relu_product(x, w)`: `relu(x @ w)` and the mask of `x @ w > 0`), and that multiply
+    /// by such a mask (`masked_product(x, w, mask)`: `(x @ w) ⊙ mask`).
+    fn one_block_gradient<Mask>(
+        &self,
+        x: &Tensor,
+        relu_product: impl Fn(&Tensor, &Tensor) -> Result<(Tensor, Mask)>,
+        masked_product: impl Fn(&Tensor, &Tensor, &Mask) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let block = &self.blocks[0];
+        let (u, h_positive) = relu_product(x, &self.first)?;
+        let mut z = u.bmm(&block.fc1);
+        let _ = z.gt_(0.0);
+        masked_product(&z, &block.fc1_back, &h_positive)
+    }
+
     /// `dE/da` with the input rows' observation and constant columns already in `rows`.
     fn at_rows(&self, rows: &Tensor, actions: &Tensor) -> Tensor {
         let s = actions.size();
@@ -203,39 +273,24 @@ impl InputGradient {
             rows.narrow(3, self.obs_inputs, self.action_dim)
                 .copy_(actions);
             let x = rows.view([s[0], s[1] * s[2], self.inputs]);
-            let mut h = x.bmm(&self.first);
-            let last = self.blocks.len() - 1;
-            let mut saved = Vec::with_capacity(self.blocks.len());
-            for (i, block) in self.blocks.iter().enumerate() {
-                if i == last {
-                    // Nothing reads the stream past the last block: ReLU in place.
-                    let u = h.relu_();
-                    let z = u.bmm(&block.fc1);
-                    saved.push((u, z));
-                    break;
-                }
-                let u = h.relu();
-                let z = u.bmm(&block.fc1);
-                h = h.baddbmm(&z.relu(), &block.fc2, 1.0, 1.0);
-                saved.push((u, z));
-            }
-            let mut full: Option<Tensor> = None;
-            for (block, (u, mut z)) in self.blocks.iter().zip(saved).rev() {
-                let g_u = match &full {
-                    // The last block: its upstream gradient is the constant row.
-                    None => z.gt_(0.0).bmm(&block.fc1_back),
-                    Some(f) => {
-                        let g_r = f.bmm(&block.fc2_back) + &block.row;
-                        z.threshold_backward(&g_r, 0.0).bmm(&block.fc1_back)
-                    }
-                };
-                let g_h = u.threshold_backward(&g_u, 0.0);
-                full = Some(match full {
-                    None => g_h,
-                    Some(f) => f + g_h,
-                });
-            }
-            let full = full.expect("at least one block");
+            let full = if self.blocks.len() == 1 && x.device().is_cuda() && cublas_lt::available() {
+                // A configuration: element type, TF32 or not, and the products' shapes.
+                let key = [
+                    i64::from(self.kind == Kind::BFloat16),
+                    i64::from(Precision::tf32_enabled()),
+                    s[0],
+                    s[1] * s[2],
+                    self.inputs,
+                    self.first.size()[2],
+                ];
+                GUARD.gradient(
+                    &key,
+                    || self.hidden_gradient(&x),
+                    || self.hidden_gradient_fused(&x),
+                )
+            } else {
+                self.hidden_gradient(&x)
+            };
             let grad = full.bmm(&self.act_back).to_kind(Kind::Float) + &self.row_act;
             grad.view([s[0], s[1], s[2], s[3]])
         })
@@ -256,6 +311,10 @@ mod tests {
     /// A pack of two random members (fp32). Tests run in parallel threads that share
     /// libtorch's generator, so whatever is compared is derived from one pack.
     fn pack(blocks: usize) -> PackedEbm {
+        pack_on(blocks, Device::Cpu)
+    }
+
+    fn pack_on(blocks: usize, device: Device) -> PackedEbm {
         let net = NetConfig {
             obs_seq_len: 2,
             obs_dim: 3,
@@ -270,7 +329,10 @@ mod tests {
                 tch::manual_seed(k);
                 let vs = nn::VarStore::new(Device::Cpu);
                 let _model = SequenceEbm::new(&vs.root(), net.clone());
-                vs.variables().into_iter().collect()
+                vs.variables()
+                    .into_iter()
+                    .map(|(name, t)| (name, t.to_device(device)))
+                    .collect()
             })
             .collect();
         PackedEbm::stack(&net, Precision::Fp32, &members)
@@ -324,5 +386,81 @@ mod tests {
             let expected = model.action_gradient(&obs, actions);
             assert_eq!(max_diff(&chain(actions), &expected), 0.0);
         }
+    }
+
+    /// The epilogue products' arithmetic (GPU only) with the same products written
+    /// eagerly: the one-block gradient they make is the eager gradient.
+    #[test]
+    fn the_one_block_gradient_from_masked_products_is_the_eager_one() {
+        let pack = pack(1);
+        let gradient = pack.input_gradient();
+        let obs = Tensor::randn([2, 5, 6], (Kind::Float, Device::Cpu));
+        let actions = Tensor::randn([2, 5, 3, 2], (Kind::Float, Device::Cpu));
+        let rows = gradient.observation_rows(&obs, &actions.size());
+        rows.narrow(3, gradient.obs_inputs, gradient.action_dim)
+            .copy_(&actions);
+        let x = rows.view([2, 15, gradient.inputs]);
+        let eager = gradient.hidden_gradient(&x);
+        let masked = gradient
+            .one_block_gradient(
+                &x,
+                |x, w| {
+                    let h = x.bmm(w);
+                    Ok((h.relu(), h.gt(0.0).to_kind(Kind::Float)))
+                },
+                |x, w, mask| Ok(x.bmm(w) * mask),
+            )
+            .unwrap();
+        assert_eq!(masked.size(), eager.size());
+        let difference = (&masked - &eager).abs().max().double_value(&[]);
+        assert!(difference < 1e-6, "{difference}");
+        assert!(eager.abs().mean(Kind::Float).double_value(&[]) > 1e-3);
+        // A wrong mask (the last block's instead of the first layer's) is told apart.
+        let wrong = gradient
+            .one_block_gradient(
+                &x,
+                |x, w| Ok((x.bmm(w).relu(), Tensor::ones_like(&x.bmm(w)))),
+                |x, w, mask| Ok(x.bmm(w) * mask),
+            )
+            .unwrap();
+        assert!((&wrong - &eager).abs().max().double_value(&[]) > 1e-3);
+    }
+
+    /// On a GPU: the gradient through the guard comes to use the epilogue products after its
+    /// checks, and they give the fp32 gradient (to each precision's rounding). Run with
+    /// `--ignored` where there is a CUDA device (`bench/gpu.sh` does).
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn on_a_gpu_the_gradient_comes_to_use_the_epilogue_products_and_agrees() {
+        assert!(tch::Cuda::is_available(), "no CUDA device");
+        assert!(
+            cublas_lt::available(),
+            "no cuBLASLt epilogues in this build"
+        );
+        let device = Device::Cuda(0);
+        let (obs, actions) = inputs(6);
+        let exact = pack(1).action_gradient(&obs, &actions);
+        let (obs, actions) = (obs.to_device(device), actions.to_device(device));
+        for (precision, tol) in [
+            (Precision::Fp32, 1e-5),
+            (Precision::Tf32, 5e-3),
+            (Precision::Bf16, 3e-2),
+        ] {
+            precision.apply().unwrap();
+            let model = pack_on(1, device).with_precision(precision).frozen();
+            let gradient = model.input_gradient();
+            for _ in 0..3 {
+                let _ = gradient.at(&obs, &actions);
+            }
+            let got = gradient.at(&obs, &actions).to_device(Device::Cpu);
+            assert!(
+                super::super::fused_gradient::in_use(),
+                "{precision}: the guard did not come to use the epilogue products (its warning says why)"
+            );
+            let mean = (&got - &exact).abs().mean(Kind::Float).double_value(&[])
+                / exact.abs().mean(Kind::Float).double_value(&[]);
+            assert!(mean < tol, "{precision}: mean error {mean:.3e}");
+        }
+        Precision::Fp32.apply().unwrap();
     }
 }

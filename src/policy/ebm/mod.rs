@@ -3,6 +3,7 @@
 
 mod autoregressive;
 mod dfo;
+pub mod fused_gradient;
 mod input_gradient;
 mod langevin;
 mod loss;

@@ -1,0 +1,240 @@
+//! Whether the Langevin gradient may use cuBLASLt's ReLU epilogues, and the check that
+//! earns it. The epilogue products compute what the eager products compute, with other
+//! kernels (other rounding). For each configuration (element type, shapes) the eager
+//! gradient is returned until the epilogue one has agreed with it on the first calls;
+//! after a failure or a disagreement that configuration is computed eagerly for good, with
+//! a warning.
+//!
+//! The checks read the device's results (a wait), so they must be done before any CUDA
+//! graph capture: a chain's capture is preceded by an eager warm-up of all its steps, which
+//! makes these calls.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{ensure, Result};
+use tch::{Kind, Tensor};
+
+/// Calls compared with the eager gradient before the epilogue products are trusted, per
+/// configuration (element type and shapes: each has its own cuBLASLt plan and algorithm).
+const CHECKED_CALLS: u32 = 2;
+
+/// Largest mean difference from the eager gradient, as a share of its mean magnitude,
+/// that counts as the same gradient: different kernels round differently (in bf16 ~1%,
+/// ReLU masks flip near zero), while a wrong product is off by about the whole gradient.
+const AGREEMENT: f64 = 0.03;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Checking { left: u32 },
+    Trusted,
+    Failed,
+}
+
+/// Whether this process may use the epilogue products (a bench switches them off to
+/// compare), and per configuration how far their checks went.
+pub struct Guard {
+    wanted: AtomicBool,
+    states: Mutex<BTreeMap<Vec<i64>, State>>,
+    /// Whether the last gradient returned came from the epilogue products.
+    last_fused: AtomicBool,
+}
+
+/// The process's guard.
+pub static GUARD: Guard = Guard::new();
+
+/// Lets (or stops) the process use the epilogue products where it can.
+pub fn set_enabled(on: bool) {
+    GUARD.wanted.store(on, Ordering::Relaxed);
+}
+
+/// Whether the process's last Langevin gradient came from the epilogue products (for the
+/// bench's figures).
+pub fn in_use() -> bool {
+    GUARD.last_fused.load(Ordering::Relaxed)
+}
+
+impl Guard {
+    pub const fn new() -> Self {
+        Self {
+            wanted: AtomicBool::new(true),
+            states: Mutex::new(BTreeMap::new()),
+            last_fused: AtomicBool::new(false),
+        }
+    }
+
+    fn state(&self, key: &[i64]) -> State {
+        let states = self.states.lock().expect("guard state");
+        states.get(key).copied().unwrap_or(State::Checking {
+            left: CHECKED_CALLS,
+        })
+    }
+
+    fn set(&self, key: &[i64], state: State) {
+        self.states
+            .lock()
+            .expect("guard state")
+            .insert(key.to_vec(), state);
+    }
+
+    /// The gradient of configuration `key`: `fused()` where it is wanted, has not failed
+    /// and has been checked, else `eager()` (also compared with `fused()` while checks are
+    /// left).
+    pub fn gradient(
+        &self,
+        key: &[i64],
+        eager: impl FnOnce() -> Tensor,
+        fused: impl FnOnce() -> Result<Tensor>,
+    ) -> Tensor {
+        let state = self.state(key);
+        let fused_used = self.wanted.load(Ordering::Relaxed) && state == State::Trusted;
+        self.last_fused.store(false, Ordering::Relaxed);
+        if !self.wanted.load(Ordering::Relaxed) || state == State::Failed {
+            return eager();
+        }
+        if fused_used {
+            return match fused() {
+                Ok(gradient) => {
+                    self.last_fused.store(true, Ordering::Relaxed);
+                    gradient
+                }
+                Err(e) => {
+                    self.give_up(key, &format!("{e:#}"));
+                    eager()
+                }
+            };
+        }
+        let State::Checking { left } = state else {
+            unreachable!("trusted and failed are handled above")
+        };
+        let reference = eager();
+        match fused().and_then(|gradient| agree(&reference, &gradient)) {
+            Ok(()) if left <= 1 => {
+                self.set(key, State::Trusted);
+                tracing::info!("Langevin gradient {key:?}: cuBLASLt epilogue products checked");
+            }
+            Ok(()) => self.set(key, State::Checking { left: left - 1 }),
+            Err(e) => self.give_up(key, &format!("{e:#}")),
+        }
+        reference
+    }
+
+    fn give_up(&self, key: &[i64], why: &str) {
+        if self.state(key) != State::Failed {
+            self.set(key, State::Failed);
+            tracing::warn!("Langevin gradient {key:?}: eager products from now on ({why})");
+        }
+    }
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Whether `fused` is `eager` to [`AGREEMENT`].
+fn agree(eager: &Tensor, fused: &Tensor) -> Result<()> {
+    ensure!(
+        eager.size() == fused.size(),
+        "epilogue gradient of shape {:?}, eager {:?}",
+        fused.size(),
+        eager.size()
+    );
+    let eager = eager.to_kind(Kind::Float);
+    let scale = eager.abs().mean(Kind::Float).double_value(&[]);
+    let error = (fused.to_kind(Kind::Float) - &eager)
+        .abs()
+        .mean(Kind::Float)
+        .double_value(&[]);
+    ensure!(
+        error.is_finite() && error <= AGREEMENT * scale + 1e-12,
+        "epilogue gradient differs from the eager one by {error:.3e} on average \
+         (gradient scale {scale:.3e})"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::bail;
+    use tch::Device;
+
+    use super::*;
+
+    const KEY: &[i64] = &[0, 1, 4, 4096, 16, 264];
+
+    fn gradient() -> Tensor {
+        Tensor::from_slice(&[1.0f32, -2.0, 0.5, 4.0]).to_device(Device::Cpu)
+    }
+
+    #[test]
+    fn a_fused_gradient_that_agrees_is_used_only_after_its_checks() {
+        let guard = Guard::new();
+        let close = || Ok(gradient() * 1.001);
+        for _ in 0..CHECKED_CALLS {
+            assert_ne!(guard.state(KEY), State::Trusted);
+            let g = guard.gradient(KEY, gradient, close);
+            assert_eq!(
+                g,
+                gradient(),
+                "while checking, the eager gradient is returned"
+            );
+            assert!(!guard.last_fused.load(Ordering::Relaxed));
+        }
+        assert_eq!(guard.state(KEY), State::Trusted);
+        let g = guard.gradient(KEY, || panic!("eager not computed once trusted"), close);
+        assert_eq!(g, gradient() * 1.001);
+        assert!(guard.last_fused.load(Ordering::Relaxed));
+        // Another configuration is checked on its own.
+        let other = &[1, 0, 4, 4096, 16, 264];
+        assert_eq!(guard.gradient(other, gradient, close), gradient());
+        assert_eq!(guard.state(other), State::Checking { left: 1 });
+    }
+
+    #[test]
+    fn a_fused_gradient_that_disagrees_or_fails_is_never_used_again() {
+        for fused in [
+            Box::new(|| Ok(gradient() * 1.5)) as Box<dyn Fn() -> Result<Tensor>>,
+            Box::new(|| Ok(gradient().narrow(0, 0, 2))),
+            Box::new(|| bail!("no algorithm")),
+            Box::new(|| Ok(gradient() * f64::NAN)),
+        ] {
+            let guard = Guard::new();
+            assert_eq!(guard.gradient(KEY, gradient, &fused), gradient());
+            for _ in 0..3 {
+                let g = guard.gradient(KEY, gradient, || panic!("fused not tried after failing"));
+                assert_eq!(g, gradient());
+            }
+            assert_eq!(guard.state(KEY), State::Failed);
+            // A configuration that failed leaves the others to their own checks.
+            let other = &[1, 0, 4, 4096, 16, 264];
+            let _ = guard.gradient(other, gradient, || Ok(gradient()));
+            assert_eq!(guard.state(other), State::Checking { left: 1 });
+        }
+    }
+
+    #[test]
+    fn a_trusted_fused_gradient_that_fails_later_gives_way_to_the_eager_one() {
+        let guard = Guard::new();
+        for _ in 0..CHECKED_CALLS {
+            let _ = guard.gradient(KEY, gradient, || Ok(gradient()));
+        }
+        assert_eq!(guard.gradient(KEY, gradient, || bail!("lost")), gradient());
+        assert_eq!(guard.state(KEY), State::Failed);
+        assert!(!guard.last_fused.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_guard_not_wanted_computes_eagerly_only() {
+        let guard = Guard::new();
+        guard.wanted.store(false, Ordering::Relaxed);
+        for _ in 0..3 {
+            assert_eq!(
+                guard.gradient(KEY, gradient, || panic!("fused not wanted")),
+                gradient()
+            );
+        }
+    }
+}
