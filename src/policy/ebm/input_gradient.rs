@@ -274,12 +274,13 @@ impl InputGradient {
                 .copy_(actions);
             let x = rows.view([s[0], s[1] * s[2], self.inputs]);
             let full = if self.blocks.len() == 1 && x.device().is_cuda() && cublas_lt::available() {
-                // A configuration: element type, TF32 or not, and the products' shapes.
+                // A configuration: element type, TF32 or not, and the pack's and layers'
+                // sizes. Not the rows, which an evaluation's last chunk of candidates may
+                // vary: each new key costs two checked (eager and fused) calls.
                 let key = [
                     i64::from(self.kind == Kind::BFloat16),
                     i64::from(Precision::tf32_enabled()),
                     s[0],
-                    s[1] * s[2],
                     self.inputs,
                     self.first.size()[2],
                 ];
