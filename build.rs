@@ -77,6 +77,7 @@ fn compile_cuda_shims(lib_dir: &str) {
         );
         return;
     };
+    println!("cargo:rerun-if-changed=csrc/guarded.h");
     let shims = [
         (
             "csrc/cuda_graph.cpp",

@@ -6,6 +6,7 @@
 // and its functions are looked up at run time in the process (libtorch_cuda loads
 // libcublasLt), so the binary links no CUDA library of its own. Compiled only where
 // libtorch has CUDA (build.rs); the Rust side falls back to eager products elsewhere.
+#include "guarded.h"
 #include <ATen/Context.h>
 #include <ATen/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -84,19 +85,6 @@ size_t getCUDABlasLtWorkspaceSize();
 namespace {
 
 thread_local std::string last_error;
-
-template <typename F>
-int guarded(F body) {
-  try {
-    body();
-    return 0;
-  } catch (const std::exception& e) {
-    last_error = e.what();
-  } catch (...) {
-    last_error = "unknown C++ exception";
-  }
-  return 1;
-}
 
 // The cuBLASLt functions used, found in the process by name.
 struct Lt {
@@ -362,7 +350,7 @@ int ebmlab_lt_available() {
 int ebmlab_lt_bmm(int device, int kind, int epilogue, int64_t batch, int64_t rows,
                   int64_t inner, int64_t cols, const void* x, const void* w, void* out,
                   void* aux, int64_t aux_ld) {
-  return guarded([&] {
+  return guarded(last_error, [&] {
     if (ebmlab_lt_available() == 0) {
       throw std::runtime_error(last_error);
     }

@@ -7,6 +7,7 @@
 // (through tch, on this thread), and `end` stops capturing and restores the stream. A
 // replay launches the captured kernels on the current stream, reading and writing the
 // very tensors the capture used (the caller keeps them alive and copies new inputs in).
+#include "guarded.h"
 #include <ATen/core/CachingHostAllocator.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -28,20 +29,6 @@ struct Graph {
   std::optional<c10::cuda::CUDAStream> previous;
   c10::DeviceIndex device = 0;
 };
-
-// Runs `body`; returns 0, or 1 with the exception's message kept for `last_error`.
-template <typename F>
-int guarded(F body) {
-  try {
-    body();
-    return 0;
-  } catch (const std::exception& e) {
-    last_error = e.what();
-  } catch (...) {
-    last_error = "unknown C++ exception";
-  }
-  return 1;
-}
 
 // Waits for the device's queued work and makes a side stream of `device` current on this
 // thread; returns the stream that was current.
@@ -83,7 +70,7 @@ const char* ebmlab_cuda_graph_last_error() { return last_error.c_str(); }
 
 void* ebmlab_cuda_graph_new() {
   Graph* graph = nullptr;
-  guarded([&] { graph = new Graph(); });
+  guarded(last_error, [&] { graph = new Graph(); });
   return graph;
 }
 
@@ -93,7 +80,7 @@ void ebmlab_cuda_graph_free(void* graph) { delete static_cast<Graph*>(graph); }
 // capturing it (PyTorch's defaults: a private memory pool, global capture mode).
 int ebmlab_cuda_graph_begin(void* graph, int device) {
   auto* g = static_cast<Graph*>(graph);
-  return guarded([&] {
+  return guarded(last_error, [&] {
     g->device = static_cast<c10::DeviceIndex>(device);
     g->previous = switch_to_side_stream(device);
     try {
@@ -112,7 +99,7 @@ int ebmlab_cuda_graph_begin(void* graph, int device) {
 // that only after a successful end); each call fails harmlessly if it had ended already.
 int ebmlab_cuda_graph_end(void* graph) {
   auto* g = static_cast<Graph*>(graph);
-  int status = guarded([&] { g->graph.capture_end(); });
+  int status = guarded(last_error, [&] { g->graph.capture_end(); });
   if (status != 0) {
     auto pool = g->graph.pool();
     try {
@@ -134,19 +121,19 @@ int ebmlab_cuda_graph_end(void* graph) {
 // Launches the captured work on the current stream.
 int ebmlab_cuda_graph_replay(void* graph) {
   auto* g = static_cast<Graph*>(graph);
-  return guarded([&] { g->graph.replay(); });
+  return guarded(last_error, [&] { g->graph.replay(); });
 }
 
 // Runs the next operations of this thread on a side stream of `device` (for the warm-up
 // PyTorch asks for before a capture), after the device's queued work; `leave` waits for
 // them and restores the stream.
 int ebmlab_cuda_side_stream_enter(int device, void** previous) {
-  return guarded([&] { *previous = new c10::cuda::CUDAStream(switch_to_side_stream(device)); });
+  return guarded(last_error, [&] { *previous = new c10::cuda::CUDAStream(switch_to_side_stream(device)); });
 }
 
 int ebmlab_cuda_side_stream_leave(void* previous) {
   auto* stream = static_cast<c10::cuda::CUDAStream*>(previous);
-  int status = guarded([&] { c10::cuda::getCurrentCUDAStream(stream->device_index()).synchronize(); });
+  int status = guarded(last_error, [&] { c10::cuda::getCurrentCUDAStream(stream->device_index()).synchronize(); });
   c10::cuda::setCurrentCUDAStream(*stream);
   delete stream;
   return status;
@@ -156,7 +143,7 @@ int ebmlab_cuda_side_stream_leave(void* previous) {
 // (a copy to the host, a stream or device synchronisation); event waits are not counted.
 // libtorch's sync debug mode is process-wide: other threads' waits meanwhile are printed.
 int ebmlab_cuda_waits_count_begin() {
-  return guarded([] {
+  return guarded(last_error, [] {
     if (wait_counter == nullptr) {
       auto mode = c10::cuda::warning_state().get_sync_debug_mode();
       wait_counter = new WaitCounter(c10::WarningUtils::get_warning_handler(), mode);

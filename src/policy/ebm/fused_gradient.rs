@@ -87,14 +87,13 @@ impl Guard {
         eager: impl FnOnce() -> Tensor,
         fused: impl FnOnce() -> Result<Tensor>,
     ) -> Tensor {
-        let state = self.state(key);
-        let fused_used = self.wanted.load(Ordering::Relaxed) && state == State::Trusted;
         self.last_fused.store(false, Ordering::Relaxed);
-        if !self.wanted.load(Ordering::Relaxed) || state == State::Failed {
+        if !self.wanted.load(Ordering::Relaxed) {
             return eager();
         }
-        if fused_used {
-            return match fused() {
+        match self.state(key) {
+            State::Failed => eager(),
+            State::Trusted => match fused() {
                 Ok(gradient) => {
                     self.last_fused.store(true, Ordering::Relaxed);
                     gradient
@@ -103,21 +102,22 @@ impl Guard {
                     self.give_up(key, &format!("{e:#}"));
                     eager()
                 }
-            };
-        }
-        let State::Checking { left } = state else {
-            unreachable!("trusted and failed are handled above")
-        };
-        let reference = eager();
-        match fused().and_then(|gradient| agree(&reference, &gradient)) {
-            Ok(()) if left <= 1 => {
-                self.set(key, State::Trusted);
-                tracing::info!("Langevin gradient {key:?}: cuBLASLt epilogue products checked");
+            },
+            State::Checking { left } => {
+                let reference = eager();
+                match fused().and_then(|gradient| agree(&reference, &gradient)) {
+                    Ok(()) if left <= 1 => {
+                        self.set(key, State::Trusted);
+                        tracing::info!(
+                            "Langevin gradient {key:?}: cuBLASLt epilogue products checked"
+                        );
+                    }
+                    Ok(()) => self.set(key, State::Checking { left: left - 1 }),
+                    Err(e) => self.give_up(key, &format!("{e:#}")),
+                }
+                reference
             }
-            Ok(()) => self.set(key, State::Checking { left: left - 1 }),
-            Err(e) => self.give_up(key, &format!("{e:#}")),
         }
-        reference
     }
 
     fn give_up(&self, key: &[i64], why: &str) {
