@@ -60,9 +60,10 @@ fn cuda_include(lib_dir: &str) -> Option<std::path::PathBuf> {
 }
 
 /// Compiles the CUDA shims where libtorch has CUDA and the CUDA headers are found, and tells
-/// the Rust side which compiled: `csrc/cuda_graph.cpp` (`cfg(ebmlab_cuda_graphs)`) and
-/// `csrc/cublas_lt.cpp` (`cfg(ebmlab_cublas_lt)`). Elsewhere the Langevin chains run
-/// eagerly, with ATen's products.
+/// the Rust side which compiled: `csrc/cuda_graph.cpp` (`cfg(ebmlab_cuda_graphs)`),
+/// `csrc/cublas_lt.cpp` (`cfg(ebmlab_cublas_lt)`) and `csrc/runtime_kernels.cpp`
+/// (`cfg(ebmlab_runtime_kernels)`, which compiles `csrc/langevin_kernels.cu` at run time).
+/// Elsewhere the Langevin chains run eagerly, with ATen's products.
 fn compile_cuda_shims(lib_dir: &str) {
     if !std::path::Path::new(lib_dir)
         .join("libtorch_cuda.so")
@@ -77,7 +78,13 @@ fn compile_cuda_shims(lib_dir: &str) {
         );
         return;
     };
-    println!("cargo:rerun-if-changed=csrc/guarded.h");
+    for header in [
+        "csrc/guarded.h",
+        "csrc/cuda_device.h",
+        "csrc/langevin_kernels.cu",
+    ] {
+        println!("cargo:rerun-if-changed={header}");
+    }
     let shims = [
         (
             "csrc/cuda_graph.cpp",
@@ -90,6 +97,12 @@ fn compile_cuda_shims(lib_dir: &str) {
             "ebmlab_cublas_lt",
             "ebmlab_cublas_lt",
             "cuBLASLt epilogues",
+        ),
+        (
+            "csrc/runtime_kernels.cpp",
+            "ebmlab_runtime_kernels",
+            "ebmlab_runtime_kernels",
+            "run-time compiled Langevin kernels",
         ),
     ];
     for (file, library, cfg, what) in shims {
@@ -106,6 +119,7 @@ fn compile_cuda_shims(lib_dir: &str) {
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(ebmlab_cuda_graphs)");
     println!("cargo::rustc-check-cfg=cfg(ebmlab_cublas_lt)");
+    println!("cargo::rustc-check-cfg=cfg(ebmlab_runtime_kernels)");
     // `sqlx::migrate!` embeds migrations/ at compile time; rebuild when they change.
     println!("cargo:rerun-if-changed=migrations");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");

@@ -1,16 +1,14 @@
-// Batched matrix products with a ReLU epilogue that ATen does not offer for batches:
-// cuBLASLt's RELU_AUX (writes relu(D) and a bit mask of D > 0) and DRELU (multiplies D by
-// such a mask). They let the Langevin gradient skip two passes over its biggest tensors.
+// Batched matrix products with a ReLU epilogue, which ATen does not offer for batches
+// (cuBLASLt's RELU: writes relu(D)). It lets the Langevin gradient skip the ReLU's pass over
+// its biggest tensors.
 //
 // cuBLASLt is reached through the handle and workspace ATen keeps for the current stream,
 // and its functions are looked up at run time in the process (libtorch_cuda loads
 // libcublasLt), so the binary links no CUDA library of its own. Compiled only where
 // libtorch has CUDA (build.rs); the Rust side falls back to eager products elsewhere.
+#include "cuda_device.h"
 #include "guarded.h"
 #include <ATen/Context.h>
-#include <ATen/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 #include <dlfcn.h>
 
@@ -49,13 +47,11 @@ constexpr int kR32F = 0, kR16BF = 14;
 // cublasLtMatrixLayoutAttribute_t
 constexpr int kLayoutBatchCount = 5, kLayoutStridedBatchOffset = 6;
 // cublasLtMatmulDescAttributes_t
-constexpr int kDescEpilogue = 7, kDescBiasPointer = 8, kDescBiasBatchStride = 10;
-constexpr int kDescAuxPointer = 11, kDescAuxLd = 12, kDescAuxBatchStride = 13;
+constexpr int kDescEpilogue = 7;
 // cublasLtMatmulPreferenceAttributes_t
 constexpr int kPrefMaxWorkspaceBytes = 1;
 // cublasLtEpilogue_t
-constexpr uint32_t kEpilogueDefault = 1, kEpilogueReluAux = 2 | 128, kEpilogueDRelu = 8 | 128;
-constexpr uint32_t kEpilogueDReluBGrad = kEpilogueDRelu | 16;
+constexpr uint32_t kEpilogueDefault = 1, kEpilogueRelu = 2;
 
 using DescCreate = Status (*)(Desc*, int compute, int scale);
 using DescDestroy = Status (*)(Desc);
@@ -124,25 +120,6 @@ struct Lt {
   }
 };
 
-// Makes `device` current for a scope (c10's CUDAGuard would reference the CUDA runtime,
-// which the binary does not link).
-struct DeviceGuard {
-  explicit DeviceGuard(c10::DeviceIndex device) : previous(c10::cuda::current_device()) {
-    if (device != previous) {
-      c10::cuda::set_device(device);
-    }
-  }
-  ~DeviceGuard() {
-    try {
-      if (c10::cuda::current_device() != previous) {
-        c10::cuda::set_device(previous);
-      }
-    } catch (...) {
-    }
-  }
-  c10::DeviceIndex previous;
-};
-
 const Lt& lt() {
   static const Lt functions;
   return functions;
@@ -176,13 +153,10 @@ Types types(int kind) {
 }
 
 // One product's descriptors and chosen algorithm, kept for every later call of its shape.
-// `bias_gradient`: the mask is applied by DRELU_BGRAD, which also writes the bias gradient
-// (a vector per product, thrown away), where cuBLASLt has no algorithm for plain DRELU.
 struct Plan {
   lt_api::Desc desc = nullptr;
   lt_api::Layout a = nullptr, b = nullptr, d = nullptr;
   lt_api::Algo algo{};
-  bool bias_gradient = false;
 };
 
 void destroy(const Plan& p) {
@@ -210,51 +184,19 @@ lt_api::Layout layout(int type, int64_t rows, int64_t cols, int64_t ld, int64_t 
 
 // What one call of a product is given.
 struct Product {
-  int device, kind, epilogue;  // epilogue: 0 none, 1 RELU_AUX (mask written), 2 DRELU (applied)
+  int device, kind, epilogue;  // epilogue: 0 none, 1 RELU
   int64_t m, n, k, batch;      // column-major D[m, n] = A[m, k] B[k, n], every operand packed
-  void* aux;                   // the mask: aux_ld bits per column of D
-  int64_t aux_ld;
 };
 
-// The bias gradient DRELU_BGRAD writes: one vector of D's element type per product.
-at::Tensor bias_gradient_buffer(const Product& q) {
-  auto type = q.kind == 2 ? at::kBFloat16 : at::kFloat;
-  return at::empty({q.batch, q.m}, at::TensorOptions().dtype(type).device(at::kCUDA, q.device));
-}
-
-void set_pointers(const Plan& p, const Product& q, void* bias) {
-  if (q.epilogue != 0) {
-    check(lt().desc_set(p.desc, lt_api::kDescAuxPointer, &q.aux, sizeof(q.aux)),
-          "setting the mask's pointer");
-  }
-  if (p.bias_gradient) {
-    check(lt().desc_set(p.desc, lt_api::kDescBiasPointer, &bias, sizeof(bias)),
-          "setting the bias gradient's pointer");
-  }
-}
-
-// A plan for `q` with epilogue `epilogue`, or none where cuBLASLt has no algorithm for it.
-bool try_plan(const Product& q, uint32_t epilogue, bool bias_gradient, void* bias,
-              cublasLtHandle_t handle, size_t workspace, Plan& p) {
+// A plan for `q`, or none where cuBLASLt has no algorithm for it.
+bool try_plan(const Product& q, cublasLtHandle_t handle, size_t workspace, Plan& p) {
   Types t = types(q.kind);
+  uint32_t epilogue = q.epilogue == 1 ? lt_api::kEpilogueRelu : lt_api::kEpilogueDefault;
   p = Plan{};
-  p.bias_gradient = bias_gradient;
   try {
     check(lt().desc_create(&p.desc, t.compute, lt_api::kR32F), "cublasLtMatmulDescCreate");
     check(lt().desc_set(p.desc, lt_api::kDescEpilogue, &epilogue, sizeof(epilogue)),
           "setting the epilogue");
-    if (q.epilogue != 0) {
-      int64_t aux_stride = q.aux_ld * q.n;
-      check(lt().desc_set(p.desc, lt_api::kDescAuxLd, &q.aux_ld, sizeof(q.aux_ld)),
-            "setting the mask's leading dimension");
-      check(lt().desc_set(p.desc, lt_api::kDescAuxBatchStride, &aux_stride, sizeof(aux_stride)),
-            "setting the mask's batch stride");
-    }
-    if (bias_gradient) {
-      check(lt().desc_set(p.desc, lt_api::kDescBiasBatchStride, &q.m, sizeof(q.m)),
-            "setting the bias gradient's batch stride");
-    }
-    set_pointers(p, q, bias);
     p.a = layout(t.data, q.m, q.k, q.m, q.batch, q.m * q.k);
     p.b = layout(t.data, q.k, q.n, q.k, q.batch, q.k * q.n);
     p.d = layout(t.data, q.m, q.n, q.m, q.batch, q.m * q.n);
@@ -282,39 +224,18 @@ bool try_plan(const Product& q, uint32_t epilogue, bool bias_gradient, void* bia
   }
 }
 
-using Key = std::tuple<int, int, int, int64_t, int64_t, int64_t, int64_t, int64_t, size_t>;
+using Key = std::tuple<int, int, int, int64_t, int64_t, int64_t, int64_t, size_t>;
 
-// The plan of `q`, made at its shape's first call (per thread: a plan's pointers are set at
-// each call, just before its product).
+// The plan of `q`, made at its shape's first call (per thread, as ATen's handles are).
 const Plan& plan(const Product& q, cublasLtHandle_t handle, size_t workspace) {
   thread_local std::map<Key, Plan> plans;
-  Key key{q.device, q.kind, q.epilogue, q.m, q.n, q.k, q.batch, q.aux_ld, workspace};
+  Key key{q.device, q.kind, q.epilogue, q.m, q.n, q.k, q.batch, workspace};
   auto found = plans.find(key);
   if (found != plans.end()) {
     return found->second;
   }
   Plan p;
-  bool made = false;
-  switch (q.epilogue) {
-    case 0:
-      made = try_plan(q, lt_api::kEpilogueDefault, false, nullptr, handle, workspace, p);
-      break;
-    case 1:
-      made = try_plan(q, lt_api::kEpilogueReluAux, false, nullptr, handle, workspace, p);
-      break;
-    case 2: {
-      made = try_plan(q, lt_api::kEpilogueDRelu, false, nullptr, handle, workspace, p);
-      if (!made) {
-        at::Tensor bias = bias_gradient_buffer(q);
-        made = try_plan(q, lt_api::kEpilogueDReluBGrad, true, bias.data_ptr(), handle,
-                        workspace, p);
-      }
-      break;
-    }
-    default:
-      throw std::invalid_argument("unknown epilogue " + std::to_string(q.epilogue));
-  }
-  if (!made) {
+  if (!try_plan(q, handle, workspace, p)) {
     throw std::runtime_error(
         "cuBLASLt has no algorithm for this product (epilogue " + std::to_string(q.epilogue) +
         ", kind " + std::to_string(q.kind) + ", m " + std::to_string(q.m) + ", n " +
@@ -342,26 +263,22 @@ int ebmlab_lt_available() {
 
 // Row-major `out[b] = x[b] @ w[b]` for x [batch, rows, inner], w [batch, inner, cols], out
 // [batch, rows, cols], all contiguous and 256-byte aligned (cuBLASLt's heuristic assumes
-// so) on CUDA device `device`, on its current stream; `kind` 0 (fp32) or 2 (bf16). As
-// column-major matrices that is out^T = w^T x^T: cuBLASLt's A = w, B = x, D = out, with
-// m = cols, n = rows, k = inner. The mask (`aux`, at least batch * rows * aux_ld bits,
-// aux_ld a multiple of 128 not below cols) is written by epilogue 1 (relu(out) is stored)
-// and applied by epilogue 2 (out times the mask is stored).
+// so) on CUDA device `device`, on its current stream; `kind` 0 (fp32) or 2 (bf16);
+// `epilogue` 0 (none) or 1 (ReLU: relu(out) is stored). As column-major matrices that is
+// out^T = w^T x^T: cuBLASLt's A = w, B = x, D = out, with m = cols, n = rows, k = inner.
 int ebmlab_lt_bmm(int device, int kind, int epilogue, int64_t batch, int64_t rows,
-                  int64_t inner, int64_t cols, const void* x, const void* w, void* out,
-                  void* aux, int64_t aux_ld) {
+                  int64_t inner, int64_t cols, const void* x, const void* w, void* out) {
   return guarded(last_error, [&] {
     if (ebmlab_lt_available() == 0) {
       throw std::runtime_error(last_error);
     }
-    for (const void* pointer : {x, w, static_cast<const void*>(out), static_cast<const void*>(aux)}) {
+    for (const void* pointer : {x, w, static_cast<const void*>(out)}) {
       if (reinterpret_cast<uintptr_t>(pointer) % 256 != 0) {
         throw std::invalid_argument("cuBLASLt operands here are 256-byte aligned");
       }
     }
-    if (epilogue != 0 && (aux == nullptr || aux_ld % 128 != 0 || aux_ld < cols)) {
-      throw std::invalid_argument("a ReLU mask needs a leading dimension of a multiple of "
-                                  "128 bits, not below the columns");
+    if (epilogue != 0 && epilogue != 1) {
+      throw std::invalid_argument("epilogue " + std::to_string(epilogue) + " is not 0 or 1");
     }
     if (kind != 0 && kind != 2) {
       throw std::invalid_argument("element kind " + std::to_string(kind) + " is not 0 or 2");
@@ -369,20 +286,13 @@ int ebmlab_lt_bmm(int device, int kind, int epilogue, int64_t batch, int64_t row
     if (kind == 0 && at::globalContext().allowTF32CuBLAS()) {
       kind = 1;
     }
-    Product q{device, kind, epilogue, cols, rows, inner, batch, aux, aux_ld};
+    Product q{device, kind, epilogue, cols, rows, inner, batch};
     auto index = static_cast<c10::DeviceIndex>(device);
     DeviceGuard guard(index);
     cublasLtHandle_t handle = at::cuda::getCurrentCUDABlasLtHandle();
     void* workspace = at::cuda::getCUDABlasLtWorkspace();
     size_t workspace_bytes = at::cuda::getCUDABlasLtWorkspaceSize();
     const Plan& p = plan(q, handle, workspace_bytes);
-    // Freed after the product is queued: libtorch's allocator hands its memory out again
-    // only to work queued after it on this stream.
-    at::Tensor bias;
-    if (p.bias_gradient) {
-      bias = bias_gradient_buffer(q);
-    }
-    set_pointers(p, q, p.bias_gradient ? bias.data_ptr() : nullptr);
     float alpha = 1.0f, beta = 0.0f;
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream(index).stream();
     check(lt().matmul(handle, p.desc, &alpha, w, p.a, x, p.b, &beta, out, p.d, out, p.d,

@@ -61,8 +61,9 @@ pub struct BenchOptions {
     pub precisions: Vec<Precision>,
     /// Packed training with the Langevin chains replayed as CUDA graphs, eagerly, or both.
     pub cuda_graphs: Vec<bool>,
-    /// Packed training with the Langevin gradient's ReLUs in cuBLASLt epilogues (where the
-    /// GPU gives them), with ATen's products only, or both.
+    /// Packed training with the Langevin gradient's fused steps (a cuBLASLt ReLU epilogue and
+    /// our run-time compiled kernels, where the GPU gives them), with ATen's passes only, or
+    /// both.
     pub fused_gradient: Vec<bool>,
 }
 

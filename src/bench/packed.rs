@@ -103,8 +103,8 @@ fn packed_figure(
     figure.implementation = match (replayed, fused) {
         (false, false) => "ebmlab",
         (true, false) => "ebmlab-cuda-graph",
-        (false, true) => "ebmlab-lt",
-        (true, true) => "ebmlab-cuda-graph-lt",
+        (false, true) => "ebmlab-fused",
+        (true, true) => "ebmlab-cuda-graph-fused",
     }
     .into();
     figure.per_second = Some(members as f64 * 1e3 / figure.median_ms);

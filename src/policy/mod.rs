@@ -11,6 +11,7 @@ pub mod mse;
 mod packed_acting;
 mod precision;
 pub mod resnet;
+mod runtime_kernels;
 
 pub use acting::{LoadedPolicy, PolicyView};
 pub use inference::{

@@ -1,7 +1,8 @@
-//! Whether the Langevin gradient may use cuBLASLt's ReLU epilogues, and the check that
-//! earns it. The epilogue products compute what the eager products compute, with other
-//! kernels (other rounding). For each configuration (element type, sizes) the eager
-//! gradient is returned until the epilogue one has agreed with it on the first calls;
+//! Whether the Langevin gradient may use its fused steps (a cuBLASLt ReLU epilogue and our
+//! run-time compiled kernels, see [`super::input_gradient`]), and the check that earns it.
+//! The fused steps compute what the eager products compute, with other kernels (other
+//! rounding). For each configuration (element type, sizes) the eager gradient is returned
+//! until the fused one has agreed with it on the first calls;
 //! after a failure or a disagreement that configuration is computed eagerly for good, with
 //! a warning.
 //!
@@ -16,7 +17,7 @@ use std::sync::Mutex;
 use anyhow::{ensure, Result};
 use tch::{Kind, Tensor};
 
-/// Calls compared with the eager gradient before the epilogue products are trusted, per
+/// Calls compared with the eager gradient before the fused steps are trusted, per
 /// configuration (element type, pack and layer sizes).
 const CHECKED_CALLS: u32 = 2;
 
@@ -32,24 +33,24 @@ enum State {
     Failed,
 }
 
-/// Whether this process may use the epilogue products (a bench switches them off to
+/// Whether this process may use the fused steps (a bench switches them off to
 /// compare), and per configuration how far their checks went.
 pub struct Guard {
     wanted: AtomicBool,
     states: Mutex<BTreeMap<Vec<i64>, State>>,
-    /// Whether the last gradient returned came from the epilogue products.
+    /// Whether the last gradient returned came from the fused steps.
     last_fused: AtomicBool,
 }
 
 /// The process's guard.
 pub static GUARD: Guard = Guard::new();
 
-/// Lets (or stops) the process use the epilogue products where it can.
+/// Lets (or stops) the process use the fused steps where it can.
 pub fn set_enabled(on: bool) {
     GUARD.wanted.store(on, Ordering::Relaxed);
 }
 
-/// Whether the process's last Langevin gradient came from the epilogue products (for the
+/// Whether the process's last Langevin gradient came from the fused steps (for the
 /// bench's figures).
 pub fn in_use() -> bool {
     GUARD.last_fused.load(Ordering::Relaxed)
@@ -108,9 +109,7 @@ impl Guard {
                 match fused().and_then(|gradient| agree(&reference, &gradient)) {
                     Ok(()) if left <= 1 => {
                         self.set(key, State::Trusted);
-                        tracing::info!(
-                            "Langevin gradient {key:?}: cuBLASLt epilogue products checked"
-                        );
+                        tracing::info!("Langevin gradient {key:?}: fused steps checked");
                     }
                     Ok(()) => self.set(key, State::Checking { left: left - 1 }),
                     Err(e) => self.give_up(key, &format!("{e:#}")),
@@ -138,7 +137,7 @@ impl Default for Guard {
 fn agree(eager: &Tensor, fused: &Tensor) -> Result<()> {
     ensure!(
         eager.size() == fused.size(),
-        "epilogue gradient of shape {:?}, eager {:?}",
+        "fused gradient of shape {:?}, eager {:?}",
         fused.size(),
         eager.size()
     );
@@ -150,7 +149,7 @@ fn agree(eager: &Tensor, fused: &Tensor) -> Result<()> {
         .double_value(&[]);
     ensure!(
         error.is_finite() && error <= AGREEMENT * scale + 1e-12,
-        "epilogue gradient differs from the eager one by {error:.3e} on average \
+        "fused gradient differs from the eager one by {error:.3e} on average \
          (gradient scale {scale:.3e})"
     );
     Ok(())

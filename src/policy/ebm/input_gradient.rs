@@ -21,10 +21,13 @@
 //! the first layer. For IBC's network (one block) a step is: the input product, one ReLU, a
 //! product, the mask, a product, the masked gradient, the action product.
 //!
-//! On a GPU, a one-block network's ReLU and masked gradient go into the products'
-//! epilogues (cuBLASLt: the first product writes `relu(h)` and `h`'s mask as bits, the
-//! backward one multiplies by that mask), once they have agreed with the eager gradient
-//! ([`super::fused_gradient`]).
+//! On a GPU, a one-block network's step is fused further, once it has agreed with the eager
+//! gradient ([`super::fused_gradient`]): the first product writes `relu(h)` from its
+//! cuBLASLt epilogue, our kernel writes the mask (ATen's `gt_` on bf16 is unvectorized), and
+//! our kernel takes the action product of the backward product under the first layer's
+//! mask in one read, without writing the masked gradient: 5 passes over `[K, rows, W]`
+//! instead of 7, and about 8 tensors' worth of bytes moved instead of 13
+//! ([`crate::policy::runtime_kernels`]).
 
 use std::cell::RefCell;
 
@@ -32,7 +35,7 @@ use anyhow::Result;
 use tch::{Kind, Tensor};
 
 use super::fused_gradient::GUARD;
-use crate::policy::{cublas_lt, Precision};
+use crate::policy::{cublas_lt, runtime_kernels, Precision};
 
 /// Columns of padding after `hidden`: the constant one and zeros up to a multiple of 8
 /// (tensor cores want dimensions that are multiples of 8).
@@ -236,27 +239,42 @@ impl InputGradient {
         full.expect("at least one block")
     }
 
-    /// [`Self::hidden_gradient`] of a one-block network in three products whose epilogues
-    /// do the ReLUs' work: the first writes `u = relu(h)` and `h`'s mask as bits, the last
-    /// multiplies by that mask. Two passes over `[K, rows, W]` fewer than eagerly.
-    fn hidden_gradient_fused(&self, x: &Tensor) -> Result<Tensor> {
-        self.one_block_gradient(x, cublas_lt::bmm_relu, cublas_lt::bmm_masked)
+    /// `dE/da` `[K, rows, A]` (fp32) for input rows `x` `[K, rows, inputs]`, with ATen's
+    /// products.
+    fn action_gradient(&self, x: &Tensor) -> Tensor {
+        self.hidden_gradient(x)
+            .bmm(&self.act_back)
+            .to_kind(Kind::Float)
+            + &self.row_act
     }
 
-    /// A one-block network's `dE/dh` from products that apply a ReLU and keep its mask
-    /// (`relu_product(x, w)`: `relu(x @ w)` and the mask of `x @ w > 0`), and that multiply
-    /// by such a mask (`masked_product(x, w, mask)`: `(x @ w) ⊙ mask`).
-    fn one_block_gradient<Mask>(
+    /// [`Self::action_gradient`] of a one-block network, fused (see the module doc).
+    fn action_gradient_fused(&self, x: &Tensor) -> Result<Tensor> {
+        self.one_block_action_gradient(
+            x,
+            cublas_lt::bmm_relu,
+            runtime_kernels::heaviside_,
+            runtime_kernels::masked_action_product,
+        )
+    }
+
+    /// A one-block network's `dE/da` from a product with a ReLU (`relu_product(x, w)`:
+    /// `relu(x @ w)`), a mask written in place (`heaviside(z)`: `z = (z > 0)`) and the
+    /// action product under a mask (`masked_action_product(p, u, back, row)`:
+    /// `(p ⊙ (u > 0)) @ back + row`, fp32).
+    fn one_block_action_gradient(
         &self,
         x: &Tensor,
-        relu_product: impl Fn(&Tensor, &Tensor) -> Result<(Tensor, Mask)>,
-        masked_product: impl Fn(&Tensor, &Tensor, &Mask) -> Result<Tensor>,
+        relu_product: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+        heaviside: impl Fn(&Tensor) -> Result<()>,
+        masked_action_product: impl Fn(&Tensor, &Tensor, &Tensor, &Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
         let block = &self.blocks[0];
-        let (u, h_positive) = relu_product(x, &self.first)?;
-        let mut z = u.bmm(&block.fc1);
-        let _ = z.gt_(0.0);
-        masked_product(&z, &block.fc1_back, &h_positive)
+        let u = relu_product(x, &self.first)?;
+        let z = u.bmm(&block.fc1);
+        heaviside(&z)?;
+        let p = z.bmm(&block.fc1_back);
+        masked_action_product(&p, &u, &self.act_back, &self.row_act)
     }
 
     /// `dE/da` with the input rows' observation and constant columns already in `rows`.
@@ -273,7 +291,12 @@ impl InputGradient {
             rows.narrow(3, self.obs_inputs, self.action_dim)
                 .copy_(actions);
             let x = rows.view([s[0], s[1] * s[2], self.inputs]);
-            let full = if self.blocks.len() == 1 && x.device().is_cuda() && cublas_lt::available() {
+            let fusable = self.blocks.len() == 1
+                && x.device().is_cuda()
+                && self.action_dim <= runtime_kernels::MAX_ACTIONS
+                && cublas_lt::available()
+                && runtime_kernels::available();
+            let grad = if fusable {
                 // A configuration: element type, TF32 or not, and the pack's and layers'
                 // sizes. Not the rows, which an evaluation's last chunk of candidates may
                 // vary: each new key costs two checked (eager and fused) calls.
@@ -283,16 +306,16 @@ impl InputGradient {
                     s[0],
                     self.inputs,
                     self.first.size()[2],
+                    self.action_dim,
                 ];
                 GUARD.gradient(
                     &key,
-                    || self.hidden_gradient(&x),
-                    || self.hidden_gradient_fused(&x),
+                    || self.action_gradient(&x),
+                    || self.action_gradient_fused(&x),
                 )
             } else {
-                self.hidden_gradient(&x)
+                self.action_gradient(&x)
             };
-            let grad = full.bmm(&self.act_back).to_kind(Kind::Float) + &self.row_act;
             grad.view([s[0], s[1], s[2], s[3]])
         })
     }
@@ -389,10 +412,11 @@ mod tests {
         }
     }
 
-    /// The epilogue products' arithmetic (GPU only) with the same products written
-    /// eagerly: the one-block gradient they make is the eager gradient.
+    /// The fused gradient's arithmetic (GPU only) with its three steps written eagerly: the
+    /// one-block gradient they make is the eager gradient, and a mask taken from the wrong
+    /// tensor is told apart.
     #[test]
-    fn the_one_block_gradient_from_masked_products_is_the_eager_one() {
+    fn the_one_block_gradient_from_the_fused_steps_is_the_eager_one() {
         let pack = pack(1);
         let gradient = pack.input_gradient();
         let obs = Tensor::randn([2, 5, 6], (Kind::Float, Device::Cpu));
@@ -401,42 +425,41 @@ mod tests {
         rows.narrow(3, gradient.obs_inputs, gradient.action_dim)
             .copy_(&actions);
         let x = rows.view([2, 15, gradient.inputs]);
-        let eager = gradient.hidden_gradient(&x);
-        let masked = gradient
-            .one_block_gradient(
-                &x,
-                |x, w| {
-                    let h = x.bmm(w);
-                    Ok((h.relu(), h.gt(0.0).to_kind(Kind::Float)))
-                },
-                |x, w, mask| Ok(x.bmm(w) * mask),
-            )
-            .unwrap();
-        assert_eq!(masked.size(), eager.size());
-        let difference = (&masked - &eager).abs().max().double_value(&[]);
-        assert!(difference < 1e-6, "{difference}");
+        let eager = gradient.action_gradient(&x);
+        let heaviside = |z: &Tensor| {
+            let _ = z.shallow_clone().gt_(0.0);
+            Ok(())
+        };
+        let fused_with = |mask_of: fn(&Tensor, &Tensor) -> Tensor| {
+            gradient
+                .one_block_action_gradient(
+                    &x,
+                    |x, w| Ok(x.bmm(w).relu()),
+                    heaviside,
+                    |p, u, back, row| Ok((p * mask_of(p, u)).bmm(back) + row),
+                )
+                .unwrap()
+        };
+        let fused = fused_with(|_, u| u.gt(0.0).to_kind(Kind::Float));
+        assert_eq!(fused.size(), eager.size());
+        let difference = (&fused - &eager).abs().max().double_value(&[]);
+        assert!(difference < 1e-5, "{difference}");
         assert!(eager.abs().mean(Kind::Float).double_value(&[]) > 1e-3);
-        // A wrong mask (the last block's instead of the first layer's) is told apart.
-        let wrong = gradient
-            .one_block_gradient(
-                &x,
-                |x, w| Ok((x.bmm(w).relu(), Tensor::ones_like(&x.bmm(w)))),
-                |x, w, mask| Ok(x.bmm(w) * mask),
-            )
-            .unwrap();
+        // The mask of the backward product itself instead of the first layer's.
+        let wrong = fused_with(|p, _| p.gt(0.0).to_kind(Kind::Float));
         assert!((&wrong - &eager).abs().max().double_value(&[]) > 1e-3);
     }
 
-    /// On a GPU: the gradient through the guard comes to use the epilogue products after its
+    /// On a GPU: the gradient through the guard comes to use the fused steps after its
     /// checks, and they give the fp32 gradient (to each precision's rounding). Run with
     /// `--ignored` where there is a CUDA device (`bench/gpu.sh` does).
     #[test]
     #[ignore = "needs a CUDA device"]
-    fn on_a_gpu_the_gradient_comes_to_use_the_epilogue_products_and_agrees() {
+    fn on_a_gpu_the_gradient_comes_to_use_the_fused_steps_and_agrees() {
         assert!(tch::Cuda::is_available(), "no CUDA device");
         assert!(
-            cublas_lt::available(),
-            "no cuBLASLt epilogues in this build"
+            cublas_lt::available() && runtime_kernels::available(),
+            "no cuBLASLt epilogues or run-time kernels in this build"
         );
         let device = Device::Cuda(0);
         let (obs, actions) = inputs(6);
@@ -456,7 +479,7 @@ mod tests {
             let got = gradient.at(&obs, &actions).to_device(Device::Cpu);
             assert!(
                 super::super::fused_gradient::in_use(),
-                "{precision}: the guard did not come to use the epilogue products (its warning says why)"
+                "{precision}: the guard did not come to use the fused steps (its warning says why)"
             );
             let mean = (&got - &exact).abs().mean(Kind::Float).double_value(&[])
                 / exact.abs().mean(Kind::Float).double_value(&[]);
