@@ -21,7 +21,9 @@
 #   3. acting: DFO batches 1 and 100 x 16,384 samples, 100-episode evaluations (128 and
 #      256 wide), packed evaluation, one solo training step;
 #   4. where time is left and Nsight Compute is there, the kernels of a packed step;
-#   5. (asked for only) the N-D study for the time left, for its rates and progress.
+#   5. (asked for only) the N-D study for the time left, for its rates and progress (4 slots
+#      under the run's own CUDA MPS daemon, resources.mps = "auto"; without MPS on an H200:
+#      24 it/s per trial, bench/results/2026-11-27-h200-kernels/nd.txt).
 # PARTS chooses (default "1 2 3 4"). A second call on the same warm machine, with PARTS="2 4 5",
 # resumes the 4-seed run where the first call's time ran out (its runs stay in $WORK).
 # Everything comes back in at most 8 files under $OUT (the device tool's limit): console.txt
@@ -235,7 +237,7 @@ fi
 if part 5 && (($(left) > 40)); then
     step "5. the N-D study (particle_nd.toml, 60 trials) for the $(left) s left: its rates and progress"
     timeout $(($(left) - 20)) "$BIN" run experiments/particle_nd.toml --runs "$WORK/nd" --quiet \
-        --set resources.slots_per_gpu=4 >"$WORK/nd.log" 2>&1
+        --set resources.slots_per_gpu=4 --set resources.mps=auto >"$WORK/nd.log" 2>&1
     echo "N-D run exit $?"
     { tail -n 5 "$WORK/nd.log"; "$BIN" status particle-nd --db "$WORK/nd/ebmlab.sqlite"; } >"$OUT/nd.txt" 2>&1
     cat "$OUT/nd.txt"

@@ -6,8 +6,8 @@
 // action rows in one read of its two inputs, never writing the masked gradient out.
 //
 // Defined by the compiler options: EBMLAB_BF16 (1: elements are bf16, else fp32), ACTIONS
-// (the action dimension) and WIDTH (the hidden width, a multiple of 8). No headers: bf16 is
-// handled as its bits.
+// (the action dimension) and WIDTH (the hidden width: whole 16-byte vectors, 8 bf16 or 4
+// fp32 elements each). No headers: bf16 is handled as its bits.
 
 #if EBMLAB_BF16
 typedef unsigned short elem;

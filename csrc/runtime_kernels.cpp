@@ -93,6 +93,9 @@ struct Api {
   decltype(&cuDeviceGet) device_get = nullptr;
   decltype(&cuDeviceGetAttribute) attribute = nullptr;
   decltype(&cuCtxGetCurrent) context_current = nullptr;
+  decltype(&cuCtxSetCurrent) set_context = nullptr;
+  decltype(&cuDevicePrimaryCtxRetain) primary_context = nullptr;
+  decltype(&cuModuleUnload) unload = nullptr;
   decltype(&cuModuleLoadData) load = nullptr;
   decltype(&cuModuleGetFunction) function = nullptr;
   decltype(&cuLaunchKernel) launch = nullptr;
@@ -116,6 +119,9 @@ struct Api {
       find(driver, device_get, "cuDeviceGet", missing_driver);
       find(driver, attribute, "cuDeviceGetAttribute", missing_driver);
       find(driver, context_current, "cuCtxGetCurrent", missing_driver);
+      find(driver, set_context, "cuCtxSetCurrent", missing_driver);
+      find(driver, primary_context, "cuDevicePrimaryCtxRetain", missing_driver);
+      find(driver, unload, "cuModuleUnload", missing_driver);
       find(driver, load, "cuModuleLoadData", missing_driver);
       find(driver, function, "cuModuleGetFunction", missing_driver);
       find(driver, launch, "cuLaunchKernel", missing_driver);
@@ -171,9 +177,16 @@ std::vector<char> compile(const char* source, int arch, int bf16, int actions, i
   std::vector<char> image;
   if (compiled == NVRTC_SUCCESS) {
     size_t size = 0;
-    a.cubin_size(program, &size);
-    image.resize(size);
-    a.cubin(program, image.data());
+    if (a.cubin_size(program, &size) == NVRTC_SUCCESS && size > 0) {
+      image.resize(size);
+      if (a.cubin(program, image.data()) != NVRTC_SUCCESS) {
+        image.clear();
+      }
+    }
+    if (image.empty()) {
+      a.destroy(&program);
+      throw std::runtime_error("NVRTC compiled the Langevin kernels but gave no CUBIN");
+    }
   } else {
     size_t size = 0;
     a.log_size(program, &size);
@@ -185,6 +198,20 @@ std::vector<char> compile(const char* source, int arch, int bf16, int actions, i
   }
   a.destroy(&program);
   return image;
+}
+
+// Makes `device`'s primary context (the one the CUDA runtime and ATen use) current on this
+// thread if no context is: a thread that has made no runtime call yet has none.
+void ensure_context(int device) {
+  const Api& a = api();
+  CUcontext context = nullptr;
+  check(a.context_current(&context), "cuCtxGetCurrent");
+  if (context == nullptr) {
+    CUdevice handle = 0;
+    check(a.device_get(&handle, device), "cuDeviceGet");
+    check(a.primary_context(&context, handle), "cuDevicePrimaryCtxRetain");
+    check(a.set_context(context), "cuCtxSetCurrent");
+  }
 }
 
 struct Kernels {
@@ -208,11 +235,7 @@ const Kernels& kernels(const char* source, int device, int bf16, int actions, in
     throw std::runtime_error("not found: " + api().missing_driver);
   }
   const Api& a = api();
-  CUcontext context = nullptr;
-  check(a.context_current(&context), "cuCtxGetCurrent");
-  if (context == nullptr) {
-    throw std::runtime_error("no current CUDA context on this thread");
-  }
+  ensure_context(device);
   CUdevice handle = 0;
   check(a.device_get(&handle, device), "cuDeviceGet");
   int major = 0, minor = 0;
@@ -224,18 +247,29 @@ const Kernels& kernels(const char* source, int device, int bf16, int actions, in
   CUmodule module = nullptr;
   check(a.load(&module, image.data()), "cuModuleLoadData");
   Kernels k;
-  check(a.function(&k.heaviside, module, "heaviside"), "cuModuleGetFunction");
-  check(a.function(&k.masked_action_product, module, "masked_action_product"),
-        "cuModuleGetFunction");
+  if (a.function(&k.heaviside, module, "heaviside") != CUDA_SUCCESS ||
+      a.function(&k.masked_action_product, module, "masked_action_product") != CUDA_SUCCESS) {
+    a.unload(module);
+    throw std::runtime_error("the compiled module lacks the Langevin kernels");
+  }
   return loaded.emplace(key, k).first->second;
 }
 
 void launch(CUfunction f, int device, unsigned grid_x, unsigned grid_y, unsigned block,
             unsigned shared, void** args) {
+  ensure_context(device);
   auto index = static_cast<c10::DeviceIndex>(device);
   auto stream = reinterpret_cast<CUstream>(c10::cuda::getCurrentCUDAStream(index).stream());
   check(api().launch(f, grid_x, grid_y, 1, block, 1, 1, shared, stream, args, nullptr),
         "cuLaunchKernel");
+}
+
+// The kernels read and write 16-byte vectors: a misaligned one would be a sticky CUDA
+// error that no fallback could recover from.
+void require_aligned(const void* pointer) {
+  if (reinterpret_cast<uintptr_t>(pointer) % 16 != 0) {
+    throw std::invalid_argument("the Langevin kernels' tensors start 16-byte aligned");
+  }
 }
 
 }  // namespace
@@ -267,6 +301,7 @@ int ebmlab_rtc_compile(const char* source, int arch, int bf16, int actions, int 
 // `heaviside` over `n` elements at `x` (16-byte aligned) on `device`'s current stream.
 int ebmlab_rtc_heaviside(const char* source, int device, int bf16, void* x, int64_t n) {
   return guarded(last_error, [&] {
+    require_aligned(x);
     DeviceGuard guard(static_cast<c10::DeviceIndex>(device));
     // Its module's action dimension and width are of no matter to it.
     const Kernels& k = kernels(source, device, bf16, 1, 8);
@@ -287,6 +322,13 @@ int ebmlab_rtc_masked_action_product(const char* source, int device, int bf16, i
                                      const void* row, void* out, int64_t members,
                                      int64_t rows, int64_t width) {
   return guarded(last_error, [&] {
+    require_aligned(p);
+    require_aligned(u);
+    if (actions < 1 || actions > 8 || width % (bf16 != 0 ? 8 : 4) != 0) {
+      throw std::invalid_argument("the masked action product takes 1 to 8 actions and rows of "
+                                  "whole 16-byte vectors, not " + std::to_string(actions) +
+                                  " actions and width " + std::to_string(width));
+    }
     int64_t shared = actions * width * 4;
     if (shared > 48 * 1024) {
       throw std::invalid_argument("the masked action product keeps " +

@@ -431,3 +431,54 @@ fn trial_ids_stay_as_they_were_made() {
     bf16.train.precision = ebmlab::policy::Precision::Bf16;
     assert_ne!(bf16.trial_id(), "1e375c92ff39", "its precision is");
 }
+
+#[test]
+fn set_replaces_one_swept_list_and_keeps_the_others() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    let nd = root.join("particle_nd.toml");
+    let spec = load(&nd, &["sweep.task.n_dim=[2, 4]"], &[]).unwrap();
+    assert_eq!(
+        spec.sweep["task.n_dim"],
+        [toml::Value::Integer(2), toml::Value::Integer(4)]
+    );
+    assert_eq!(
+        spec.sweep["train.seed"].len(),
+        3,
+        "the other swept key stays"
+    );
+    // 2 dimensions x 4 methods x 3 seeds.
+    assert_eq!(ebmlab::spec::expand_trials(&spec).unwrap().len(), 24);
+    // A trial of the smaller study is the same trial as in the whole one.
+    let whole = load(&nd, &[], &[]).unwrap();
+    let ids = |spec: &Spec| -> std::collections::BTreeSet<String> {
+        ebmlab::spec::expand_trials(spec)
+            .unwrap()
+            .iter()
+            .map(|t| t.id())
+            .collect()
+    };
+    assert!(ids(&spec).is_subset(&ids(&whole)));
+    // A key that is not a spec key, and a value that is not a list, are refused by name.
+    let e = error_of(&nd, &["sweep.task.n_dims=[2]"], &[]);
+    assert!(
+        e.contains("--set sweep.task.n_dims=[2]") && e.contains("unknown key `task.n_dims`"),
+        "{e}"
+    );
+    let e = error_of(&nd, &["sweep.task.n_dim=2"], &[]);
+    assert!(e.contains("a swept key takes a non-empty list"), "{e}");
+}
+
+#[test]
+fn resources_mps_is_off_unless_asked_and_not_part_of_a_trial() {
+    let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/quickstart.toml");
+    let plain = load(&quickstart, &[], &[]).unwrap();
+    assert_eq!(plain.resources.mps, ebmlab::spec::MpsMode::Off);
+    let asked = load(&quickstart, &["resources.mps=auto"], &[]).unwrap();
+    assert_eq!(asked.resources.mps, ebmlab::spec::MpsMode::Auto);
+    assert_eq!(asked.trial_id(), plain.trial_id());
+    let e = error_of(&quickstart, &["resources.mps=sometimes"], &[]);
+    assert!(
+        e.contains("resources.mps") && e.contains("sometimes"),
+        "{e}"
+    );
+}

@@ -90,7 +90,8 @@ pub fn parse_database(text: &str) -> Result<Database, String> {
 pub struct SpecArgs {
     /// Experiment spec (TOML).
     pub spec: std::path::PathBuf,
-    /// Override a spec key, e.g. `--set train.iterations=2000` (repeatable).
+    /// Override a spec key, e.g. `--set train.iterations=2000`, or the list swept for one,
+    /// e.g. `--set 'sweep.task.n_dim=[2, 4]'` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
     /// Where runs are written.

@@ -7,6 +7,7 @@
 //! the host, no waits for the device, no random draws), and a replay reads and writes the
 //! very tensors the capture did, so new inputs are copied into them first.
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -21,6 +22,29 @@ static CAPTURE_FAILED: AtomicBool = AtomicBool::new(false);
 /// no capture has failed midway in it.
 pub fn available() -> bool {
     cfg!(ebmlab_cuda_graphs) && !CAPTURE_FAILED.load(Ordering::Relaxed)
+}
+
+thread_local! {
+    static CAPTURING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread is capturing a CUDA graph now: nothing that waits for the device (a
+/// result read back to the host) may run.
+pub fn capturing() -> bool {
+    CAPTURING.with(Cell::get)
+}
+
+/// `f()` with [`capturing`] true on this thread (false again after, even if `f` panics).
+pub(crate) fn as_capture<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CAPTURING.with(|c| c.set(false));
+        }
+    }
+    CAPTURING.with(|c| c.set(true));
+    let _reset = Reset;
+    f()
 }
 
 /// A function of tensors captured as a CUDA graph.
@@ -53,7 +77,7 @@ impl CapturedFn {
         let graph = ffi::Graph::new()?;
         graph.begin(device as i32)?;
         // The capture must end even if `f` fails, or the stream stays in capture mode.
-        let captured = guarded(|| f(&statics));
+        let captured = as_capture(|| guarded(|| f(&statics)));
         let ended = graph.end();
         let output = match (captured, ended) {
             (Ok(output), Ok(())) => output,

@@ -86,8 +86,11 @@ pub fn masked_action_product(
     let all = [p, u, back, row];
     ensure!(
         all.iter()
-            .all(|t| t.device() == p.device() && t.is_contiguous() && aligned(t)),
-        "the masked action product reads contiguous tensors on one device, 16-byte aligned"
+            .all(|t| t.device() == p.device() && t.is_contiguous())
+            && aligned(p)
+            && aligned(u),
+        "the masked action product reads contiguous tensors on one device, p and u 16-byte \
+         aligned"
     );
     let out = Tensor::empty([members, rows, actions], (Kind::Float, p.device()));
     ffi::masked_action_product(
@@ -303,12 +306,22 @@ mod tests {
         assert!(available(), "no run-time kernels in this build");
         let device = Device::Cuda(0);
         for kind in [Kind::Float, Kind::BFloat16] {
-            for (k, rows, width, actions) in [
+            // A tensor whose elements are not whole vectors: the heaviside's scalar tail.
+            let odd = Tensor::randn([3, 7, 5], (Kind::Float, device)).to_kind(kind);
+            let want = odd.gt(0.0).to_kind(kind);
+            heaviside_(&odd).unwrap();
+            assert!(odd.equal(&want), "heaviside {kind:?} of 105 elements");
+            let mut shapes = vec![
                 (1, 37, 40, 2),
                 (3, 300, 264, 1),
                 (2, 4096, 264, 8),
                 (4, 65, 40, 5),
-            ] {
+            ];
+            if kind == Kind::Float {
+                // Rows of whole fp32 vectors (4 elements) but not of bf16 ones (8).
+                shapes.push((2, 50, 108, 3));
+            }
+            for (k, rows, width, actions) in shapes {
                 let what = format!("{kind:?} K={k} rows={rows} W={width} A={actions}");
                 let randn = |s: &[i64]| Tensor::randn(s, (Kind::Float, device)).to_kind(kind);
                 let z = randn(&[k, rows, width]);

@@ -4,6 +4,7 @@
 //! dead worker could not. What happens is told to a [`Reporter`] as typed events.
 
 use std::collections::{HashMap, VecDeque};
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use super::backend::{Backend, StopLevel, WorkerExit, WorkerLink};
 use super::events::{JobOutcome, Reporter, RunEvent, RunOutcome, StopReason};
 use super::jobs::{evaluation_steps, liveness, Job, JobKind, Liveness};
 use super::launch::worker_launch;
+use super::mps;
 use super::packs::{form_packs, pack_size, Candidate};
 use super::settle::{settle, Finished, Settled};
 use super::slots::{plan_slots, Machine, Slot, SlotDevice};
@@ -161,6 +163,7 @@ pub async fn dispatch(
         exits_tx,
         next_key: 0,
         pack_size: 1,
+        worker_env: Vec::new(),
     };
     let to_train = run.plan(trials).await?;
     let lead = to_train
@@ -192,6 +195,22 @@ pub async fn dispatch(
         run.queue.len(),
     )?;
     let slots = backend.slots(here, run.queue.len());
+    // Kept for the run: dropped (asked to quit) when the run ends.
+    let mps = if backend.runs_here() {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let dir = std::env::temp_dir().join(format!("ebmlab-mps-{}-{started}", std::process::id()));
+        mps::for_slots(
+            first.resources.mps,
+            &slots,
+            OsStr::new(mps::CONTROL_PROGRAM),
+            &dir,
+        )?
+    } else {
+        None
+    };
+    run.worker_env = mps.iter().flat_map(|d| d.worker_env().to_vec()).collect();
     run.summary.slots = slots.iter().map(Slot::label).collect();
     run.reporter.report(RunEvent::Started {
         jobs: run.queue.len(),
@@ -245,6 +264,8 @@ struct Dispatcher<'a> {
     next_key: usize,
     /// Most trials in one job (training or evaluation), sized for the slots' device.
     pack_size: usize,
+    /// Environment every worker gets besides its slot's (the run's MPS daemon's).
+    worker_env: Vec<(String, String)>,
 }
 
 impl Dispatcher<'_> {
@@ -439,7 +460,8 @@ impl Dispatcher<'_> {
         let spec = &self.specs[job.lead()];
         let paths = TrialPaths::new(&self.experiment.runs, spec);
         // Detached, nobody is there to start evaluation jobs: trials evaluate as they go.
-        let launch = worker_launch(self.experiment, job, slot, &paths, self.options.detach)?;
+        let mut launch = worker_launch(self.experiment, job, slot, &paths, self.options.detach)?;
+        launch.env.extend(self.worker_env.iter().cloned());
         let log = launch.log.clone();
         let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
         let link = WorkerLink {

@@ -7,6 +7,7 @@ mod dispatch;
 mod events;
 mod jobs;
 mod launch;
+mod mps;
 mod packs;
 mod register;
 mod settle;

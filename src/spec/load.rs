@@ -32,6 +32,7 @@ const OPTIONAL_KEYS: &[&str] = &[
     "eval.precision",
     "resources.pack",
     "resources.cuda_graphs",
+    "resources.mps",
 ];
 /// `EBMLAB_*` variables that set top-level spec keys; below the top, a spec key's
 /// variable has `__` between its levels (`EBMLAB_TRAIN__ITERATIONS`). Any other `EBMLAB_*`
@@ -241,6 +242,26 @@ fn describe_extract_error(error: figment::Error) -> String {
         .join("\n")
 }
 
+/// The layer of a `--set sweep.KEY=[...]` item: the list of values swept for `KEY` (a
+/// dotted spec key, kept whole: `sweep.task.n_dim` sweeps `task.n_dim`), in place of the
+/// spec's list for that key; the other swept keys stay.
+fn sweep_layer(
+    swept: &str,
+    value: toml::Value,
+    known: &BTreeSet<String>,
+    origin: &str,
+) -> Result<Serialized<toml::Value>> {
+    check_key(swept, known, &format!("{origin}: [sweep]"))?;
+    if !matches!(&value, toml::Value::Array(list) if !list.is_empty()) {
+        bail!("{origin}: a swept key takes a non-empty list of values, e.g. [2, 4]");
+    }
+    let mut sweep = toml::Table::new();
+    sweep.insert(swept.to_owned(), value);
+    let mut top = toml::Table::new();
+    top.insert("sweep".to_owned(), toml::Value::Table(sweep));
+    Ok(Serialized::globals(toml::Value::Table(top)))
+}
+
 /// Parses a `--set` value as TOML (numbers, booleans, arrays, quoted strings); anything
 /// else is taken as a bare string.
 fn parse_value(text: &str) -> toml::Value {
@@ -313,10 +334,16 @@ pub fn load_spec_with_env(
         figment = figment.merge(Toml::file_exact(path));
     }
     for (origin, key, value) in sets {
-        check_key(&key, &known, &origin)?;
+        let inner = match key.strip_prefix("sweep.") {
+            Some(swept) => sweep_layer(swept, value, &known, &origin)?,
+            None => {
+                check_key(&key, &known, &origin)?;
+                Serialized::global(&key, value)
+            }
+        };
         figment = figment.merge(Named {
             name: origin,
-            inner: Serialized::global(&key, value),
+            inner,
         });
     }
     let mut spec: Spec = figment.extract().map_err(|e| {

@@ -255,6 +255,28 @@ pub struct ResourcesSpec {
     /// chain gives. Left out of the resolved spec while on.
     #[serde(skip_serializing_if = "is_true")]
     pub cuda_graphs: bool,
+    /// Where slots share a GPU, run their workers under a CUDA MPS server of the run's own
+    /// (their kernels side by side instead of taking turns): `off` (default, until its gain
+    /// with packs is measured), `auto` (where `nvidia-cuda-mps-control` can be started),
+    /// `on` (or an error). Left out of the resolved spec while `off`.
+    #[serde(skip_serializing_if = "MpsMode::is_off")]
+    pub mps: MpsMode,
+}
+
+/// `resources.mps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MpsMode {
+    #[default]
+    Off,
+    Auto,
+    On,
+}
+
+impl MpsMode {
+    pub fn is_off(&self) -> bool {
+        *self == MpsMode::Off
+    }
 }
 
 fn is_true(value: &bool) -> bool {
@@ -270,6 +292,7 @@ impl Default for ResourcesSpec {
             threads: 0,
             pack: PackSize::Auto,
             cuda_graphs: true,
+            mps: MpsMode::Off,
         }
     }
 }

@@ -17,6 +17,8 @@ use std::sync::Mutex;
 use anyhow::{ensure, Result};
 use tch::{Kind, Tensor};
 
+use crate::policy::cuda_graph;
+
 /// Calls compared with the eager gradient before the fused steps are trusted, per
 /// configuration (element type, pack and layer sizes).
 const CHECKED_CALLS: u32 = 2;
@@ -104,6 +106,10 @@ impl Guard {
                     eager()
                 }
             },
+            // A check reads results back, which a CUDA graph capture forbids: the capture
+            // takes the eager products (a chain's eager warm-up, which precedes it, does
+            // the checks; only a chain of one step leaves some to its capture).
+            State::Checking { .. } if cuda_graph::capturing() => eager(),
             State::Checking { left } => {
                 let reference = eager();
                 match fused().and_then(|gradient| agree(&reference, &gradient)) {
@@ -190,6 +196,29 @@ mod tests {
         let other = &[1, 0, 4, 16, 264];
         assert_eq!(guard.gradient(other, gradient, close), gradient());
         assert_eq!(guard.state(other), State::Checking { left: 1 });
+    }
+
+    #[test]
+    fn a_capture_takes_the_eager_gradient_while_checks_are_left_and_counts_none() {
+        let guard = Guard::new();
+        let never = || -> Result<Tensor> { panic!("no check during a capture") };
+        let g = cuda_graph::as_capture(|| guard.gradient(KEY, gradient, never));
+        assert_eq!(g, gradient());
+        assert_eq!(
+            guard.state(KEY),
+            State::Checking {
+                left: CHECKED_CALLS
+            }
+        );
+        assert!(
+            !cuda_graph::capturing(),
+            "the flag is reset after the capture"
+        );
+        // Once trusted, a capture takes the fused gradient.
+        guard.set(KEY, State::Trusted);
+        let close = || Ok(gradient() * 1.001);
+        let g = cuda_graph::as_capture(|| guard.gradient(KEY, || panic!("eager"), close));
+        assert_eq!(g, gradient() * 1.001);
     }
 
     #[test]

@@ -97,6 +97,10 @@ impl Backend for LocalBackend {
         "local"
     }
 
+    fn runs_here(&self) -> bool {
+        true
+    }
+
     fn launch(&self, launch: Launch, link: WorkerLink) -> Result<Launched> {
         anyhow::ensure!(
             launch.job.attach.is_none(),

@@ -99,6 +99,12 @@ pub trait Backend {
     fn slots(&self, here: Vec<super::slots::Slot>, _jobs: usize) -> Vec<super::slots::Slot> {
         here
     }
+
+    /// Whether its workers run on this host, so that the run may start a CUDA MPS daemon
+    /// for slots that share a GPU (`super::mps`).
+    fn runs_here(&self) -> bool {
+        false
+    }
 }
 
 /// A job for a serving worker (`ebmlab worker --serve`), one JSON line on its stdin: its
