@@ -21,14 +21,16 @@
 #   3. acting: DFO batches 1 and 100 x 16,384 samples, 100-episode evaluations (128 and
 #      256 wide), packed evaluation, one solo training step;
 #   4. where time is left and Nsight Compute is there, the kernels of a packed step;
-#   5. (asked for only) the N-D study for the time left, for its rates and progress (4 slots
-#      under the run's own CUDA MPS daemon, resources.mps = "auto"; without MPS on an H200:
-#      24 it/s per trial, bench/results/2026-11-27-h200-kernels/nd.txt).
+#   5. (asked for only) the N-D study for the time left (PARTS="5": the whole call), then
+#      its report: ND_SLOTS (6) slots under the run's own CUDA MPS daemon (resources.mps =
+#      "auto"; 4 slots without MPS on an H200: 24 it/s per trial,
+#      bench/results/2026-11-27-h200-kernels/nd.txt).
 # PARTS chooses (default "1 2 3 4"). A second call on the same warm machine, with PARTS="2 4 5",
 # resumes the 4-seed run where the first call's time ran out (its runs stay in $WORK).
-# Everything comes back in at most 8 files under $OUT (the device tool's limit): console.txt
-# (what is printed), bench.jsonl, bench.log, run.log, results.txt (status, evaluations,
-# report), gpu_util.csv, runs.tar.gz (database and checkpoints, to resume), kernels.txt.
+# Everything comes back in a few files under $OUT: console.txt (what is printed),
+# bench.jsonl, bench.log, run.log, results.txt (status, evaluations, report), gpu_util.csv,
+# runs.tar.gz (database and checkpoints, to resume), kernels.txt, nd.txt and
+# nd-report.tar.gz.
 set -uo pipefail
 OUT=${OUT:-/tmp/ebmlab-gpu}
 WORK=${WORK:-/tmp/ebmlab-gpu-work}
@@ -235,12 +237,38 @@ EOF
 fi
 
 if part 5 && (($(left) > 40)); then
-    step "5. the N-D study (particle_nd.toml, 60 trials) for the $(left) s left: its rates and progress"
-    timeout $(($(left) - 20)) "$BIN" run experiments/particle_nd.toml --runs "$WORK/nd" --quiet \
-        --set resources.slots_per_gpu=4 --set resources.mps=auto >"$WORK/nd.log" 2>&1
-    echo "N-D run exit $?"
-    { tail -n 5 "$WORK/nd.log"; "$BIN" status particle-nd --db "$WORK/nd/ebmlab.sqlite"; } >"$OUT/nd.txt" 2>&1
-    cat "$OUT/nd.txt"
+    # The whole study when it fits (PARTS="5" gives it the call), else its rates and
+    # progress: ND_SLOTS slots on the GPU under the run's own CUDA MPS daemon.
+    # First a small run under MPS (4 trials of 20 steps on 2 slots): if its workers fail,
+    # the study runs without MPS rather than losing the call.
+    mps=auto
+    if ! timeout 90 "$BIN" run experiments/particle_nd.toml --runs "$WORK/mps-check" --quiet \
+        --set resources.slots_per_gpu=2 --set resources.mps=on --set 'sweep.task.n_dim=[2]' \
+        --set 'sweep.train.seed=[0]' --set train.iterations=20 --set eval.episodes=2 \
+        >"$WORK/mps-check.log" 2>&1; then
+        mps=off
+        echo "-- the MPS check failed (study without MPS):"
+        tail -n 5 "$WORK/mps-check.log"
+    fi
+    step "5. the N-D study (particle_nd.toml, 60 trials), ${ND_SLOTS:-6} slots, MPS $mps, for the $(left) s left"
+    started=$(date +%s)
+    timeout $(($(left) - 45)) "$BIN" run experiments/particle_nd.toml --runs "$WORK/nd" --quiet \
+        --set resources.slots_per_gpu="${ND_SLOTS:-6}" --set resources.mps=$mps $RUN_ARGS >"$WORK/nd.log" 2>&1
+    echo "N-D run exit $? after $(($(date +%s) - started)) s"
+    {
+        tail -n 5 "$WORK/nd.log"
+        grep -hiE "mps|error|panic" "$WORK/nd.log" "$WORK"/nd/particle-nd/*/worker.log 2>/dev/null |
+            sed 's/^[^ ]* //' | sort | uniq -c | tail -n 10
+        "$BIN" status particle-nd --db "$WORK/nd/ebmlab.sqlite"
+        "$BIN" query --db "$WORK/nd/ebmlab.sqlite" "SELECT trial, MAX(step) AS step,
+            ROUND((MAX(step) - MIN(step)) / (MAX(wall_time) - MIN(wall_time) + 1e-9), 1) AS it_per_s
+            FROM metrics WHERE experiment = 'particle-nd' GROUP BY trial ORDER BY trial"
+    } >"$OUT/nd.txt" 2>&1
+    grep -vE " pending " "$OUT/nd.txt" | cut -c1-160 | tail -n 40
+    # The report of what finished (the study's table and success-vs-N figure).
+    timeout 30 "$BIN" report particle-nd --db "$WORK/nd/ebmlab.sqlite" --out "$WORK/nd-report" \
+        >/dev/null 2>&1 && tar -czf "$OUT/nd-report.tar.gz" -C "$WORK" nd-report
+    echo "report exit $?"
 fi
 kill "$SMI" 2>/dev/null
 ls -la "$OUT"
