@@ -81,6 +81,7 @@ fn compile_cuda_shims(lib_dir: &str) {
     for header in [
         "csrc/guarded.h",
         "csrc/cuda_device.h",
+        "csrc/find_function.h",
         "csrc/langevin_kernels.cu",
     ] {
         println!("cargo:rerun-if-changed={header}");

@@ -7,6 +7,7 @@
 // libcublasLt), so the binary links no CUDA library of its own. Compiled only where
 // libtorch has CUDA (build.rs); the Rust side falls back to eager products elsewhere.
 #include "cuda_device.h"
+#include "find_function.h"
 #include "guarded.h"
 #include <ATen/Context.h>
 #include <c10/cuda/CUDAStream.h>
@@ -113,10 +114,7 @@ struct Lt {
 
   template <typename T>
   void find(T& slot, const char* name) {
-    slot = reinterpret_cast<T>(dlsym(RTLD_DEFAULT, name));
-    if (slot == nullptr && missing.empty()) {
-      missing = name;
-    }
+    find_function(RTLD_DEFAULT, slot, name, missing);
   }
 };
 

@@ -7,6 +7,7 @@
 // name. A compiled module is kept per (device, element type, action dimension, width). Compiled
 // only where libtorch has CUDA (build.rs); the Rust side falls back to ATen's passes.
 #include "cuda_device.h"
+#include "find_function.h"
 #include "guarded.h"
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
@@ -104,39 +105,32 @@ struct Api {
   Api() {
     std::string tried;
     if (void* nvrtc = open_nvrtc(tried)) {
-      find(nvrtc, create, "nvrtcCreateProgram", missing_compiler);
-      find(nvrtc, compile, "nvrtcCompileProgram", missing_compiler);
-      find(nvrtc, log_size, "nvrtcGetProgramLogSize", missing_compiler);
-      find(nvrtc, log, "nvrtcGetProgramLog", missing_compiler);
-      find(nvrtc, cubin_size, "nvrtcGetCUBINSize", missing_compiler);
-      find(nvrtc, cubin, "nvrtcGetCUBIN", missing_compiler);
-      find(nvrtc, destroy, "nvrtcDestroyProgram", missing_compiler);
+      find_function(nvrtc, create, "nvrtcCreateProgram", missing_compiler);
+      find_function(nvrtc, compile, "nvrtcCompileProgram", missing_compiler);
+      find_function(nvrtc, log_size, "nvrtcGetProgramLogSize", missing_compiler);
+      find_function(nvrtc, log, "nvrtcGetProgramLog", missing_compiler);
+      find_function(nvrtc, cubin_size, "nvrtcGetCUBINSize", missing_compiler);
+      find_function(nvrtc, cubin, "nvrtcGetCUBIN", missing_compiler);
+      find_function(nvrtc, destroy, "nvrtcDestroyProgram", missing_compiler);
     } else {
       missing_compiler = "NVRTC (tried " + tried + ")";
     }
     if (void* driver = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL)) {
-      find(driver, error_string, "cuGetErrorString", missing_driver);
-      find(driver, device_get, "cuDeviceGet", missing_driver);
-      find(driver, attribute, "cuDeviceGetAttribute", missing_driver);
-      find(driver, context_current, "cuCtxGetCurrent", missing_driver);
-      find(driver, set_context, "cuCtxSetCurrent", missing_driver);
-      find(driver, primary_context, "cuDevicePrimaryCtxRetain", missing_driver);
-      find(driver, unload, "cuModuleUnload", missing_driver);
-      find(driver, load, "cuModuleLoadData", missing_driver);
-      find(driver, function, "cuModuleGetFunction", missing_driver);
-      find(driver, launch, "cuLaunchKernel", missing_driver);
+      find_function(driver, error_string, "cuGetErrorString", missing_driver);
+      find_function(driver, device_get, "cuDeviceGet", missing_driver);
+      find_function(driver, attribute, "cuDeviceGetAttribute", missing_driver);
+      find_function(driver, context_current, "cuCtxGetCurrent", missing_driver);
+      find_function(driver, set_context, "cuCtxSetCurrent", missing_driver);
+      find_function(driver, primary_context, "cuDevicePrimaryCtxRetain", missing_driver);
+      find_function(driver, unload, "cuModuleUnload", missing_driver);
+      find_function(driver, load, "cuModuleLoadData", missing_driver);
+      find_function(driver, function, "cuModuleGetFunction", missing_driver);
+      find_function(driver, launch, "cuLaunchKernel", missing_driver);
     } else {
       missing_driver = "the CUDA driver (libcuda.so.1)";
     }
   }
 
-  template <typename T>
-  static void find(void* library, T& slot, const char* name, std::string& missing) {
-    slot = reinterpret_cast<T>(dlsym(library, name));
-    if (slot == nullptr && missing.empty()) {
-      missing = name;
-    }
-  }
 };
 
 const Api& api() {

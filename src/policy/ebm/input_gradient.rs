@@ -291,8 +291,10 @@ impl InputGradient {
             rows.narrow(3, self.obs_inputs, self.action_dim)
                 .copy_(actions);
             let x = rows.view([s[0], s[1] * s[2], self.inputs]);
+            // The kernels read rows of whole 16-byte vectors (8 bf16 elements).
             let fusable = self.blocks.len() == 1
                 && x.device().is_cuda()
+                && self.first.size()[2] % 8 == 0
                 && self.action_dim <= runtime_kernels::MAX_ACTIONS
                 && cublas_lt::available()
                 && runtime_kernels::available();
