@@ -25,8 +25,10 @@
 #      its report: ND_SLOTS (6) slots under the run's own CUDA MPS daemon (resources.mps =
 #      "auto"; 4 slots without MPS on an H200: 24 it/s per trial,
 #      bench/results/2026-11-27-h200-kernels/nd.txt).
-# PARTS chooses (default "1 2 3 4"). A second call on the same warm machine, with PARTS="2 4 5",
-# resumes the 4-seed run where the first call's time ran out (its runs stay in $WORK).
+# PARTS chooses (default "1 2 3 4"). A second call on the same warm machine resumes what the
+# first call's time cut short (its runs stay in $WORK): PARTS="2 4 5" the 4-seed run,
+# PARTS="5" the N-D study (with SKIP_TESTS=1; the MPS check is not repeated, and nd.txt
+# sums the study's run time over the calls).
 # Everything comes back in a few files under $OUT: console.txt (what is printed),
 # bench.jsonl, bench.log, run.log, results.txt (status, evaluations, report), gpu_util.csv,
 # runs.tar.gz (database and checkpoints, to resume), kernels.txt, nd.txt and
@@ -85,7 +87,7 @@ for line in open(sys.argv[1]):
         continue
     c = r["config"]
     keys = ("members", "batch", "episodes", "hidden", "samples", "precision", "cuda_graphs",
-            "fused_gradient")
+            "fused_gradient", "fused_update")
     what = " ".join(f"{k}={c[k]}" for k in keys if k in c)
     rate = f" {r['per_second']:.0f}/s" if r.get("per_second") else ""
     waits = r.get("device_waits_per_step")
@@ -99,7 +101,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 2 >>"$OUT/gpu_util.csv" 2>&1 &
 SMI=$!
 
-if [[ -x $HERE/device-bin/ebmlab-tests ]]; then
+if [[ -x $HERE/device-bin/ebmlab-tests && -z ${SKIP_TESTS:-} ]]; then
     step "0. the unit tests that need a CUDA device"
     timeout 120 "$HERE/device-bin/ebmlab-tests" --ignored --test-threads 1 on_a_gpu 2>&1 | tail -n 30
 fi
@@ -112,7 +114,7 @@ if part 1; then
         --fused-gradient off --no-reference
     table
     echo "-- what the CUDA-graph and gradient guards said:"
-    grep -iE "cuda graph|chains (stay|go back|replayed)|Langevin gradient|cublaslt" "$OUT/bench.log" |
+    grep -iE "cuda graph|chains (stay|go back|replayed)|Langevin (gradient|update)|cublaslt" "$OUT/bench.log" |
         sed 's/^.*\(WARN\|INFO\)/\1/' | sort | uniq -c | head -n 20
     # An earlier build beside this one on the same card (its lines tagged `baseline-`):
     # device-bin/ebmlab-baseline, when carried.
@@ -241,23 +243,32 @@ if part 5 && (($(left) > 40)); then
     # progress: ND_SLOTS slots on the GPU under the run's own CUDA MPS daemon.
     # First a small run under MPS (4 trials of 20 steps on 2 slots): if its workers fail,
     # the study runs without MPS rather than losing the call.
-    mps=auto
-    if ! timeout 90 "$BIN" run experiments/particle_nd.toml --runs "$WORK/mps-check" --quiet \
+    # An earlier call's verdict stands (its study ran with or without MPS; so does this).
+    if [[ -e $WORK/mps-verdict ]]; then
+        mps=$(cat "$WORK/mps-verdict")
+    elif timeout 90 "$BIN" run experiments/particle_nd.toml --runs "$WORK/mps-check" --quiet \
         --set resources.slots_per_gpu=2 --set resources.mps=on --set 'sweep.task.n_dim=[2]' \
         --set 'sweep.train.seed=[0]' --set train.iterations=20 --set eval.episodes=2 \
         >"$WORK/mps-check.log" 2>&1; then
+        mps=auto
+    else
         mps=off
         echo "-- the MPS check failed (study without MPS):"
         tail -n 5 "$WORK/mps-check.log"
     fi
+    echo "$mps" >"$WORK/mps-verdict"
     step "5. the N-D study (particle_nd.toml, 60 trials), ${ND_SLOTS:-6} slots, MPS $mps, for the $(left) s left"
     started=$(date +%s)
     timeout $(($(left) - 45)) "$BIN" run experiments/particle_nd.toml --runs "$WORK/nd" --quiet \
         --set resources.slots_per_gpu="${ND_SLOTS:-6}" --set resources.mps=$mps $RUN_ARGS >"$WORK/nd.log" 2>&1
-    echo "N-D run exit $? after $(($(date +%s) - started)) s"
+    code=$?
+    echo "$(($(date +%s) - started))" >>"$WORK/nd-seconds"
+    echo "N-D run exit $code after $(($(date +%s) - started)) s"
     {
+        awk '{ s += $1 } END { printf "N-D run: %d call(s), %d s of run time in all\n", NR, s }' \
+            "$WORK/nd-seconds"
         tail -n 5 "$WORK/nd.log"
-        grep -hiE "mps|error|panic" "$WORK/nd.log" "$WORK"/nd/particle-nd/*/worker.log 2>/dev/null |
+        grep -hiE "mps|error|panic|(fused|eager) kernels" "$WORK/nd.log" "$WORK"/nd/particle-nd/*/worker.log 2>/dev/null |
             sed 's/^[^ ]* //' | sort | uniq -c | tail -n 10
         "$BIN" status particle-nd --db "$WORK/nd/ebmlab.sqlite"
         "$BIN" query --db "$WORK/nd/ebmlab.sqlite" "SELECT trial, MAX(step) AS step,

@@ -1,9 +1,11 @@
-// Two kernels of the Langevin gradient of a one-block network, compiled at run time by
-// NVRTC (csrc/runtime_kernels.cpp) for the GPU at hand. They replace ATen passes over the
-// [K, rows, W] tensors with fewer bytes moved: `heaviside` writes a mask in one vectorized
-// pass (ATen's in-place `gt_` on bf16 is an unvectorized kernel at ~2.5x the time), and
-// `masked_action_product` applies the first layer's mask and takes the product with the
-// action rows in one read of its two inputs, never writing the masked gradient out.
+// Kernels of a Langevin step, compiled at run time by NVRTC (csrc/runtime_kernels.cpp) for
+// the GPU at hand. Two are of the gradient of a one-block network and replace ATen passes
+// over the [K, rows, W] tensors with fewer bytes moved: `heaviside` writes a mask in one
+// vectorized pass (ATen's in-place `gt_` on bf16 is an unvectorized kernel at ~2.5x the
+// time), and `masked_action_product` applies the first layer's mask and takes the product
+// with the action rows in one read of its two inputs, never writing the masked gradient
+// out. The third, `langevin_update`, is the step's update in one pass instead of ATen's
+// five (small packs' steps are a chain of short kernels, where each launch counts).
 //
 // Defined by the compiler options: EBMLAB_BF16 (1: elements are bf16, else fp32), ACTIONS
 // (the action dimension) and WIDTH (the hidden width: whole 16-byte vectors, 8 bf16 or 4
@@ -133,5 +135,37 @@ extern "C" __global__ void masked_action_product(const elem* __restrict__ p,
     for (int a = 0; a < ACTIONS; a++) {
       o[a] = acc[a] + row[k * ACTIONS + a];
     }
+  }
+}
+
+// Clamps like ATen's clamp: NaN stays NaN (fminf/fmaxf would drop it).
+__device__ __forceinline__ float clamp_to(float x, float low, float high) {
+  return x < low ? low : (x > high ? high : x);
+}
+
+// One Langevin step of K members' chains (IBC's ULA, src/policy/ebm/langevin.rs):
+//   out[k, j] = clamp(a[k, j] - clamp(cn[k] noise[k, j] + cg[k] g[k, j], -clip[k, d],
+//                     clip[k, d]), low[k, d], high[k, d]),   d = j % actions,
+// for a, g, out [K, per_member] (fp32, contiguous), noise member k's at
+// noise + k * noise_stride (its own elements contiguous), and cg, cn [K], clip, low, high
+// [K, actions] (fp32). The arithmetic is ATen's: noise times cn rounded, then one fused
+// multiply-add of g and cg (as `addcmul`).
+extern "C" __global__ void langevin_update(const float* __restrict__ a,
+                                           const float* __restrict__ g,
+                                           const float* __restrict__ noise,
+                                           long long noise_stride, const float* cg,
+                                           const float* cn, const float* clip,
+                                           const float* low, const float* high,
+                                           float* __restrict__ out, long long per_member,
+                                           int actions, long long total) {
+  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += stride) {
+    const long long k = i / per_member;
+    const long long j = i - k * per_member;
+    const long long d = k * actions + j % actions;
+    const float scaled_noise = noise[k * noise_stride + j] * cn[k];
+    const float delta = clamp_to(fmaf(g[i], cg[k], scaled_noise), -clip[d], clip[d]);
+    out[i] = clamp_to(a[i] - delta, low[d], high[d]);
   }
 }

@@ -211,6 +211,7 @@ void ensure_context(int device) {
 struct Kernels {
   CUfunction heaviside = nullptr;
   CUfunction masked_action_product = nullptr;
+  CUfunction langevin_update = nullptr;
 };
 
 // The kernels for (device, element type, action dimension, width), compiled and loaded at
@@ -242,7 +243,8 @@ const Kernels& kernels(const char* source, int device, int bf16, int actions, in
   check(a.load(&module, image.data()), "cuModuleLoadData");
   Kernels k;
   if (a.function(&k.heaviside, module, "heaviside") != CUDA_SUCCESS ||
-      a.function(&k.masked_action_product, module, "masked_action_product") != CUDA_SUCCESS) {
+      a.function(&k.masked_action_product, module, "masked_action_product") != CUDA_SUCCESS ||
+      a.function(&k.langevin_update, module, "langevin_update") != CUDA_SUCCESS) {
     a.unload(module);
     throw std::runtime_error("the compiled module lacks the Langevin kernels");
   }
@@ -305,6 +307,34 @@ int ebmlab_rtc_heaviside(const char* source, int device, int bf16, void* x, int6
     int64_t blocks = (vectors + 255) / 256;
     blocks = blocks < 1 ? 1 : (blocks > 65536 ? 65536 : blocks);
     launch(k.heaviside, device, static_cast<unsigned>(blocks), 1, 256, 0, args);
+  });
+}
+
+// `langevin_update` of `members` chains of `per_member` fp32 elements each (`actions` per
+// sample) on `device`'s current stream: a, g, out [members, per_member]; member k's noise at
+// noise + k * noise_stride; cg, cn [members]; clip, low, high [members, actions].
+int ebmlab_rtc_langevin_update(const char* source, int device, const void* a, const void* g,
+                               const void* noise, int64_t noise_stride, const void* cg,
+                               const void* cn, const void* clip, const void* low,
+                               const void* high, void* out, int64_t members,
+                               int64_t per_member, int64_t actions) {
+  return guarded(last_error, [&] {
+    if (members < 1 || per_member < 1 || actions < 1 || per_member % actions != 0 ||
+        actions > (1LL << 30)) {
+      throw std::invalid_argument("a Langevin update of " + std::to_string(members) +
+                                  " members of " + std::to_string(per_member) +
+                                  " elements, " + std::to_string(actions) + " actions each");
+    }
+    DeviceGuard guard(static_cast<c10::DeviceIndex>(device));
+    // fp32 only; the module's element type, action dimension and width are of no matter.
+    const Kernels& k = kernels(source, device, 0, 1, 8);
+    long long stride = noise_stride, each = per_member, total = members * per_member;
+    int width = static_cast<int>(actions);
+    void* args[] = {&a, &g, &noise, &stride, &cg, &cn, &clip, &low, &high, &out, &each, &width,
+                    &total};
+    int64_t blocks = (total + 255) / 256;
+    blocks = blocks < 1 ? 1 : (blocks > 65536 ? 65536 : blocks);
+    launch(k.langevin_update, device, static_cast<unsigned>(blocks), 1, 256, 0, args);
   });
 }
 

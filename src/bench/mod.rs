@@ -61,9 +61,9 @@ pub struct BenchOptions {
     pub precisions: Vec<Precision>,
     /// Packed training with the Langevin chains replayed as CUDA graphs, eagerly, or both.
     pub cuda_graphs: Vec<bool>,
-    /// Packed training with the Langevin gradient's fused steps (a cuBLASLt ReLU epilogue and
-    /// our run-time compiled kernels, where the GPU gives them), with ATen's passes only, or
-    /// both.
+    /// Packed training with a Langevin step's fused kernels (the gradient's cuBLASLt ReLU
+    /// epilogue and run-time compiled kernels, the update's kernel, where the GPU gives
+    /// them), with ATen's passes only, or both.
     pub fused_gradient: Vec<bool>,
 }
 

@@ -11,7 +11,7 @@ use tch::Device;
 use super::device_waits::count_device_waits;
 use super::{ibc_spec, record, time_ms, BenchOptions, BenchRecord};
 use crate::eval::rollout_pack;
-use crate::policy::ebm::fused_gradient;
+use crate::policy::ebm::fused_steps;
 use crate::policy::{PackedPolicies, PolicySpec, Precision};
 use crate::task::{episode_seeds, record_demos, Task, TaskConfig};
 use crate::train::{LrSchedule, OptimConfig, PackMember, PackedTrainer, QueuedStep, TrainingSet};
@@ -64,13 +64,13 @@ pub fn packed_training(opts: &BenchOptions, emit: &mut impl FnMut(&BenchRecord))
         for &members in &opts.pack_sizes {
             for &graphs in &opts.cuda_graphs {
                 for &fused in &opts.fused_gradient {
-                    fused_gradient::set_enabled(fused);
+                    fused_steps::set_enabled(fused);
                     packed_figure(opts, members, precision, graphs, emit)?;
                 }
             }
         }
     }
-    fused_gradient::set_enabled(true);
+    fused_steps::set_enabled(true);
     Precision::Fp32.apply()
 }
 
@@ -89,12 +89,13 @@ fn packed_figure(
     if graphs && !replayed {
         tracing::warn!("K={members} {precision}: CUDA graphs asked, the chains ran eagerly");
     }
-    let fused = fused_gradient::in_use();
+    let fused = fused_steps::in_use();
     let config = json!({
         "members": members,
         "precision": precision.to_string(),
         "cuda_graphs": replayed,
         "fused_gradient": fused,
+        "fused_update": fused_steps::update_in_use(),
         "timing": "pipelined",
         "hidden": opts.hidden, "batch_size": opts.batch_size,
         "negatives": opts.negatives, "langevin_steps": opts.langevin_steps,

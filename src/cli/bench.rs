@@ -96,9 +96,10 @@ pub struct BenchArgs {
     /// both (default: on,off on a GPU; off on the CPU, which has no graphs).
     #[arg(long, value_delimiter = ',', value_parser = parse_on_off)]
     cuda_graphs: Vec<bool>,
-    /// Packed training with the Langevin gradient's fused steps, a cuBLASLt ReLU epilogue and
-    /// our run-time compiled kernels (`on`, where the GPU gives them), with ATen's passes
-    /// only (`off`), or both (default: on).
+    /// Packed training with a Langevin step's fused kernels, the gradient's cuBLASLt ReLU
+    /// epilogue and our run-time compiled kernels, and the samples' update in one kernel
+    /// (`on`, where the GPU gives them), with ATen's passes only (`off`), or both (default:
+    /// on).
     #[arg(long, value_delimiter = ',', value_parser = parse_on_off, default_value = "on")]
     fused_gradient: Vec<bool>,
     /// Python with torch for the reference figures.

@@ -1,12 +1,13 @@
-//! Two CUDA kernels of our own for the Langevin gradient of a one-block network
-//! (`csrc/langevin_kernels.cu`), compiled at run time by NVRTC for the GPU at hand through
-//! the shim in `csrc/runtime_kernels.cpp`:
+//! CUDA kernels of our own for a Langevin step (`csrc/langevin_kernels.cu`), compiled at
+//! run time by NVRTC for the GPU at hand through the shim in `csrc/runtime_kernels.cpp`:
 //!
 //! - [`heaviside_`]: a mask in place of a pre-activation in one vectorized pass (ATen's
 //!   `gt_` on bf16 runs unvectorized, at ~2.5 times the time of a plain pass);
 //! - [`masked_action_product`]: the first layer's mask applied to the backward product and
 //!   the product with the action rows, in one read of its two inputs: the masked gradient
-//!   `[K, rows, W]` is never written.
+//!   `[K, rows, W]` is never written;
+//! - [`langevin_update`]: the step's update of the samples in one pass instead of ATen's
+//!   five (a small pack's step is a chain of short kernels, each launch a good part of it).
 //!
 //! CUDA only; elsewhere every call fails and the caller computes with ATen.
 
@@ -103,6 +104,73 @@ pub fn masked_action_product(
     Ok(out)
 }
 
+/// One Langevin step of K members' chains, as [`crate::policy::ebm`]'s eager update:
+/// `clamp(a - clamp(cn·noise + cg·g, ±clip), low, high)` for samples `actions` and gradients
+/// `grad` (fp32, contiguous, one shape whose first dimension is K when K > 1), `noise` of
+/// that shape (each member's own elements contiguous), and per member `cg`, `cn` (`K`
+/// elements each) and `clip`, `low`, `high` (`K × A`, A the last dimension), all fp32 on
+/// one CUDA device.
+pub fn langevin_update(
+    actions: &Tensor,
+    grad: &Tensor,
+    noise: &Tensor,
+    [cg, cn]: [&Tensor; 2],
+    [clip, low, high]: [&Tensor; 3],
+) -> Result<Tensor> {
+    let device = cuda_index(actions)?;
+    let shape = actions.size();
+    let members = cg.numel() as i64;
+    let dims = shape.len();
+    ensure!(
+        dims >= 1 && grad.size() == shape && noise.size() == shape,
+        "a Langevin update of samples {shape:?}, gradients {:?} and noise {:?}",
+        grad.size(),
+        noise.size()
+    );
+    let per_action = shape[dims - 1];
+    let total = actions.numel() as i64;
+    ensure!(
+        members >= 1
+            && cn.numel() as i64 == members
+            && (members == 1 || shape[0] == members)
+            && total % members == 0,
+        "a Langevin update of {members} members' coefficients for samples {shape:?}"
+    );
+    let per_member = total / members;
+    for (name, t) in [("clip", clip), ("low", low), ("high", high)] {
+        ensure!(
+            t.numel() as i64 == members * per_action,
+            "the update's {name} holds {} values, not {members} x {per_action}",
+            t.numel()
+        );
+    }
+    let all = [actions, grad, noise, cg, cn, clip, low, high];
+    ensure!(
+        all.iter()
+            .all(|t| t.kind() == Kind::Float && t.device() == actions.device()),
+        "the Langevin update takes fp32 tensors on one device"
+    );
+    let (first, noise_stride) = match members {
+        1 => (noise.shallow_clone(), 0),
+        _ => (noise.get(0), noise.stride()[0]),
+    };
+    ensure!(
+        [actions, grad, cg, cn, clip, low, high]
+            .iter()
+            .all(|t| t.is_contiguous())
+            && first.is_contiguous(),
+        "the Langevin update reads contiguous tensors (each member's noise contiguous)"
+    );
+    let out = Tensor::empty(shape.as_slice(), (Kind::Float, actions.device()));
+    ffi::langevin_update(
+        device,
+        [actions, grad, noise, cg, cn, clip, low, high],
+        &out,
+        [noise_stride, members, per_member, per_action],
+    )?;
+    Ok(out)
+}
+
 fn cuda_index(t: &Tensor) -> Result<i32> {
     match t.device() {
         Device::Cuda(index) => Ok(index as i32),
@@ -149,6 +217,23 @@ mod ffi {
             bf16: i32,
             x: *mut c_void,
             n: i64,
+        ) -> i32;
+        fn ebmlab_rtc_langevin_update(
+            source: *const c_char,
+            device: i32,
+            a: *const c_void,
+            g: *const c_void,
+            noise: *const c_void,
+            noise_stride: i64,
+            cg: *const c_void,
+            cn: *const c_void,
+            clip: *const c_void,
+            low: *const c_void,
+            high: *const c_void,
+            out: *mut c_void,
+            members: i64,
+            per_member: i64,
+            actions: i64,
         ) -> i32;
         fn ebmlab_rtc_masked_action_product(
             source: *const c_char,
@@ -211,6 +296,36 @@ mod ffi {
         })
     }
 
+    pub fn langevin_update(
+        device: i32,
+        [a, g, noise, cg, cn, clip, low, high]: [&Tensor; 8],
+        out: &Tensor,
+        [noise_stride, members, per_member, actions]: [i64; 4],
+    ) -> Result<()> {
+        // SAFETY: fp32 CUDA tensors of the sizes given, contiguous (noise per member, at
+        // its stride; checked by the caller); queued on the current stream, the tensors
+        // live on in the caller.
+        status(unsafe {
+            ebmlab_rtc_langevin_update(
+                source(),
+                device,
+                a.data_ptr(),
+                g.data_ptr(),
+                noise.data_ptr(),
+                noise_stride,
+                cg.data_ptr(),
+                cn.data_ptr(),
+                clip.data_ptr(),
+                low.data_ptr(),
+                high.data_ptr(),
+                out.data_ptr(),
+                members,
+                per_member,
+                actions,
+            )
+        })
+    }
+
     pub fn masked_action_product(
         device: i32,
         bf16: bool,
@@ -261,6 +376,10 @@ mod ffi {
     ) -> Result<()> {
         available()
     }
+
+    pub fn langevin_update(_: i32, _: [&Tensor; 8], _: &Tensor, _: [i64; 4]) -> Result<()> {
+        available()
+    }
 }
 
 #[cfg(test)]
@@ -293,6 +412,92 @@ mod tests {
         let row = Tensor::ones([2, 1, 2], (Kind::Float, Device::Cpu));
         let e = masked_action_product(&x, &x, &back, &row).expect_err("refused");
         assert!(e.to_string().contains("CUDA device"), "{e}");
+        let (a, coef, table) = (
+            Tensor::ones([2, 4, 3], (Kind::Float, Device::Cpu)),
+            Tensor::ones([2], (Kind::Float, Device::Cpu)),
+            Tensor::ones([2, 3], (Kind::Float, Device::Cpu)),
+        );
+        let e = langevin_update(&a, &a, &a, [&coef, &coef], [&table, &table, &table])
+            .expect_err("refused");
+        assert!(e.to_string().contains("CUDA device"), "{e}");
+    }
+
+    /// ATen's update of Langevin samples (as `langevin.rs` computes it eagerly).
+    fn eager_update(
+        a: &Tensor,
+        g: &Tensor,
+        noise: &Tensor,
+        [cg, cn]: [&Tensor; 2],
+        [clip, low, high]: [&Tensor; 3],
+    ) -> Tensor {
+        let delta = (noise * cn)
+            .addcmul(g, cg)
+            .clamp_tensor(Some(&-clip), Some(clip));
+        (a - delta).clamp_tensor(Some(low), Some(high))
+    }
+
+    /// On a GPU: the update kernel against ATen's passes for a pack whose noise is a slice
+    /// of all steps' draws (member stride) and for a single chain (scalar coefficients,
+    /// `[A]` tables), with samples pushed past the bounds and moves past the clip, a NaN
+    /// kept as ATen keeps it, and replayed from a CUDA graph on unseen inputs.
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn on_a_gpu_the_update_kernel_computes_what_aten_computes() {
+        assert!(tch::Cuda::is_available(), "no CUDA device");
+        assert!(available(), "no run-time kernels in this build");
+        let device = Device::Cuda(0);
+        let opts = (Kind::Float, device);
+        for (k, b, n, a) in [(3, 512, 8, 2), (1, 100, 512, 16), (4, 7, 3, 5)] {
+            let what = format!("K={k} B={b} N={n} A={a}");
+            let packed = k > 1;
+            let shape: Vec<i64> = if packed {
+                vec![k, b, n, a]
+            } else {
+                vec![b, n, a]
+            };
+            let table_shape: Vec<i64> = if packed { vec![k, 1, 1, a] } else { vec![a] };
+            let coef_shape: Vec<i64> = if packed { vec![k, 1, 1, 1] } else { vec![] };
+            let actions = Tensor::randn(shape.as_slice(), opts) * 1.5;
+            let g = Tensor::randn(shape.as_slice(), opts) * 3.0;
+            let all_noise = Tensor::randn([k, 5, b, n, a], opts);
+            let noise = if packed {
+                all_noise.select(1, 2)
+            } else {
+                all_noise.get(0).get(2)
+            };
+            let cg = Tensor::rand(coef_shape.as_slice(), opts) * 0.1;
+            let cn = Tensor::rand(coef_shape.as_slice(), opts) * 0.1;
+            let clip = Tensor::rand(table_shape.as_slice(), opts) * 0.2 + 0.01;
+            let low = -Tensor::rand(table_shape.as_slice(), opts) - 0.5;
+            let high = Tensor::rand(table_shape.as_slice(), opts) + 0.5;
+            let flat = |t: &Tensor| t.reshape([-1, a]).contiguous();
+            let tables = [flat(&clip), flat(&low), flat(&high)];
+            let tables = [&tables[0], &tables[1], &tables[2]];
+            let _ = actions.view([-1]).get(5).fill_(f64::NAN);
+            let want = eager_update(&actions, &g, &noise, [&cg, &cn], [&clip, &low, &high]);
+            let got = langevin_update(&actions, &g, &noise, [&cg, &cn], tables).unwrap();
+            assert!(
+                got.view([-1]).get(5).isnan().int64_value(&[]) == 1,
+                "NaN {what}"
+            );
+            let finite = want.isfinite();
+            let error = (&got - &want)
+                .masked_select(&finite)
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(error <= 1e-6, "update {what}: {error:.3e}");
+            let f =
+                |t: &[Tensor]| langevin_update(&t[0], &t[1], &t[2], [&cg, &cn], tables).unwrap();
+            let inputs = [actions.copy(), g.copy(), noise.contiguous()];
+            let (graph, _) = crate::policy::cuda_graph::CapturedFn::capture(&inputs, f).unwrap();
+            let fresh = [
+                Tensor::randn(shape.as_slice(), opts),
+                Tensor::randn(shape.as_slice(), opts),
+                Tensor::randn(shape.as_slice(), opts),
+            ];
+            assert!(graph.run(&fresh).unwrap().equal(&f(&fresh)), "graph {what}");
+        }
     }
 
     /// On a GPU: both kernels against ATen, for packs of one and more, rows that do not fill

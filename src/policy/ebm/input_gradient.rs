@@ -22,7 +22,7 @@
 //! product, the mask, a product, the masked gradient, the action product.
 //!
 //! On a GPU, a one-block network's step is fused further, once it has agreed with the eager
-//! gradient ([`super::fused_gradient`]): the first product writes `relu(h)` from its
+//! gradient ([`super::fused_steps`]): the first product writes `relu(h)` from its
 //! cuBLASLt epilogue, our kernel writes the mask (ATen's `gt_` on bf16 is unvectorized), and
 //! our kernel takes the action product of the backward product under the first layer's
 //! mask in one read, without writing the masked gradient: 5 passes over `[K, rows, W]`
@@ -34,7 +34,7 @@ use std::cell::RefCell;
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
-use super::fused_gradient::GUARD;
+use super::fused_steps;
 use crate::policy::{cublas_lt, runtime_kernels, Precision};
 
 /// Columns of padding after `hidden`: the constant one and zeros up to a multiple of 8
@@ -310,7 +310,7 @@ impl InputGradient {
                     self.first.size()[2],
                     self.action_dim,
                 ];
-                GUARD.gradient(
+                fused_steps::GRADIENT.gradient(
                     &key,
                     || self.action_gradient(&x),
                     || self.action_gradient_fused(&x),
@@ -480,7 +480,7 @@ mod tests {
             }
             let got = gradient.at(&obs, &actions).to_device(Device::Cpu);
             assert!(
-                super::super::fused_gradient::in_use(),
+                super::super::fused_steps::in_use(),
                 "{precision}: the guard did not come to use the fused steps (its warning says why)"
             );
             let mean = (&got - &exact).abs().mean(Kind::Float).double_value(&[])

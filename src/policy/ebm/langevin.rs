@@ -5,7 +5,10 @@
 //! `c = delta_clip * (high - low) / 2`, and samples detached after every step.
 
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
+use tch::{Kind, Tensor};
+
+use super::fused_steps;
+use crate::policy::runtime_kernels;
 
 /// Parameters of the sampler (IBC defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,19 +165,173 @@ pub(super) fn chain_with_clip(
     grad: impl Fn(&Tensor) -> Tensor,
 ) -> Tensor {
     tch::no_grad(|| {
-        let neg_clip = -&clip;
+        let update = Update::new(bounds, clip, coefficients, &init);
         let mut actions = init.detach();
         for i in 0..steps {
-            let (g_coef, n_coef) = (
-                coefficients.grad.get(i as i64),
-                coefficients.noise.get(i as i64),
-            );
             let g = grad(&actions);
-            let delta = (noise(i, &actions) * n_coef)
-                .addcmul(&g, &g_coef)
-                .clamp_tensor(Some(&neg_clip), Some(&clip));
-            actions = bounds.clip(&(actions - delta));
+            actions = update.step(i, &actions, &g, &noise(i, &actions));
         }
         actions
     })
+}
+
+/// The update of a step's samples: ATen's five passes, or on a GPU one kernel of our own
+/// ([`runtime_kernels::langevin_update`]) once it has agreed with them
+/// ([`fused_steps::UPDATE`]): a small pack's step is a chain of short kernels, where each
+/// launch is a good part of its time.
+struct Update<'a> {
+    bounds: &'a Bounds,
+    clip: Tensor,
+    neg_clip: Tensor,
+    coefficients: &'a StepCoefficients,
+    /// What the kernel reads per member, `[K, A]` each: the clip and the bounds (`None`
+    /// where the kernel cannot run).
+    tables: Option<[Tensor; 3]>,
+}
+
+impl<'a> Update<'a> {
+    /// The update within `bounds` for chains shaped like `init` (`[K, .., A]` for a pack of
+    /// K, whose coefficients are `[steps, K, ..]`).
+    fn new(
+        bounds: &'a Bounds,
+        clip: Tensor,
+        coefficients: &'a StepCoefficients,
+        init: &Tensor,
+    ) -> Self {
+        // The tables are `[steps, ..per_step]`: one chain's per step `[]`, a pack's `[K, 1, 1, 1]`.
+        let members: i64 = coefficients.grad.size()[1..].iter().product();
+        let actions = init.size().last().copied().unwrap_or(0);
+        let fusable = init.device().is_cuda()
+            && init.kind() == Kind::Float
+            && actions > 0
+            && runtime_kernels::available();
+        // Each table as `[K, A]`: a pack's are `[K, 1, 1, A]`, a single chain's `[A]`.
+        let per_member = |t: &Tensor| {
+            let rows = t.numel() as i64 / actions.max(1);
+            (t.kind() == Kind::Float && t.numel() as i64 % actions.max(1) == 0)
+                .then_some(rows)
+                .filter(|&rows| rows == 1 || rows == members)
+                .map(|_| {
+                    t.reshape([-1, actions])
+                        .expand([members, actions], false)
+                        .contiguous()
+                })
+        };
+        let tables = fusable
+            .then(|| {
+                Some([
+                    per_member(&clip)?,
+                    per_member(&bounds.low)?,
+                    per_member(&bounds.high)?,
+                ])
+            })
+            .flatten();
+        Self {
+            bounds,
+            neg_clip: -&clip,
+            clip,
+            coefficients,
+            tables,
+        }
+    }
+
+    /// The samples after step `i` from `actions` with gradients `g` and noise `noise`.
+    fn step(&self, i: usize, actions: &Tensor, g: &Tensor, noise: &Tensor) -> Tensor {
+        let coefficients = [
+            self.coefficients.grad.get(i as i64),
+            self.coefficients.noise.get(i as i64),
+        ];
+        let eager = || {
+            let [g_coef, n_coef] = &coefficients;
+            let delta = (noise * n_coef)
+                .addcmul(g, g_coef)
+                .clamp_tensor(Some(&self.neg_clip), Some(&self.clip));
+            self.bounds.clip(&(actions - delta))
+        };
+        let Some([clip, low, high]) = &self.tables else {
+            return eager();
+        };
+        // A configuration: the pack, the samples per member and the action dimension.
+        let members = coefficients[0].numel() as i64;
+        let key = [
+            members,
+            actions.numel() as i64 / members,
+            *clip.size().last().unwrap(),
+        ];
+        fused_steps::UPDATE.compute(
+            &key,
+            eager,
+            || {
+                runtime_kernels::langevin_update(
+                    &actions.contiguous(),
+                    &g.contiguous(),
+                    noise,
+                    [&coefficients[0], &coefficients[1]],
+                    [clip, low, high],
+                )
+            },
+            // The moves are compared: the samples themselves barely change at late steps.
+            |eager, fused| fused_steps::agree(&(eager - actions), &(fused - actions)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::Device;
+
+    use super::*;
+
+    /// A chain on a quadratic energy `|a - t|²` (gradient `2 (a - t)`, a contraction, so
+    /// rounding does not grow) from uniform samples with drawn noise, on `device`.
+    fn quadratic_chain(device: Device) -> Tensor {
+        tch::manual_seed(7);
+        let (b, n, a) = (64, 16, 3);
+        let init = Tensor::rand([b, n, a], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        let noise = Tensor::randn([100, b, n, a], (Kind::Float, Device::Cpu));
+        let target = Tensor::from_slice(&[0.3f32, -0.2, 0.9]).to_device(device);
+        let bounds = Bounds::new(&[-1.0, -1.0, -0.5], &[1.0, 1.0, 0.5], device);
+        langevin_with_noise(
+            init.to_device(device),
+            &bounds,
+            &LangevinConfig::default(),
+            &noise.to_device(device),
+            |x| (x - &target) * 2.0,
+        )
+    }
+
+    #[test]
+    fn a_chain_on_a_quadratic_energy_settles_at_its_minimum_within_the_bounds() {
+        let samples = quadratic_chain(Device::Cpu);
+        // The third coordinate's minimum (0.9) lies past its bound (0.5): it stops there.
+        let mean = samples.mean_dim(&[0i64, 1][..], false, Kind::Float);
+        let want = Tensor::from_slice(&[0.3f32, -0.2, 0.5]);
+        // From a mean 0.2 to 0.5 away; what is left is the noise of its last steps and
+        // the offset their shrinking step sizes no longer remove (0.017 with this seed).
+        let error = (mean - want).abs().max().double_value(&[]);
+        assert!(error < 0.05, "chain mean off the minimum by {error}");
+        assert!(samples.select(2, 2).le(0.5).all().int64_value(&[]) == 1);
+    }
+
+    /// On a GPU the chain comes to use the fused update (after its checks) and ends where
+    /// the CPU's eager chain ends, to rounding.
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn on_a_gpu_the_chain_uses_the_fused_update_and_agrees_with_the_cpu() {
+        assert!(tch::Cuda::is_available(), "no CUDA device");
+        let gpu = quadratic_chain(Device::Cuda(0));
+        assert!(
+            fused_steps::update_in_use(),
+            "the chain did not come to use the fused update (its warning says why)"
+        );
+        let cpu = quadratic_chain(Device::Cpu);
+        let error = (gpu.to_device(Device::Cpu) - cpu)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(
+            error < 1e-4,
+            "GPU chain differs from the CPU's by {error:.3e}"
+        );
+    }
 }

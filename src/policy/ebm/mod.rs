@@ -3,7 +3,7 @@
 
 mod autoregressive;
 mod dfo;
-pub mod fused_gradient;
+pub mod fused_steps;
 mod input_gradient;
 mod langevin;
 mod loss;

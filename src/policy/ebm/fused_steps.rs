@@ -1,10 +1,11 @@
-//! Whether the Langevin gradient may use its fused steps (a cuBLASLt ReLU epilogue and our
-//! run-time compiled kernels, see [`super::input_gradient`]), and the check that earns it.
-//! The fused steps compute what the eager products compute, with other kernels (other
-//! rounding). For each configuration (element type, sizes) the eager gradient is returned
-//! until the fused one has agreed with it on the first calls;
-//! after a failure or a disagreement that configuration is computed eagerly for good, with
-//! a warning.
+//! Whether a Langevin step may use its fused kernels, and the check that earns it. Two
+//! parts of the step have them: the gradient (a cuBLASLt ReLU epilogue and our run-time
+//! compiled kernels, see [`super::input_gradient`]) and the update of the samples (one
+//! kernel for ATen's five, see [`super::langevin`]), each with its own [`Guard`].
+//! The fused kernels compute what the eager ones compute, with other rounding. For each
+//! configuration (element type, sizes) the eager result is returned until the fused one
+//! has agreed with it on the first calls; after a failure or a disagreement that
+//! configuration is computed eagerly for good, with a warning.
 //!
 //! The checks read the device's results (a wait), so they must be done before any CUDA
 //! graph capture: a chain's capture is preceded by an eager warm-up of all its steps, which
@@ -19,7 +20,7 @@ use tch::{Kind, Tensor};
 
 use crate::policy::cuda_graph;
 
-/// Calls compared with the eager gradient before the fused steps are trusted, per
+/// Calls compared with the eager result before the fused kernels are trusted, per
 /// configuration (element type, pack and layer sizes).
 const CHECKED_CALLS: u32 = 2;
 
@@ -35,32 +36,45 @@ enum State {
     Failed,
 }
 
-/// Whether this process may use the fused steps (a bench switches them off to
+/// Whether this process may use one part's fused kernels (a bench switches them off to
 /// compare), and per configuration how far their checks went.
 pub struct Guard {
+    /// What the kernels compute, for the log.
+    part: &'static str,
     wanted: AtomicBool,
     states: Mutex<BTreeMap<Vec<i64>, State>>,
-    /// Whether the last gradient returned came from the fused steps.
+    /// Whether the last result returned came from the fused kernels.
     last_fused: AtomicBool,
 }
 
-/// The process's guard.
-pub static GUARD: Guard = Guard::new();
+/// The process's guard of the Langevin gradient's fused steps.
+pub static GRADIENT: Guard = Guard::new("Langevin gradient");
 
-/// Lets (or stops) the process use the fused steps where it can.
+/// The process's guard of the fused update of Langevin samples.
+pub static UPDATE: Guard = Guard::new("Langevin update");
+
+/// Lets (or stops) the process use the fused kernels where it can.
 pub fn set_enabled(on: bool) {
-    GUARD.wanted.store(on, Ordering::Relaxed);
+    for guard in [&GRADIENT, &UPDATE] {
+        guard.wanted.store(on, Ordering::Relaxed);
+    }
 }
 
 /// Whether the process's last Langevin gradient came from the fused steps (for the
 /// bench's figures).
 pub fn in_use() -> bool {
-    GUARD.last_fused.load(Ordering::Relaxed)
+    GRADIENT.last_fused.load(Ordering::Relaxed)
+}
+
+/// Whether the process's last update of Langevin samples came from the fused kernel.
+pub fn update_in_use() -> bool {
+    UPDATE.last_fused.load(Ordering::Relaxed)
 }
 
 impl Guard {
-    pub const fn new() -> Self {
+    pub const fn new(part: &'static str) -> Self {
         Self {
+            part,
             wanted: AtomicBool::new(true),
             states: Mutex::new(BTreeMap::new()),
             last_fused: AtomicBool::new(false),
@@ -90,6 +104,17 @@ impl Guard {
         eager: impl FnOnce() -> Tensor,
         fused: impl FnOnce() -> Result<Tensor>,
     ) -> Tensor {
+        self.compute(key, eager, fused, agree)
+    }
+
+    /// [`Self::gradient`] for any result, compared by `same` (the eager result first).
+    pub fn compute(
+        &self,
+        key: &[i64],
+        eager: impl FnOnce() -> Tensor,
+        fused: impl FnOnce() -> Result<Tensor>,
+        same: impl FnOnce(&Tensor, &Tensor) -> Result<()>,
+    ) -> Tensor {
         self.last_fused.store(false, Ordering::Relaxed);
         if !self.wanted.load(Ordering::Relaxed) {
             return eager();
@@ -112,10 +137,10 @@ impl Guard {
             State::Checking { .. } if cuda_graph::capturing() => eager(),
             State::Checking { left } => {
                 let reference = eager();
-                match fused().and_then(|gradient| agree(&reference, &gradient)) {
+                match fused().and_then(|result| same(&reference, &result)) {
                     Ok(()) if left <= 1 => {
                         self.set(key, State::Trusted);
-                        tracing::info!("Langevin gradient {key:?}: fused steps checked");
+                        tracing::info!("{} {key:?}: fused kernels checked", self.part);
                     }
                     Ok(()) => self.set(key, State::Checking { left: left - 1 }),
                     Err(e) => self.give_up(key, &format!("{e:#}")),
@@ -128,22 +153,16 @@ impl Guard {
     fn give_up(&self, key: &[i64], why: &str) {
         if self.state(key) != State::Failed {
             self.set(key, State::Failed);
-            tracing::warn!("Langevin gradient {key:?}: eager products from now on ({why})");
+            tracing::warn!("{} {key:?}: eager kernels from now on ({why})", self.part);
         }
     }
 }
 
-impl Default for Guard {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// Whether `fused` is `eager` to [`AGREEMENT`].
-fn agree(eager: &Tensor, fused: &Tensor) -> Result<()> {
+pub(super) fn agree(eager: &Tensor, fused: &Tensor) -> Result<()> {
     ensure!(
         eager.size() == fused.size(),
-        "fused gradient of shape {:?}, eager {:?}",
+        "fused result of shape {:?}, eager {:?}",
         fused.size(),
         eager.size()
     );
@@ -155,8 +174,8 @@ fn agree(eager: &Tensor, fused: &Tensor) -> Result<()> {
         .double_value(&[]);
     ensure!(
         error.is_finite() && error <= AGREEMENT * scale + 1e-12,
-        "fused gradient differs from the eager one by {error:.3e} on average \
-         (gradient scale {scale:.3e})"
+        "fused result differs from the eager one by {error:.3e} on average \
+         (its scale {scale:.3e})"
     );
     Ok(())
 }
@@ -176,7 +195,7 @@ mod tests {
 
     #[test]
     fn a_fused_gradient_that_agrees_is_used_only_after_its_checks() {
-        let guard = Guard::new();
+        let guard = Guard::new("test");
         let close = || Ok(gradient() * 1.001);
         for _ in 0..CHECKED_CALLS {
             assert_ne!(guard.state(KEY), State::Trusted);
@@ -200,7 +219,7 @@ mod tests {
 
     #[test]
     fn a_capture_takes_the_eager_gradient_while_checks_are_left_and_counts_none() {
-        let guard = Guard::new();
+        let guard = Guard::new("test");
         let never = || -> Result<Tensor> { panic!("no check during a capture") };
         let g = cuda_graph::as_capture(|| guard.gradient(KEY, gradient, never));
         assert_eq!(g, gradient());
@@ -229,7 +248,7 @@ mod tests {
             Box::new(|| bail!("no algorithm")),
             Box::new(|| Ok(gradient() * f64::NAN)),
         ] {
-            let guard = Guard::new();
+            let guard = Guard::new("test");
             assert_eq!(guard.gradient(KEY, gradient, &fused), gradient());
             for _ in 0..3 {
                 let g = guard.gradient(KEY, gradient, || panic!("fused not tried after failing"));
@@ -245,7 +264,7 @@ mod tests {
 
     #[test]
     fn a_trusted_fused_gradient_that_fails_later_gives_way_to_the_eager_one() {
-        let guard = Guard::new();
+        let guard = Guard::new("test");
         for _ in 0..CHECKED_CALLS {
             let _ = guard.gradient(KEY, gradient, || Ok(gradient()));
         }
@@ -256,7 +275,7 @@ mod tests {
 
     #[test]
     fn a_guard_not_wanted_computes_eagerly_only() {
-        let guard = Guard::new();
+        let guard = Guard::new("test");
         guard.wanted.store(false, Ordering::Relaxed);
         for _ in 0..3 {
             assert_eq!(
