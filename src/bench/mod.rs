@@ -65,6 +65,9 @@ pub struct BenchOptions {
     /// epilogue and run-time compiled kernels, the update's kernel, where the GPU gives
     /// them), with ATen's passes only, or both.
     pub fused_gradient: Vec<bool>,
+    /// Packed training with the Langevin samples' update in one kernel of ours (where the
+    /// GPU gives it), with ATen's passes, or both.
+    pub fused_update: Vec<bool>,
 }
 
 /// One figure.

@@ -64,8 +64,11 @@ pub fn packed_training(opts: &BenchOptions, emit: &mut impl FnMut(&BenchRecord))
         for &members in &opts.pack_sizes {
             for &graphs in &opts.cuda_graphs {
                 for &fused in &opts.fused_gradient {
-                    fused_steps::set_enabled(fused);
-                    packed_figure(opts, members, precision, graphs, emit)?;
+                    for &update in &opts.fused_update {
+                        fused_steps::GRADIENT.set_wanted(fused);
+                        fused_steps::UPDATE.set_wanted(update);
+                        packed_figure(opts, members, precision, graphs, update, emit)?;
+                    }
                 }
             }
         }
@@ -74,13 +77,14 @@ pub fn packed_training(opts: &BenchOptions, emit: &mut impl FnMut(&BenchRecord))
     Precision::Fp32.apply()
 }
 
-/// One packed-training figure (see [`packed_training`]); the Langevin gradient's products
-/// are as `fused_gradient` was last set.
+/// One packed-training figure (see [`packed_training`]); the Langevin step's kernels are as
+/// [`fused_steps`] was last set (`update`: whether the fused update was asked for).
 fn packed_figure(
     opts: &BenchOptions,
     members: usize,
     precision: Precision,
     graphs: bool,
+    update: bool,
     emit: &mut impl FnMut(&BenchRecord),
 ) -> Result<()> {
     let mut trainer = packed_trainer(opts, members, precision)?.cuda_graphs(graphs);
@@ -101,13 +105,17 @@ fn packed_figure(
         "negatives": opts.negatives, "langevin_steps": opts.langevin_steps,
     });
     let mut figure = record("packed_train", opts.device, config, times);
-    figure.implementation = match (replayed, fused) {
+    let name = match (replayed, fused) {
         (false, false) => "ebmlab",
         (true, false) => "ebmlab-cuda-graph",
         (false, true) => "ebmlab-fused",
         (true, true) => "ebmlab-cuda-graph-fused",
-    }
-    .into();
+    };
+    // Figures with the update's kernel refused, to set beside the others.
+    figure.implementation = match update {
+        true => name.to_owned(),
+        false => format!("{name}-eager-update"),
+    };
     figure.per_second = Some(members as f64 * 1e3 / figure.median_ms);
     figure.device_waits_per_step = waits.map(|w| w as f64 / opts.repeats as f64);
     emit(&figure);

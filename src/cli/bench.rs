@@ -102,6 +102,10 @@ pub struct BenchArgs {
     /// on).
     #[arg(long, value_delimiter = ',', value_parser = parse_on_off, default_value = "on")]
     fused_gradient: Vec<bool>,
+    /// Packed training with the Langevin samples' update in one kernel of ours (`on`,
+    /// where the GPU gives it), with ATen's five passes (`off`), or both (default: on).
+    #[arg(long, value_delimiter = ',', value_parser = parse_on_off, default_value = "on")]
+    fused_update: Vec<bool>,
     /// Python with torch for the reference figures.
     #[arg(long, default_value = ".venv/bin/python")]
     python: PathBuf,
@@ -189,6 +193,7 @@ pub fn run_bench(args: BenchArgs) -> Result<ExitCode> {
             (true, _) => vec![true, false],
         },
         fused_gradient: args.fused_gradient.clone(),
+        fused_update: args.fused_update.clone(),
     };
     run(&opts, |record| {
         println!(

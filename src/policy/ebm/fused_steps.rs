@@ -53,10 +53,10 @@ pub static GRADIENT: Guard = Guard::new("Langevin gradient");
 /// The process's guard of the fused update of Langevin samples.
 pub static UPDATE: Guard = Guard::new("Langevin update");
 
-/// Lets (or stops) the process use the fused kernels where it can.
+/// Lets (or stops) the process use the fused kernels of both parts where it can.
 pub fn set_enabled(on: bool) {
     for guard in [&GRADIENT, &UPDATE] {
-        guard.wanted.store(on, Ordering::Relaxed);
+        guard.set_wanted(on);
     }
 }
 
@@ -79,6 +79,11 @@ impl Guard {
             states: Mutex::new(BTreeMap::new()),
             last_fused: AtomicBool::new(false),
         }
+    }
+
+    /// Lets (or stops) this part use its fused kernels where it can.
+    pub fn set_wanted(&self, on: bool) {
+        self.wanted.store(on, Ordering::Relaxed);
     }
 
     fn state(&self, key: &[i64]) -> State {
