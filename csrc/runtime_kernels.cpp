@@ -348,8 +348,8 @@ int ebmlab_rtc_masked_action_product(const char* source, int device, int bf16, i
   return guarded(last_error, [&] {
     require_aligned(p);
     require_aligned(u);
-    if (actions < 1 || actions > 8 || width % (bf16 != 0 ? 8 : 4) != 0) {
-      throw std::invalid_argument("the masked action product takes 1 to 8 actions and rows of "
+    if (actions < 1 || actions > 32 || width % (bf16 != 0 ? 8 : 4) != 0) {
+      throw std::invalid_argument("the masked action product takes 1 to 32 actions and rows of "
                                   "whole 16-byte vectors, not " + std::to_string(actions) +
                                   " actions and width " + std::to_string(width));
     }

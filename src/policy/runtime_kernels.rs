@@ -20,8 +20,17 @@ use tch::{Device, Kind, Tensor};
 const SOURCE: &str = concat!(include_str!("../../csrc/langevin_kernels.cu"), "\0");
 
 /// Largest action dimension the masked action product takes (its per-row sums live in
-/// registers); above it the caller uses ATen's passes.
-pub const MAX_ACTIONS: i64 = 8;
+/// registers: 32 covers the N-D study's N = 2..32); above it the caller uses ATen's passes.
+pub const MAX_ACTIONS: i64 = 32;
+
+/// Shared memory a block of the masked action product may ask for without opting in.
+const SHARED_BYTES: i64 = 48 * 1024;
+
+/// Whether the masked action product takes `actions` actions of a `width`-wide layer: its
+/// blocks keep the `[width, actions]` weights (fp32) in shared memory.
+pub fn masked_product_fits(actions: i64, width: i64) -> bool {
+    (1..=MAX_ACTIONS).contains(&actions) && actions * width * 4 <= SHARED_BYTES
+}
 
 /// Whether this process can run the kernels: built with the shim, and NVRTC and the CUDA
 /// driver found (the reason is logged once when not).
@@ -71,8 +80,9 @@ pub fn masked_action_product(
         row.size()
     );
     ensure!(
-        (1..=MAX_ACTIONS).contains(&actions),
-        "the masked action product takes 1 to {MAX_ACTIONS} actions, not {actions}"
+        masked_product_fits(actions, width),
+        "the masked action product takes 1 to {MAX_ACTIONS} actions whose weights fit \
+         {SHARED_BYTES} bytes, not {actions} actions of width {width}"
     );
     let bf16 = is_bf16(p)?;
     ensure!(
@@ -393,7 +403,7 @@ mod tests {
     fn the_kernels_compile_for_hopper_and_ampere_in_both_element_types() {
         for arch in [80, 90] {
             for bf16 in [false, true] {
-                for (actions, width) in [(1, 40), (2, 264), (MAX_ACTIONS as i32, 520)] {
+                for (actions, width) in [(1, 40), (2, 264), (8, 520), (MAX_ACTIONS as i32, 264)] {
                     let bytes = ffi::compile(arch, bf16, actions, width).unwrap_or_else(|e| {
                         panic!("sm_{arch} bf16 {bf16} A={actions} W={width}: {e:#}")
                     });
@@ -501,7 +511,7 @@ mod tests {
     }
 
     /// On a GPU: both kernels against ATen, for packs of one and more, rows that do not fill
-    /// a block, widths of 40 and 264, action dimensions 1 to 8, in fp32 and bf16; and
+    /// a block, widths of 40 and 264, action dimensions 1 to 32, in fp32 and bf16; and
     /// replayed from a CUDA graph on inputs the capture has not seen. Run with `--ignored`
     /// where there is a CUDA device (`bench/gpu.sh` does).
     #[test]
@@ -521,6 +531,8 @@ mod tests {
                 (3, 300, 264, 1),
                 (2, 4096, 264, 8),
                 (4, 65, 40, 5),
+                (3, 1000, 264, 16),
+                (2, 300, 264, 32),
             ];
             if kind == Kind::Float {
                 // Rows of whole fp32 vectors (4 elements) but not of bf16 ones (8).

@@ -295,7 +295,7 @@ impl InputGradient {
             let fusable = self.blocks.len() == 1
                 && x.device().is_cuda()
                 && self.first.size()[2] % 8 == 0
-                && self.action_dim <= runtime_kernels::MAX_ACTIONS
+                && runtime_kernels::masked_product_fits(self.action_dim, self.first.size()[2])
                 && cublas_lt::available()
                 && runtime_kernels::available();
             let grad = if fusable {
