@@ -227,9 +227,13 @@ where
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
             });
-        chart.draw_series(s.points.iter().map(|&(x, _, l, h)| {
-            ErrorBar::new_vertical(x, l, (l + h) / 2.0, h, color.stroke_width(2), 8)
-        }))?;
+        // The bar's own marker at the rate itself: a Wilson interval is not centred on it
+        // (at 0 of 50 the interval's middle is 3.6%, a point where no result is).
+        chart.draw_series(
+            s.points
+                .iter()
+                .map(|&(x, y, l, h)| ErrorBar::new_vertical(x, l, y, h, color.stroke_width(2), 8)),
+        )?;
         chart.draw_series(
             s.points
                 .iter()

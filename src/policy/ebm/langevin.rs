@@ -251,6 +251,9 @@ impl<'a> Update<'a> {
         let Some([clip, low, high]) = &self.tables else {
             return eager();
         };
+        if g.kind() != Kind::Float || noise.kind() != Kind::Float {
+            return eager();
+        }
         // A configuration: the pack, the samples per member and the action dimension.
         let members = coefficients[0].numel() as i64;
         let key = [
