@@ -24,9 +24,9 @@ use crate::policy::cuda_graph;
 /// configuration (element type, pack and layer sizes).
 const CHECKED_CALLS: u32 = 2;
 
-/// Largest mean difference from the eager gradient, as a share of its mean magnitude,
-/// that counts as the same gradient: different kernels round differently (in bf16 ~1%,
-/// ReLU masks flip near zero), while a wrong product is off by about the whole gradient.
+/// Largest mean difference from the eager result, as a share of its mean magnitude, that
+/// counts as the same result: different kernels round differently (a gradient in bf16 ~1%,
+/// ReLU masks flip near zero), while a wrong kernel is off by about the whole result.
 const AGREEMENT: f64 = 0.03;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +112,8 @@ impl Guard {
         self.compute(key, eager, fused, agree)
     }
 
-    /// [`Self::gradient`] for any result, compared by `same` (the eager result first).
+    /// [`Self::gradient`] for any result, compared by `same` (the eager result first; an
+    /// error is a disagreement).
     pub fn compute(
         &self,
         key: &[i64],

@@ -184,9 +184,15 @@ struct Update<'a> {
     clip: Tensor,
     neg_clip: Tensor,
     coefficients: &'a StepCoefficients,
-    /// What the kernel reads per member, `[K, A]` each: the clip and the bounds (`None`
-    /// where the kernel cannot run).
-    tables: Option<[Tensor; 3]>,
+    /// What the kernel needs, where it can run.
+    fused: Option<FusedUpdate>,
+}
+
+/// The kernel's per-member tables, `[K, A]` each (the clip and the bounds), and the
+/// chain's configuration for [`fused_steps::UPDATE`]: K, samples per member, A.
+struct FusedUpdate {
+    tables: [Tensor; 3],
+    key: [i64; 3],
 }
 
 impl<'a> Update<'a> {
@@ -198,40 +204,19 @@ impl<'a> Update<'a> {
         coefficients: &'a StepCoefficients,
         init: &Tensor,
     ) -> Self {
-        // The tables are `[steps, ..per_step]`: one chain's per step `[]`, a pack's `[K, 1, 1, 1]`.
-        let members: i64 = coefficients.grad.size()[1..].iter().product();
-        let actions = init.size().last().copied().unwrap_or(0);
         let fusable = init.device().is_cuda()
             && init.kind() == Kind::Float
-            && actions > 0
+            && init.numel() > 0
             && runtime_kernels::available();
-        // Each table as `[K, A]`: a pack's are `[K, 1, 1, A]`, a single chain's `[A]`.
-        let per_member = |t: &Tensor| {
-            let rows = t.numel() as i64 / actions.max(1);
-            (t.kind() == Kind::Float && t.numel() as i64 % actions.max(1) == 0)
-                .then_some(rows)
-                .filter(|&rows| rows == 1 || rows == members)
-                .map(|_| {
-                    t.reshape([-1, actions])
-                        .expand([members, actions], false)
-                        .contiguous()
-                })
-        };
-        let tables = fusable
-            .then(|| {
-                Some([
-                    per_member(&clip)?,
-                    per_member(&bounds.low)?,
-                    per_member(&bounds.high)?,
-                ])
-            })
+        let fused = fusable
+            .then(|| FusedUpdate::new(&clip, bounds, coefficients, init))
             .flatten();
         Self {
             bounds,
             neg_clip: -&clip,
             clip,
             coefficients,
-            tables,
+            fused,
         }
     }
 
@@ -248,21 +233,15 @@ impl<'a> Update<'a> {
                 .clamp_tensor(Some(&self.neg_clip), Some(&self.clip));
             self.bounds.clip(&(actions - delta))
         };
-        let Some([clip, low, high]) = &self.tables else {
+        let Some(FusedUpdate { tables, key }) = &self.fused else {
             return eager();
         };
         if g.kind() != Kind::Float || noise.kind() != Kind::Float {
             return eager();
         }
-        // A configuration: the pack, the samples per member and the action dimension.
-        let members = coefficients[0].numel() as i64;
-        let key = [
-            members,
-            actions.numel() as i64 / members,
-            *clip.size().last().unwrap(),
-        ];
+        let [clip, low, high] = tables;
         fused_steps::UPDATE.compute(
-            &key,
+            key,
             eager,
             || {
                 runtime_kernels::langevin_update(
@@ -273,10 +252,47 @@ impl<'a> Update<'a> {
                     [clip, low, high],
                 )
             },
-            // The moves are compared: the samples themselves barely change at late steps.
-            |eager, fused| fused_steps::agree(&(eager - actions), &(fused - actions)),
+            |eager, fused| same_moves(actions, eager, fused),
         )
     }
+}
+
+impl FusedUpdate {
+    /// The tables of `clip` and `bounds` (a pack's `[K, 1, 1, A]`, a single chain's `[A]`)
+    /// for chains shaped like `init`, or `None` if they are not of those shapes.
+    fn new(
+        clip: &Tensor,
+        bounds: &Bounds,
+        coefficients: &StepCoefficients,
+        init: &Tensor,
+    ) -> Option<Self> {
+        // The coefficients are `[steps, ..per_step]`: one chain's per step `[]`, a pack's
+        // `[K, 1, 1, 1]`.
+        let members: i64 = coefficients.grad.size()[1..].iter().product();
+        let actions = *init.size().last()?;
+        let table = |t: &Tensor| {
+            let rows = t.numel() as i64 / actions;
+            let fits = t.kind() == Kind::Float
+                && t.numel() as i64 % actions == 0
+                && (rows == 1 || rows == members);
+            fits.then(|| {
+                t.reshape([-1, actions])
+                    .expand([members, actions], false)
+                    .contiguous()
+            })
+        };
+        Some(Self {
+            tables: [table(clip)?, table(&bounds.low)?, table(&bounds.high)?],
+            key: [members, init.numel() as i64 / members, actions],
+        })
+    }
+}
+
+/// Whether the fused update's samples `fused` agree with the eager `eager`, both from
+/// `before`: their moves are compared, because the samples themselves barely change at a
+/// chain's late steps (step sizes ~1e-5), where an update that did nothing would pass.
+fn same_moves(before: &Tensor, eager: &Tensor, fused: &Tensor) -> anyhow::Result<()> {
+    fused_steps::agree(&(eager - before), &(fused - before))
 }
 
 #[cfg(test)]
@@ -301,6 +317,24 @@ mod tests {
             &noise.to_device(device),
             |x| (x - &target) * 2.0,
         )
+    }
+
+    #[test]
+    fn a_fused_update_that_does_not_move_the_samples_is_refused_where_comparing_them_would_pass() {
+        tch::manual_seed(3);
+        let before = Tensor::rand([4, 64, 2], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        // A late step: moves of ~1e-5.
+        let moves = Tensor::randn([4, 64, 2], (Kind::Float, Device::Cpu)) * 1e-5;
+        let eager = &before - &moves;
+        assert!(
+            fused_steps::agree(&eager, &before).is_ok(),
+            "the samples alone cannot tell a no-op from the update"
+        );
+        assert!(same_moves(&before, &eager, &before.copy()).is_err());
+        // Rounding-sized differences (1e-3 of each move) agree.
+        let rounded = &eager + &moves * 1e-3;
+        assert!(same_moves(&before, &eager, &rounded).is_ok());
+        assert!(same_moves(&before, &eager, &(&before - &moves * -1.0)).is_err());
     }
 
     #[test]
