@@ -150,6 +150,45 @@ fn a_trial_writes_its_outputs_and_evaluates_reproducibly() {
         fs::read_to_string(dir.path().join("e3/episodes.csv")).unwrap(),
         rows1
     );
+    // `--set eval.samples=256` acts as `--samples 256`, and the settings are written beside
+    // the rows; `--set` comes after the flags.
+    let e4 = dir.path().join("e4");
+    let o = ebmlab(&[
+        "eval",
+        trial.to_str().unwrap(),
+        "--episodes",
+        "8",
+        "--samples",
+        "64",
+        "--set",
+        "eval.samples=256",
+        "--device",
+        "cpu",
+        "--out",
+        e4.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(fs::read_to_string(e4.join("episodes.csv")).unwrap(), rows1);
+    let used: toml::Table = fs::read_to_string(e4.join("eval.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(used["samples"].as_integer(), Some(256));
+    assert_eq!(used["episodes"].as_integer(), Some(8));
+    // A misspelt key, a key outside [eval] and a bad value are refused, named.
+    for (item, expected) in [
+        ("eval.itres=5", "eval.itres"),
+        ("train.lr=0.1", "eval.*"),
+        (
+            "eval.temperature=0",
+            "eval.temperature must be a positive number",
+        ),
+        ("eval.iters=many", "eval.iters=many"),
+    ] {
+        let o = ebmlab(&["eval", trial.to_str().unwrap(), "--set", item]);
+        assert_eq!(o.status.code(), Some(2), "{item}: {}", stderr(&o));
+        assert!(stderr(&o).contains(expected), "{item}: {}", stderr(&o));
+    }
 }
 
 #[test]

@@ -10,8 +10,8 @@ use clap::Args;
 
 use crate::checkpoint::{self, read_task_file, verify, CheckpointFiles};
 use crate::eval::{plot_episodes, rollout, write_episodes_csv, EvalSummary};
-use crate::policy::{InferenceKind, LoadedPolicy, PolicySpec, Precision};
-use crate::spec::{parse_device, EvalSpec, Spec};
+use crate::policy::{InferenceConfig, InferenceKind, LoadedPolicy, PolicySpec, Precision};
+use crate::spec::{override_eval, parse_device, EvalSpec, Spec};
 use crate::task::{episode_seeds, TaskConfig};
 
 #[derive(Debug, Args)]
@@ -38,6 +38,10 @@ pub struct EvalArgs {
     /// One PNG per episode.
     #[arg(long)]
     plots: bool,
+    /// Any `[eval]` key as in a spec, applied after the flags above (repeatable), e.g.
+    /// `--set eval.iters=5 --set eval.noise_scale=0.1`.
+    #[arg(long = "set", value_name = "eval.KEY=VALUE")]
+    set: Vec<String>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -90,35 +94,14 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let device = parse_device(&args.device)?.resolve()?;
     let mut policy = LoadedPolicy::load(&checkpoint, device)?;
     check_shapes(&task_config, task.info(), policy.spec())?;
-    if let Some(inference) = policy.spec_mut().inference_mut() {
-        if let Some(kind) = &args.inference {
-            inference.kind = match kind.as_str() {
-                "langevin" => InferenceKind::Langevin,
-                "autoregressive_dfo" => InferenceKind::AutoregressiveDfo,
-                _ => InferenceKind::Dfo,
-            };
-        }
-        if let Some(precision) = args.precision {
-            inference.precision = precision;
-        }
-        if let Some(samples) = args.samples {
-            match inference.kind {
-                InferenceKind::Dfo | InferenceKind::AutoregressiveDfo => {
-                    inference.samples = samples
-                }
-                InferenceKind::Langevin => inference.langevin_samples = samples,
-            }
-        }
-    }
+    let acts_by_search = policy.spec_mut().inference_mut().is_some();
+    let eval = eval_settings(&args, spec.as_ref(), policy.spec_mut().inference_mut())?;
     policy
         .spec()
         .check()
-        .context("--inference or --precision does not fit the checkpoint's policy")?;
-    let seed = args
-        .seed
-        .or(spec.as_ref().map(|s| s.eval.seed))
-        .unwrap_or(EvalSpec::default().seed);
-    let seeds = episode_seeds(seed, args.episodes);
+        .context("--inference, --precision or --set does not fit the checkpoint's policy")?;
+    let seed = eval.seed;
+    let seeds = episode_seeds(seed, eval.episodes);
     let started = Instant::now();
     let records = rollout(task.as_ref(), &policy.view(), &seeds, seed)?;
     let summary = EvalSummary::from_records(files.step, &records, started.elapsed().as_secs_f64());
@@ -129,11 +112,19 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     write_episodes_csv(&out.join("episodes.csv"), &records)?;
+    // What was evaluated with, since flags and `--set` may differ from the trial's spec
+    // (an MSE policy has no inference settings: only its episodes).
+    let used = if acts_by_search {
+        toml::to_string(&eval)?
+    } else {
+        format!("episodes = {}\nseed = {}\n", eval.episodes, eval.seed)
+    };
+    std::fs::write(out.join("eval.toml"), used)?;
     std::fs::write(
         out.join("summary.json"),
         serde_json::to_string_pretty(&summary)? + "\n",
     )?;
-    if args.plots {
+    if eval.plots {
         plot_episodes(&out.join("plots"), &records, task.as_ref())?;
     }
     if args.json {
@@ -152,6 +143,50 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The evaluation's settings: the trial's episode seed (if the checkpoint lies in a trial
+/// folder), the checkpoint's way of acting, then the flags, then `--set`. The resulting
+/// inference settings are written back into the policy's (`None` for an MSE policy, which
+/// has none).
+fn eval_settings(
+    args: &EvalArgs,
+    trial: Option<&Spec>,
+    inference: Option<&mut InferenceConfig>,
+) -> Result<EvalSpec> {
+    let mut eval = EvalSpec {
+        episodes: args.episodes,
+        seed: trial.map_or(EvalSpec::default().seed, |s| s.eval.seed),
+        plots: args.plots,
+        ..EvalSpec::default()
+    };
+    if let Some(inference) = &inference {
+        eval = eval.with_inference(inference);
+    }
+    if let Some(seed) = args.seed {
+        eval.seed = seed;
+    }
+    if let Some(kind) = &args.inference {
+        eval.inference = match kind.as_str() {
+            "langevin" => InferenceKind::Langevin,
+            "autoregressive_dfo" => InferenceKind::AutoregressiveDfo,
+            _ => InferenceKind::Dfo,
+        };
+    }
+    if let Some(precision) = args.precision {
+        eval.precision = precision;
+    }
+    if let Some(samples) = args.samples {
+        match eval.inference {
+            InferenceKind::Dfo | InferenceKind::AutoregressiveDfo => eval.samples = samples,
+            InferenceKind::Langevin => eval.langevin_samples = samples,
+        }
+    }
+    let eval = override_eval(&eval, &args.set)?;
+    if let Some(inference) = inference {
+        *inference = eval.inference();
+    }
+    Ok(eval)
 }
 
 /// The policy must fit the task it is evaluated in.

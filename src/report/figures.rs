@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 use plotters::coord::ranged1d::ValueFormatter;
 use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 /// One seed's curves: (step, value) points.
@@ -165,7 +166,8 @@ pub fn learning_curves(path: &Path, title: &str, seeds: &[SeedCurves]) -> Result
 }
 
 /// Success rate with 95% intervals against `x_label`, one line per series, the published
-/// points as stars in their series' colour; `log_x` for dimensions (2, 4, ..., 32).
+/// points as stars in their series' colour; `log_x` for dimensions (2, 4, ..., 32). The
+/// legend has a column of its own, right of the chart, so that it hides no point.
 pub fn success_against(
     path: &Path,
     title: &str,
@@ -174,8 +176,9 @@ pub fn success_against(
     series: &[RateSeries],
 ) -> Result<()> {
     wrap(path, || {
-        let root = BitMapBackend::new(path, (760, 480)).into_drawing_area();
+        let root = BitMapBackend::new(path, (1000, 480)).into_drawing_area();
         root.fill(&WHITE)?;
+        let (plot, legend) = root.split_horizontally(700);
         let xs = series.iter().flat_map(|s| {
             s.points
                 .iter()
@@ -183,7 +186,7 @@ pub fn success_against(
                 .chain(s.published.iter().map(|p| p.0))
         });
         let (lo, hi) = range(xs);
-        let mut builder = ChartBuilder::on(&root);
+        let mut builder = ChartBuilder::on(&plot);
         builder
             .caption(title, ("sans-serif", 18))
             .margin(12)
@@ -198,9 +201,19 @@ pub fn success_against(
             let chart = builder.build_cartesian_2d(lo - pad..hi + pad, 0f64..1.05f64)?;
             draw_rates(chart, x_label, series)
         }?;
+        draw_rate_legend(&legend, series)?;
         root.present()?;
         Ok(())
     })
+}
+
+/// `2` rather than `2.0` on an axis of whole numbers; other values to two decimals.
+fn axis_number(x: &f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e9 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.2}")
+    }
 }
 
 fn draw_rates<'a, X>(
@@ -214,19 +227,15 @@ where
     chart
         .configure_mesh()
         .x_desc(x_label)
+        .x_label_formatter(&axis_number)
         .y_desc("success rate")
         .draw()?;
     for (i, s) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(
-                s.points.iter().map(|p| (p.0, p.1)),
-                color.stroke_width(2),
-            ))?
-            .label(s.label.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-            });
+        chart.draw_series(LineSeries::new(
+            s.points.iter().map(|p| (p.0, p.1)),
+            color.stroke_width(2),
+        ))?;
         // The bar's own marker at the rate itself: a Wilson interval is not centred on it
         // (at 0 of 50 the interval's middle is 3.6%, a point where no result is).
         chart.draw_series(
@@ -245,20 +254,34 @@ where
                 + PathElement::new(closed(star()), BLACK.stroke_width(1))
         }))?;
     }
-    if series.iter().any(|s| !s.published.is_empty()) {
-        chart
-            .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())?
-            .label("star: IBC's published rate (same colour, same method)")
-            .legend(|(x, y)| {
-                EmptyElement::at((x + 8, y)) + Polygon::new(star(), BLACK.mix(0.6).filled())
-            });
+    Ok(())
+}
+
+/// The legend of [`success_against`] in its own area: a line per series, then the star's
+/// meaning where any series has published points.
+fn draw_rate_legend(area: &DrawingArea<BitMapBackend, Shift>, series: &[RateSeries]) -> Fallible {
+    let font = ("sans-serif", 14).into_font();
+    let row = |i: usize| 60 + 24 * i as i32;
+    for (i, s) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let y = row(i);
+        area.draw(&PathElement::new(
+            vec![(8, y), (36, y)],
+            color.stroke_width(2),
+        ))?;
+        area.draw(&Circle::new((22, y), 4, color.filled()))?;
+        area.draw(&Text::new(s.label.clone(), (44, y - 7), font.clone()))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .draw()?;
+    if series.iter().any(|s| !s.published.is_empty()) {
+        let y = row(series.len()) + 8;
+        area.draw(&(EmptyElement::at((22, y)) + Polygon::new(star(), BLACK.mix(0.6).filled())))?;
+        area.draw(&Text::new(
+            "IBC's published rate",
+            (44, y - 7),
+            font.clone(),
+        ))?;
+        area.draw(&Text::new("(same colour, same method)", (44, y + 9), font))?;
+    }
     Ok(())
 }
 

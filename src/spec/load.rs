@@ -10,7 +10,7 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Map};
 use figment::{Figment, Metadata, Profile, Provider};
 
-use super::model::Spec;
+use super::model::{EvalSpec, Spec};
 use crate::task::TaskConfig;
 
 /// Prefix of environment variables that override spec keys: `EBMLAB_TRAIN__ITERATIONS=10`
@@ -270,6 +270,37 @@ fn parse_value(text: &str) -> toml::Value {
         .ok()
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(text.to_owned()))
+}
+
+/// `--set eval.KEY=VALUE` items applied to an evaluation's settings (`ebmlab eval`, which
+/// has no spec file): only `eval.*` keys, typed and checked as in a spec, so an unknown
+/// key or a wrong type is an error naming the item.
+pub fn override_eval(eval: &EvalSpec, overrides: &[String]) -> Result<EvalSpec> {
+    let known: BTreeSet<String> = known_keys()
+        .into_iter()
+        .filter(|k| k.starts_with("eval."))
+        .collect();
+    let mut figment = Figment::from(Serialized::defaults(eval));
+    for item in overrides {
+        let origin = format!("--set {item}");
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| anyhow!("{origin}: expected KEY=VALUE"))?;
+        let key = key.trim();
+        let Some(inner_key) = key.strip_prefix("eval.") else {
+            bail!("{origin}: `ebmlab eval` takes `eval.*` keys only (e.g. eval.iters=5)");
+        };
+        check_key(key, &known, &origin)?;
+        figment = figment.merge(Named {
+            name: origin,
+            inner: Serialized::global(inner_key, parse_value(value.trim())),
+        });
+    }
+    let eval: EvalSpec = figment
+        .extract()
+        .map_err(|e| anyhow!("invalid --set:\n{}", describe_extract_error(e)))?;
+    super::validate::validate_eval(&eval)?;
+    Ok(eval)
 }
 
 /// Loads `file` with all its layers; `overrides` are `key=value` pairs (`--set`).

@@ -6,13 +6,15 @@ mod pack;
 mod sweep;
 mod validate;
 
-pub use load::{check_key, known_keys, load_spec, load_spec_with_env, LoadedSpec, ENV_PREFIX};
+pub use load::{
+    check_key, known_keys, load_spec, load_spec_with_env, override_eval, LoadedSpec, ENV_PREFIX,
+};
 pub use model::{
     DataSpec, EvalSpec, MpsMode, PolicySection, ResourcesSpec, SlurmSpec, Spec, TrainSpec,
 };
 pub use pack::PackSize;
 pub use sweep::{describe_settings, expand_trials, TrialPlan};
-pub use validate::{parse_device, validate, DeviceChoice, POLICY_KINDS};
+pub use validate::{parse_device, validate, validate_eval, DeviceChoice, POLICY_KINDS};
 
 use sha2::{Digest, Sha256};
 

@@ -217,6 +217,23 @@ impl Default for EvalSpec {
 }
 
 impl EvalSpec {
+    /// These settings with `inference`'s in place of theirs (the way a checkpoint acts).
+    pub fn with_inference(self, inference: &InferenceConfig) -> Self {
+        Self {
+            inference: inference.kind,
+            samples: inference.samples,
+            iters: inference.iters,
+            noise_scale: inference.noise_scale,
+            noise_shrink: inference.noise_shrink,
+            temperature: inference.temperature,
+            langevin_samples: inference.langevin_samples,
+            langevin_steps: inference.langevin_steps,
+            chunk_rows: inference.chunk_rows,
+            precision: inference.precision,
+            ..self
+        }
+    }
+
     pub fn inference(&self) -> InferenceConfig {
         InferenceConfig {
             kind: self.inference,

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, ensure, Result};
 
-use super::model::Spec;
+use super::model::{EvalSpec, Spec};
 
 pub const POLICY_KINDS: &[&str] = &["ebm", "ar_ebm", "mse"];
 
@@ -33,9 +33,6 @@ pub fn validate(spec: &Spec) -> Result<()> {
         ("train.checkpoint_every", spec.train.checkpoint_every as i64),
         ("train.log_every", spec.train.log_every as i64),
         ("train.negatives.count", spec.train.negatives.count),
-        ("eval.episodes", spec.eval.episodes as i64),
-        ("eval.samples", spec.eval.samples),
-        ("eval.langevin_samples", spec.eval.langevin_samples),
         (
             "resources.slots_per_gpu",
             spec.resources.slots_per_gpu as i64,
@@ -54,13 +51,13 @@ pub fn validate(spec: &Spec) -> Result<()> {
         ("train.lr", spec.train.lr),
         ("train.lr_decay_rate", spec.train.lr_decay_rate),
         ("train.temperature", spec.train.temperature),
-        ("eval.temperature", spec.eval.temperature),
     ] {
         ensure!(
             value.is_finite() && value > 0.0,
             "{key} must be a positive number, got {value}"
         );
     }
+    validate_eval(&spec.eval)?;
     let negatives = &spec.train.negatives;
     ensure!(
         (0.0..=1.0).contains(&negatives.refined_fraction),
@@ -88,6 +85,32 @@ pub fn validate(spec: &Spec) -> Result<()> {
         ensure!(
             !values.is_empty(),
             "sweep.\"{key}\": the list of values is empty"
+        );
+    }
+    Ok(())
+}
+
+/// The `[eval]` section's checks (also for `ebmlab eval --set`).
+pub fn validate_eval(eval: &EvalSpec) -> Result<()> {
+    for (key, value) in [
+        ("eval.episodes", eval.episodes as i64),
+        ("eval.samples", eval.samples),
+        ("eval.langevin_samples", eval.langevin_samples),
+    ] {
+        ensure!(value >= 1, "{key} must be at least 1, got {value}");
+    }
+    ensure!(
+        eval.temperature.is_finite() && eval.temperature > 0.0,
+        "eval.temperature must be a positive number, got {}",
+        eval.temperature
+    );
+    for (key, value) in [
+        ("eval.noise_scale", eval.noise_scale),
+        ("eval.noise_shrink", eval.noise_shrink),
+    ] {
+        ensure!(
+            value.is_finite() && value >= 0.0,
+            "{key} must be a number >= 0, got {value}"
         );
     }
     Ok(())
