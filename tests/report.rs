@@ -151,6 +151,9 @@ fn report_numbers_are_the_databases_and_unfinished_trials_are_marked() {
         markdown.contains("replayed from its checkpoint gives the recorded"),
         "{markdown}"
     );
+    // Every trial acts in 2-D and nothing numeric is swept: no success-against figure of
+    // one point.
+    assert!(!markdown.contains("Success against"), "{markdown}");
     let html = fs::read_to_string(out_dir.join("report.html")).unwrap();
     assert!(html.contains("<td class=\"unfinished\">running</td>"));
     assert_eq!(

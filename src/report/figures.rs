@@ -207,13 +207,26 @@ pub fn success_against(
     })
 }
 
-/// `2` rather than `2.0` on an axis of whole numbers; other values to two decimals.
+/// An axis value to at most two decimals, without trailing zeros: `2`, `2.4`, `0.25`.
 fn axis_number(x: &f64) -> String {
-    if x.fract() == 0.0 && x.abs() < 1e9 {
-        format!("{x:.0}")
-    } else {
-        format!("{x:.2}")
+    let text = format!("{x:.2}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// `text` in lines of at most `width` characters, broken at spaces (a longer word stays
+/// whole on its own line).
+fn wrap_words(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(line) if line.chars().count() + 1 + word.chars().count() <= width => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_owned()),
+        }
     }
+    lines
 }
 
 fn draw_rates<'a, X>(
@@ -261,19 +274,24 @@ where
 /// meaning where any series has published points.
 fn draw_rate_legend(area: &DrawingArea<BitMapBackend, Shift>, series: &[RateSeries]) -> Fallible {
     let font = ("sans-serif", 14).into_font();
-    let row = |i: usize| 60 + 24 * i as i32;
+    // About 7 px a character: labels wrap within the column's 300 px.
+    const LINE: i32 = 17;
+    let mut y = 60;
     for (i, s) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let y = row(i);
         area.draw(&PathElement::new(
             vec![(8, y), (36, y)],
             color.stroke_width(2),
         ))?;
         area.draw(&Circle::new((22, y), 4, color.filled()))?;
-        area.draw(&Text::new(s.label.clone(), (44, y - 7), font.clone()))?;
+        for line in wrap_words(&s.label, 34) {
+            area.draw(&Text::new(line, (44, y - 7), font.clone()))?;
+            y += LINE;
+        }
+        y += 7;
     }
     if series.iter().any(|s| !s.published.is_empty()) {
-        let y = row(series.len()) + 8;
+        y += 8;
         area.draw(&(EmptyElement::at((22, y)) + Polygon::new(star(), BLACK.mix(0.6).filled())))?;
         area.draw(&Text::new(
             "IBC's published rate",
@@ -357,4 +375,56 @@ pub fn trajectory_grid(
         root.present()?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn axis_numbers_drop_trailing_zeros() {
+        let shown: Vec<String> = [2.0, 2.4, 0.25, 32.0, 2.8284]
+            .iter()
+            .map(axis_number)
+            .collect();
+        assert_eq!(shown, ["2", "2.4", "0.25", "32", "2.83"]);
+    }
+
+    #[test]
+    fn legend_labels_wrap_at_spaces_and_keep_every_word() {
+        let label = "ebm (dfo negatives (16 of 64 refined), DFO inference)";
+        let lines = wrap_words(label, 20);
+        assert!(lines.iter().all(|l| l.chars().count() <= 20), "{lines:?}");
+        assert_eq!(lines.join(" "), label);
+        assert_eq!(
+            wrap_words("a-very-long-single-word", 5),
+            ["a-very-long-single-word"]
+        );
+        assert_eq!(wrap_words("mse", 34), ["mse"]);
+    }
+
+    #[test]
+    fn a_success_figure_with_long_labels_is_drawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rates.png");
+        let line = |label: &str, rates: [f64; 3]| RateSeries {
+            label: label.to_owned(),
+            points: [2.0, 4.0, 8.0]
+                .iter()
+                .zip(rates)
+                .map(|(&x, r)| (x, r, (r - 0.1).max(0.0), (r + 0.1).min(1.0)))
+                .collect(),
+            published: vec![(2.0, 0.96)],
+        };
+        let series = [
+            line(
+                "ebm (dfo negatives (16 of 64 refined), DFO inference)",
+                [0.9, 0.7, 0.2],
+            ),
+            line("mse", [0.02, 0.0, 0.0]),
+        ];
+        success_against(&path, "t: success against N", "N", true, &series).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..4], b"\x89PNG");
+    }
 }

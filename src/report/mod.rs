@@ -265,7 +265,8 @@ fn learning_curves(
 
 /// Success against the task's dimension when trials differ in it (else a swept numeric
 /// key), one line per method pooled over seeds, with the published number of the same
-/// method at each dimension as a star in the line's colour.
+/// method at each dimension as a star in the line's colour; none where the completed
+/// trials have one value of that key.
 fn success_figure(
     rows: &ExperimentRows,
     trials: &[TrialDigest],
@@ -295,6 +296,11 @@ fn success_figure(
             .or_insert((0, 0, x, t));
         entry.0 += s;
         entry.1 += n;
+    }
+    // A line needs two values of its axis: one value says no more than the table does.
+    let distinct_x: std::collections::BTreeSet<i64> = pooled.keys().map(|(_, x)| *x).collect();
+    if distinct_x.len() < 2 {
+        return Ok(None);
     }
     let mut series: BTreeMap<String, RateSeries> = BTreeMap::new();
     for ((label, _), (s, n, x, t)) in &pooled {
