@@ -91,31 +91,32 @@ fn a_trial_writes_its_outputs_and_evaluates_reproducibly() {
         evals
     );
 
-    // `ebmlab eval` twice on the trial: same success, same per-episode rows.
-    let run_eval = |out: &str| {
+    // `ebmlab eval` of the trial on 8 episodes into `out`, with `extra` arguments: its
+    // summary (with --json) and its per-episode rows.
+    let run_eval = |out: &str, extra: &[&str]| {
         let out_dir = dir.path().join(out);
-        let o = ebmlab(&[
+        let mut args = vec![
             "eval",
             trial.to_str().unwrap(),
             "--episodes",
             "8",
-            "--json",
-            "--samples",
-            "256",
             "--device",
             "cpu",
             "--out",
             out_dir.to_str().unwrap(),
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let o = ebmlab(&args);
         assert!(o.status.success(), "{}", stderr(&o));
-        let summary: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
         (
-            summary,
+            serde_json::from_str::<serde_json::Value>(&stdout(&o)).ok(),
             fs::read_to_string(out_dir.join("episodes.csv")).unwrap(),
         )
     };
-    let (s1, rows1) = run_eval("e1");
-    let (s2, rows2) = run_eval("e2");
+    // Twice on the trial: same success, same per-episode rows.
+    let (s1, rows1) = run_eval("e1", &["--json", "--samples", "256"]);
+    let (s2, rows2) = run_eval("e2", &["--json", "--samples", "256"]);
+    let (s1, s2) = (s1.unwrap(), s2.unwrap());
     assert_eq!(rows1, rows2);
     assert_eq!(rows1.lines().count(), 9);
     for key in [
@@ -131,45 +132,18 @@ fn a_trial_writes_its_outputs_and_evaluates_reproducibly() {
     assert_eq!(s1["step"], 30);
     assert_eq!(s1["episodes"], 8);
     // Another seed faces other episodes.
-    let o = ebmlab(&[
-        "eval",
-        trial.to_str().unwrap(),
-        "--episodes",
-        "8",
-        "--samples",
-        "256",
-        "--seed",
-        "77",
-        "--device",
-        "cpu",
-        "--out",
-        dir.path().join("e3").to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_ne!(
-        fs::read_to_string(dir.path().join("e3/episodes.csv")).unwrap(),
-        rows1
-    );
+    let (_, rows3) = run_eval("e3", &["--samples", "256", "--seed", "77"]);
+    assert_ne!(rows3, rows1);
     // `--set eval.samples=256` acts as `--samples 256`, and the settings are written beside
     // the rows; `--set` comes after the flags.
-    let e4 = dir.path().join("e4");
-    let o = ebmlab(&[
-        "eval",
-        trial.to_str().unwrap(),
-        "--episodes",
-        "8",
-        "--samples",
-        "64",
-        "--set",
-        "eval.samples=256",
-        "--device",
-        "cpu",
-        "--out",
-        e4.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(fs::read_to_string(e4.join("episodes.csv")).unwrap(), rows1);
-    let used: toml::Table = fs::read_to_string(e4.join("eval.toml"))
+    let (_, rows4) = run_eval("e4", &["--samples", "64", "--set", "eval.samples=256"]);
+    assert_eq!(rows4, rows1);
+    let (_, rows64) = run_eval("e5", &["--samples", "64"]);
+    assert_ne!(
+        rows64, rows1,
+        "64 samples act otherwise, so the --set above counted"
+    );
+    let used: toml::Table = fs::read_to_string(dir.path().join("e4/eval.toml"))
         .unwrap()
         .parse()
         .unwrap();

@@ -94,8 +94,9 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let device = parse_device(&args.device)?.resolve()?;
     let mut policy = LoadedPolicy::load(&checkpoint, device)?;
     check_shapes(&task_config, task.info(), policy.spec())?;
-    let acts_by_search = policy.spec_mut().inference_mut().is_some();
-    let eval = eval_settings(&args, spec.as_ref(), policy.spec_mut().inference_mut())?;
+    let inference = policy.spec_mut().inference_mut();
+    let acts_by_search = inference.is_some();
+    let eval = eval_settings(&args, spec.as_ref(), inference)?;
     policy
         .spec()
         .check()

@@ -404,7 +404,7 @@ mod tests {
     }
 
     #[test]
-    fn a_success_figure_with_long_labels_is_drawn() {
+    fn long_legend_labels_wrap_within_the_figure() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rates.png");
         let line = |label: &str, rates: [f64; 3]| RateSeries {
@@ -424,7 +424,16 @@ mod tests {
             line("mse", [0.02, 0.0, 0.0]),
         ];
         success_against(&path, "t: success against N", "N", true, &series).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(&bytes[..4], b"\x89PNG");
+        let image = image::open(&path).unwrap().to_rgb8();
+        let (width, height) = image.dimensions();
+        let inked = |xs: std::ops::Range<u32>| {
+            xs.flat_map(|x| (0..height).map(move |y| (x, y)))
+                .filter(|&(x, y)| image.get_pixel(x, y).0 != [255, 255, 255])
+                .count()
+        };
+        // The legend is drawn in its column, and no label runs to the image's edge (the
+        // long one, unwrapped, would reach past it).
+        assert!(inked(720..width - 16) > 500, "no legend drawn");
+        assert_eq!(inked(width - 16..width), 0, "a label runs off the image");
     }
 }
