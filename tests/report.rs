@@ -34,7 +34,9 @@ fn report_numbers_are_the_databases_and_unfinished_trials_are_marked() {
     fs::write(
         &spec,
         format!(
-            "{TINY}[sweep]\n\"policy.kind\" = [\"ebm\", \"mse\"]\n\"train.seed\" = [0, 1, 2]\n"
+            "{TINY}[sweep]\n\"train.seed\" = [0, 1, 2]\n\
+             [[trials]]\n\"policy.kind\" = \"ebm\"\n\
+             [[trials]]\n\"policy.kind\" = \"mse\"\n\"policy.hidden\" = 256\n"
         ),
     )
     .unwrap();
@@ -134,13 +136,17 @@ fn report_numbers_are_the_databases_and_unfinished_trials_are_marked() {
         );
         assert!(markdown.contains(&cell), "{cell} not in\n{markdown}");
     }
-    // IBC's numbers sit beside the 2-D settings.
+    // IBC's number sits beside the 2-D MSE setting, whose network (width 256, depth 2) is
+    // that of IBC's 5%; the same setting 16 wide would have none.
     let mse = settings.iter().find(|r| r["policy"] == "mse").unwrap();
+    assert_eq!(mse["variant"], "width 256, depth 2");
     assert_eq!(mse["ibc"]["success_rate"].as_f64(), Some(0.05));
 
     let markdown = fs::read_to_string(out_dir.join("report.md")).unwrap();
     assert!(
-        markdown.contains(&format!("trial {running} (policy.kind=mse) is RUNNING")),
+        markdown.contains(&format!(
+            "trial {running} (policy.hidden=256 policy.kind=mse) is RUNNING"
+        )),
         "{markdown}"
     );
     assert!(markdown.contains("is FAILED at step"), "{markdown}");
@@ -151,8 +157,8 @@ fn report_numbers_are_the_databases_and_unfinished_trials_are_marked() {
         markdown.contains("replayed from its checkpoint gives the recorded"),
         "{markdown}"
     );
-    // Every trial acts in 2-D and nothing numeric is swept: no success-against figure of
-    // one point.
+    // Every trial acts in 2-D, and the one numeric key that differs (the width) has one
+    // value per method: no success-against figure of lone points.
     assert!(!markdown.contains("Success against"), "{markdown}");
     let html = fs::read_to_string(out_dir.join("report.html")).unwrap();
     assert!(html.contains("<td class=\"unfinished\">running</td>"));
@@ -167,14 +173,22 @@ fn report_numbers_are_the_databases_and_unfinished_trials_are_marked() {
 
     // Side by side with another experiment; an unknown one is an error naming it.
     let other = dir.path().join("o.toml");
-    fs::write(&other, TINY.replace("tiny-report", "tiny-other")).unwrap();
+    // (It sweeps a number, so one method has two values of it: a success-against figure.)
+    let other_spec = TINY.replace("tiny-report", "tiny-other");
+    let other_spec = format!("{other_spec}[sweep]\n\"train.batch_size\" = [8, 16]\n");
+    fs::write(&other, other_spec).unwrap();
     assert!(run(&other).status.success());
     let both = dir.path().join("both");
     let out = common::report(&db, &["tiny-report", "tiny-other"], &both, 0);
     assert!(out.status.success(), "{}", stderr(&out));
     let markdown = fs::read_to_string(both.join("report.md")).unwrap();
     assert!(
-        markdown.contains("## All experiments") && markdown.contains("| tiny-other: (base spec) |"),
+        markdown.contains("## All experiments")
+            && markdown.contains("| tiny-other: train.batch_size=8 |"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains("Success against train.batch_size"),
         "{markdown}"
     );
     let out = common::report(&db, &["nope"], &both, 0);
@@ -197,7 +211,26 @@ fn the_baselines_table_holds_the_published_numbers() {
             "SELECT method, variant, steps, episodes, success_rate FROM baselines \
              WHERE source = 'IBC README' ORDER BY method"
         ),
-        "method,variant,steps,episodes,success_rate\nebm,langevin,10000,50,0.96\nmse,,10000,20,0.05\n"
+        "method,variant,steps,episodes,success_rate\nebm,langevin,10000,50,0.96\n\
+         mse,\"width 256, depth 2\",10000,20,0.05\n"
+    );
+    // Fig. 6's 18 readings carry their reading error, the printed numbers none.
+    assert_eq!(
+        query_csv(
+            &db,
+            "SELECT source, reading_error, COUNT(*) AS n FROM baselines \
+             WHERE success_rate IS NOT NULL GROUP BY source, reading_error ORDER BY source"
+        ),
+        "source,reading_error,n\nIBC README,,2\n\"IBC paper, Fig. 6 (read from the plot)\",0.05,18\n"
+    );
+    // Fig. 6's MSE points (9 readings and the claim of 0002) are those of IBC's N-D network.
+    assert_eq!(
+        query_csv(
+            &db,
+            "SELECT variant, COUNT(*) AS n FROM baselines \
+             WHERE method = 'mse' AND source LIKE 'IBC paper, Fig. 6%' GROUP BY variant"
+        ),
+        "variant,n\n\"width 128, depth 16\",10\n"
     );
     assert_eq!(
         query_csv(

@@ -149,6 +149,33 @@ fn a_trial_writes_its_outputs_and_evaluates_reproducibly() {
         .unwrap();
     assert_eq!(used["samples"].as_integer(), Some(256));
     assert_eq!(used["episodes"].as_integer(), Some(8));
+    // An evaluation is never written over unasked: `--out` that holds one is refused
+    // (exit 2, naming the folder) unless `--overwrite`, and without `--out` each
+    // evaluation of a step gets a folder of its own.
+    let e1 = dir.path().join("e1");
+    let eval_into_e1 = |extra: &[&str]| {
+        let mut args = vec!["eval", trial.to_str().unwrap(), "--episodes", "8"];
+        args.extend_from_slice(&["--device", "cpu", "--samples", "64", "--out"]);
+        args.push(e1.to_str().unwrap());
+        args.extend_from_slice(extra);
+        ebmlab(&args)
+    };
+    let o = eval_into_e1(&[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("e1") && stderr(&o).contains("--overwrite"));
+    assert_eq!(fs::read_to_string(e1.join("episodes.csv")).unwrap(), rows1);
+    let o = eval_into_e1(&["--overwrite"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(fs::read_to_string(e1.join("episodes.csv")).unwrap(), rows64);
+    for _ in 0..2 {
+        let args = ["--episodes", "8", "--device", "cpu", "--samples", "64"];
+        let o = ebmlab(&[&["eval", trial.to_str().unwrap()][..], &args].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    for folder in ["step_0000030", "step_0000030-2"] {
+        let rows = trial.join("eval").join(folder).join("episodes.csv");
+        assert_eq!(fs::read_to_string(rows).unwrap(), rows64, "{folder}");
+    }
     // A misspelt key, a key outside [eval] and a bad value are refused, named.
     for (item, expected) in [
         ("eval.itres=5", "eval.itres"),

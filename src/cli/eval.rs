@@ -48,9 +48,13 @@ pub struct EvalArgs {
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Output folder (default: `eval/step_NNNNNNN` beside the checkpoints).
+    /// Output folder (default: `eval/step_NNNNNNN` beside the checkpoints, or
+    /// `eval/step_NNNNNNN-2`, `-3`, ... where an earlier evaluation of that step lies).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Write over an evaluation already in `--out` (refused otherwise).
+    #[arg(long, requires = "out")]
+    overwrite: bool,
 }
 
 /// The checkpoint a target names.
@@ -101,16 +105,13 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         .spec()
         .check()
         .context("--inference, --precision or --set does not fit the checkpoint's policy")?;
+    let out = output_folder(&args, &files)?;
     let seed = eval.seed;
     let seeds = episode_seeds(seed, eval.episodes);
     let started = Instant::now();
     let records = rollout(task.as_ref(), &policy.view(), &seeds, seed)?;
     let summary = EvalSummary::from_records(files.step, &records, started.elapsed().as_secs_f64());
 
-    let out = args.out.clone().unwrap_or_else(|| {
-        let base = files.dir().parent().unwrap_or(files.dir());
-        base.join("eval").join(format!("step_{:07}", files.step))
-    });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     write_episodes_csv(&out.join("episodes.csv"), &records)?;
     // What was evaluated with, since flags and `--set` may differ from the trial's spec
@@ -144,6 +145,35 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `dir` holds an evaluation's rows or summary.
+fn holds_evaluation(dir: &Path) -> bool {
+    dir.join("episodes.csv").exists() || dir.join("summary.json").exists()
+}
+
+/// Where the evaluation's files go, chosen before it runs so that an earlier evaluation is
+/// never written over unasked: `--out` (refused where one lies, unless `--overwrite`), or
+/// the first of `eval/step_NNNNNNN`, `eval/step_NNNNNNN-2`, ... beside the checkpoints
+/// that holds none.
+fn output_folder(args: &EvalArgs, files: &CheckpointFiles) -> Result<PathBuf> {
+    if let Some(out) = &args.out {
+        if holds_evaluation(out) && !args.overwrite {
+            bail!(
+                "--out {} already holds an evaluation (episodes.csv, summary.json): name \
+                 another folder, or add --overwrite to replace it",
+                out.display()
+            );
+        }
+        return Ok(out.clone());
+    }
+    let base = files.dir().parent().unwrap_or(files.dir()).join("eval");
+    let name = format!("step_{:07}", files.step);
+    let free = std::iter::once(base.join(&name))
+        .chain((2..).map(|n| base.join(format!("{name}-{n}"))))
+        .find(|dir| !holds_evaluation(dir))
+        .expect("an unbounded sequence of folders has a free one");
+    Ok(free)
 }
 
 /// The evaluation's settings: the trial's episode seed (if the checkpoint lies in a trial

@@ -1,6 +1,6 @@
 //! A sentence per method saying where its success agrees with IBC's published numbers and
-//! where not. A result agrees when the published rate lies inside its Wilson 95% interval;
-//! the claims IBC states without a number (the `baselines` rows with no rate) are quoted.
+//! where not. A result agrees when the published rate lies inside its Wilson 95% interval
+//! (give or take the rate's reading error, where it is read from a plot); the claims IBC states without a number (the `baselines` rows with no rate) are quoted.
 
 use std::collections::BTreeMap;
 
@@ -70,7 +70,7 @@ fn sentence(
             first.variant.as_deref(),
             p.n_dim,
         ) {
-            Some(ibc) if (low..=high).contains(&ibc.success_rate) => agree.push(p.n_dim),
+            Some(ibc) if ibc.agrees_with(low, high) => agree.push(p.n_dim),
             Some(ibc) => differ.push(format!(
                 "{} at N = {} ({} [{:.0}, {:.0}] of {} episodes vs {}, {})",
                 if high < ibc.success_rate {
@@ -92,7 +92,8 @@ fn sentence(
     let mut parts = Vec::new();
     if !agree.is_empty() {
         parts.push(format!(
-            "agrees with IBC at N = {} (the published rate inside our 95% interval)",
+            "agrees with IBC at N = {} (the published rate, give or take its reading error, inside our \
+             95% interval)",
             dims(&agree)
         ));
     }
@@ -202,7 +203,37 @@ mod tests {
             episodes: None,
             success_rate: rate,
             note: format!("claim at {n_dim}"),
+            reading_error: None,
         }
+    }
+
+    #[test]
+    fn a_rate_read_from_a_plot_agrees_within_its_reading_error() {
+        // 98 of 100: Wilson interval [93.0, 99.4], which misses a printed 100%.
+        let trials = [trial("mse", None, 2, 98)];
+        let printed = [published(2, "mse", None, Some(1.0))];
+        let sentence = &method_sentences(&trials, &printed)[0];
+        assert!(
+            sentence.starts_with("mse: below IBC at N = 2 (98% [93, 99]"),
+            "{sentence}"
+        );
+        // Read by eye to within 0.05, 100% may be 95%, inside the interval.
+        let read = [Baseline {
+            reading_error: Some(0.05),
+            ..printed[0].clone()
+        }];
+        let sentence = &method_sentences(&trials, &read)[0];
+        assert!(
+            sentence.starts_with("mse: agrees with IBC at N = 2"),
+            "{sentence}"
+        );
+        // But not 90 of 100 ([82.6, 94.5]): 95% lies above it.
+        let trials = [trial("mse", None, 2, 90)];
+        let sentence = &method_sentences(&trials, &read)[0];
+        assert!(
+            sentence.starts_with("mse: below IBC at N = 2 (90%"),
+            "{sentence}"
+        );
     }
 
     #[test]

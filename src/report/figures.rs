@@ -10,6 +10,27 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+/// Tableau's ten colours (matplotlib's default cycle): each dark enough to read on white,
+/// where plotters' `Palette99` has a pale yellow third (255, 225, 25) and a pale cyan seventh.
+const SERIES_COLOURS: [(u8, u8, u8); 10] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+];
+
+/// The colour of the `i`-th series (repeating after ten).
+fn series_colour(i: usize) -> RGBAColor {
+    let (r, g, b) = SERIES_COLOURS[i % SERIES_COLOURS.len()];
+    RGBColor(r, g, b).to_rgba()
+}
+
 /// One seed's curves: (step, value) points.
 #[derive(Debug, Clone, Default)]
 pub struct SeedCurves {
@@ -133,7 +154,7 @@ pub fn learning_curves(path: &Path, title: &str, seeds: &[SeedCurves]) -> Result
                 )))?;
             }
             for (i, (line, seed)) in lines.iter().zip(seeds).enumerate() {
-                let color = Palette99::pick(i).to_rgba();
+                let color = series_colour(i);
                 chart
                     .draw_series(LineSeries::new(line.iter().copied(), color.stroke_width(1)))?
                     .label(seed.label.clone())
@@ -244,7 +265,7 @@ where
         .y_desc("success rate")
         .draw()?;
     for (i, s) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = series_colour(i);
         chart.draw_series(LineSeries::new(
             s.points.iter().map(|p| (p.0, p.1)),
             color.stroke_width(2),
@@ -278,7 +299,7 @@ fn draw_rate_legend(area: &DrawingArea<BitMapBackend, Shift>, series: &[RateSeri
     const LINE: i32 = 17;
     let mut y = 60;
     for (i, s) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = series_colour(i);
         area.draw(&PathElement::new(
             vec![(8, y), (36, y)],
             color.stroke_width(2),

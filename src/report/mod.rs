@@ -4,6 +4,7 @@
 
 mod agreement;
 mod figures;
+mod lines;
 mod model;
 mod render;
 mod trajectories;
@@ -23,7 +24,8 @@ use tracing::warn;
 use crate::checkpoint::ChecksumError;
 use crate::spec::Spec;
 use crate::store::{block_on, now, Baseline, Database, Store, TrialStatus};
-use figures::{RateSeries, SeedCurves};
+use figures::SeedCurves;
+use lines::rate_lines;
 
 /// What to put in a report.
 #[derive(Debug, Clone)]
@@ -264,9 +266,9 @@ fn learning_curves(
 }
 
 /// Success against the task's dimension when trials differ in it (else a swept numeric
-/// key), one line per method pooled over seeds, with the published number of the same
-/// method at each dimension as a star in the line's colour; none where the completed
-/// trials have one value of that key.
+/// key), one line per setting apart from that key, pooled over seeds and named by its
+/// method, with the published number of the same method at each dimension as a star in
+/// the line's colour; none where no line has two values of that key.
 fn success_figure(
     rows: &ExperimentRows,
     trials: &[TrialDigest],
@@ -280,51 +282,17 @@ fn success_figure(
     } else {
         swept_numeric_key(trials).unwrap_or_else(|| DIMENSION_KEY.to_owned())
     };
-    // (method, x) -> successes, episodes, x, a trial of it
-    let mut pooled: BTreeMap<(String, i64), (i64, i64, f64, &TrialDigest)> = BTreeMap::new();
-    for t in trials {
-        let x = if key == DIMENSION_KEY {
+    let x_of = |t: &TrialDigest| {
+        if key == DIMENSION_KEY {
             Some(t.n_dim as f64)
         } else {
             key_value(&specs[t.id.as_str()], &key)
-        };
-        let (Some((s, n)), Some(x)) = (t.final_step_success, x) else {
-            continue;
-        };
-        let entry = pooled
-            .entry((t.method(), (x * 1e6) as i64))
-            .or_insert((0, 0, x, t));
-        entry.0 += s;
-        entry.1 += n;
-    }
-    // A line needs two values of its axis: one value says no more than the table does.
-    let distinct_x: std::collections::BTreeSet<i64> = pooled.keys().map(|(_, x)| *x).collect();
-    if distinct_x.len() < 2 {
-        return Ok(None);
-    }
-    let mut series: BTreeMap<String, RateSeries> = BTreeMap::new();
-    for ((label, _), (s, n, x, t)) in &pooled {
-        let Some((rate, lo, hi)) = pooled_success(*s, *n) else {
-            continue;
-        };
-        let line = series.entry(label.clone()).or_insert_with(|| RateSeries {
-            label: label.clone(),
-            points: Vec::new(),
-            published: Vec::new(),
-        });
-        line.points.push((*x, rate, lo, hi));
-        if key == DIMENSION_KEY {
-            if let Some(ibc) =
-                matching_baseline(baselines, &t.task, &t.policy, t.variant.as_deref(), t.n_dim)
-            {
-                line.published.push((*x, ibc.success_rate));
-            }
         }
-    }
+    };
+    let series = rate_lines(trials, &key, x_of, baselines, key == DIMENSION_KEY);
     if series.is_empty() {
         return Ok(None);
     }
-    let series: Vec<RateSeries> = series.into_values().collect();
     let file = format!("figures/{}-success-vs-{}.png", slug(&rows.name), slug(&key));
     let label = if key == DIMENSION_KEY {
         "N (action dimensions)"

@@ -74,8 +74,12 @@ fn setting_cells(r: &SettingRow, with_experiment: bool) -> Vec<String> {
         format!("{} ({} unfinished)", r.trials, r.trials - r.completed)
     };
     let ibc = r.ibc.as_ref().map_or("-".into(), |b| {
+        // A rate read from a plot carries its reading error: "100.0% ±5".
+        let error = b
+            .reading_error
+            .map_or(String::new(), |e| format!(" ±{:.0}", 100.0 * e));
         format!(
-            "{} ({}{}{})",
+            "{}{error} ({}{}{})",
             percent(Some(b.success_rate)),
             b.source,
             b.variant
@@ -190,8 +194,8 @@ pub fn markdown(report: &Report) -> String {
         out,
         "Generated {} from `{}`. Success is pooled over the final evaluations' episodes of the \
          completed trials of a setting, with its Wilson 95% interval; the IBC column is the \
-         published number of the same method, trained and acting alike (`baselines` table), \
-         and the difference is in percentage points.\n",
+         published number of the same method, trained and acting alike (`baselines` table; \
+         ±5: read by eye from a plot), and the difference is in percentage points.\n",
         report.generated, report.database
     );
     if !report.comparison.is_empty() {
@@ -282,8 +286,8 @@ pub fn html(report: &Report, dir: &Path) -> String {
         out,
         "<p>Generated {} from <code>{}</code>. Success is pooled over the final evaluations' \
          episodes of the completed trials of a setting, with its Wilson 95% interval; the IBC \
-         column is the published number of the same method, trained and acting alike, and the \
-         difference is in percentage points.</p>",
+         column is the published number of the same method, trained and acting alike (±5: \
+         read by eye from a plot), and the difference is in percentage points.</p>",
         html_escape(&report.generated),
         html_escape(&report.database)
     );

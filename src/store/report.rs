@@ -53,6 +53,8 @@ pub struct Baseline {
     pub episodes: Option<i64>,
     pub success_rate: Option<f64>,
     pub note: String,
+    /// How far off the rate may be where it is read from a plot (`None`: printed).
+    pub reading_error: Option<f64>,
 }
 
 impl Store {
@@ -96,7 +98,8 @@ impl Store {
 
     pub async fn baselines(&self) -> Result<Vec<Baseline>> {
         Ok(sqlx::query_as(
-            "SELECT source, task, n_dim, method, variant, steps, episodes, success_rate, note \
+            "SELECT source, task, n_dim, method, variant, steps, episodes, success_rate, note, \
+             reading_error \
              FROM baselines ORDER BY id",
         )
         .fetch_all(self.pool())
