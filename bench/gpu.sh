@@ -189,7 +189,7 @@ if part 2; then
     step "the 4-seed checkpoints acting by DFO (16,384 samples, the default inference precision)"
     for trial in "$RUNS"/particle-ibc-seeds/*/; do
         printf '{"trial":"%s","dfo":' "$(basename "$trial")"
-        timeout 25 "$BIN" eval "$trial" --inference dfo --json --out "$WORK/dfo/$(basename "$trial")" \
+        timeout 25 "$BIN" eval "$trial" --inference dfo --json --out "$WORK/dfo/$(basename "$trial")" --overwrite \
             2>/dev/null | tail -n 1 | tr -d '\n'
         echo '}'
     done | tee -a "$OUT/results.txt"

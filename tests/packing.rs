@@ -417,7 +417,9 @@ fn packed_trials_record_their_pack_and_their_checkpoints_load_in_pytorch_as_solo
         .collect();
     assert!(logs.contains("evaluated together"), "{logs}");
     for trial in &trial_dirs {
-        let out_dir = dir.path().join("alone-eval");
+        // A folder per trial: `ebmlab eval` refuses to write over an evaluation.
+        let id = trial.file_name().unwrap().to_str().unwrap();
+        let out_dir = dir.path().join(format!("alone-eval-{id}"));
         let out = common::ebmlab(&[
             "eval",
             trial.to_str().unwrap(),
@@ -434,7 +436,6 @@ fn packed_trials_record_their_pack_and_their_checkpoints_load_in_pytorch_as_solo
             "{}",
             trial.display()
         );
-        let id = trial.file_name().unwrap().to_str().unwrap();
         let recorded = common::query_csv(
             &db,
             &format!(
@@ -450,7 +451,10 @@ fn packed_trials_record_their_pack_and_their_checkpoints_load_in_pytorch_as_solo
             "4",
             "--json",
             "--out",
-            dir.path().join("alone-eval-25").to_str().unwrap(),
+            dir.path()
+                .join(format!("alone-eval-25-{id}"))
+                .to_str()
+                .unwrap(),
         ]);
         assert!(out.status.success(), "{}", common::stderr(&out));
         let alone: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -1,6 +1,7 @@
 //! A sentence per method saying where its success agrees with IBC's published numbers and
 //! where not. A result agrees when the published rate lies inside its Wilson 95% interval
-//! (give or take the rate's reading error, where it is read from a plot); the claims IBC states without a number (the `baselines` rows with no rate) are quoted.
+//! (give or take the rate's reading error, where it is read from a plot); the claims IBC
+//! states without a number (the `baselines` rows with no rate) are quoted.
 
 use std::collections::BTreeMap;
 
@@ -92,8 +93,8 @@ fn sentence(
     let mut parts = Vec::new();
     if !agree.is_empty() {
         parts.push(format!(
-            "agrees with IBC at N = {} (the published rate, give or take its reading error, inside our \
-             95% interval)",
+            "agrees with IBC at N = {} (the published rate, give or take its reading error, \
+             inside our 95% interval)",
             dims(&agree)
         ));
     }
