@@ -38,18 +38,17 @@ pub fn rate_lines(
         entry.0 += s;
         entry.1 += n;
     }
-    let mut values_per_line: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut trial_of_line: BTreeMap<&str, &TrialDigest> = BTreeMap::new();
+    // Each line: how many values of the axis it has, and a trial of it.
+    let mut lines: BTreeMap<&str, (usize, &TrialDigest)> = BTreeMap::new();
     for ((line, _), (_, _, _, t)) in &pooled {
-        *values_per_line.entry(line).or_default() += 1;
-        trial_of_line.insert(line, t);
+        lines.entry(line).or_insert((0, t)).0 += 1;
     }
-    if values_per_line.values().all(|&values| values < 2) {
+    if lines.values().all(|&(values, _)| values < 2) {
         return Vec::new();
     }
     // Labelled by the method, and by the setting too where a method has several lines.
     let mut lines_per_method: BTreeMap<String, usize> = BTreeMap::new();
-    for t in trial_of_line.values() {
+    for (_, t) in lines.values() {
         *lines_per_method.entry(t.method()).or_default() += 1;
     }
     let label_of = |line: &str, t: &TrialDigest| match lines_per_method[&t.method()] {

@@ -272,6 +272,15 @@ fn parse_value(text: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(text.to_owned()))
 }
 
+/// One `--set KEY=VALUE` item: where it came from (for errors), its key and its value.
+fn parse_set_item(item: &str) -> Result<(String, String, toml::Value)> {
+    let origin = format!("--set {item}");
+    let (key, value) = item
+        .split_once('=')
+        .ok_or_else(|| anyhow!("{origin}: expected KEY=VALUE"))?;
+    Ok((origin, key.trim().to_owned(), parse_value(value.trim())))
+}
+
 /// `--set eval.KEY=VALUE` items applied to an evaluation's settings (`ebmlab eval`, which
 /// has no spec file): only `eval.*` keys, typed and checked as in a spec, so an unknown
 /// key or a wrong type is an error naming the item.
@@ -282,18 +291,14 @@ pub fn override_eval(eval: &EvalSpec, overrides: &[String]) -> Result<EvalSpec> 
         .collect();
     let mut figment = Figment::from(Serialized::defaults(eval));
     for item in overrides {
-        let origin = format!("--set {item}");
-        let (key, value) = item
-            .split_once('=')
-            .ok_or_else(|| anyhow!("{origin}: expected KEY=VALUE"))?;
-        let key = key.trim();
+        let (origin, key, value) = parse_set_item(item)?;
         let Some(inner_key) = key.strip_prefix("eval.") else {
             bail!("{origin}: `ebmlab eval` takes `eval.*` keys only (e.g. eval.iters=5)");
         };
-        check_key(key, &known, &origin)?;
+        check_key(&key, &known, &origin)?;
         figment = figment.merge(Named {
             name: origin,
-            inner: Serialized::global(inner_key, parse_value(value.trim())),
+            inner: Serialized::global(inner_key, value),
         });
     }
     let eval: EvalSpec = figment
@@ -332,14 +337,7 @@ pub fn load_spec_with_env(
         ));
     }
     for item in overrides {
-        let (key, value) = item
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--set {item}: expected KEY=VALUE"))?;
-        sets.push((
-            format!("--set {item}"),
-            key.trim().to_owned(),
-            parse_value(value.trim()),
-        ));
+        sets.push(parse_set_item(item)?);
     }
 
     // The task's kind decides its keys and defaults, so it is read first.
