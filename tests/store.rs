@@ -100,6 +100,39 @@ fn rewriting_steps_replaces_rows_and_latest_keeps_the_newest_step() {
 }
 
 #[test]
+fn a_trial_recorded_again_takes_the_new_config_unless_it_is_running() {
+    let dir = tempfile::tempdir().unwrap();
+    for db in test_databases(dir.path(), "rerecord") {
+        let (status, config) = block_on(async {
+            let store = Store::open(&db).await.unwrap();
+            store.upsert_experiment("exp", "exp.toml").await.unwrap();
+            let config = |slots: u32| format!("{{\"resources\":{{\"slots_per_gpu\":{slots}}}}}");
+            store
+                .add_trial("exp", "t", "{}", &config(12), 10)
+                .await
+                .unwrap();
+            // A later run, with its own resources.
+            store
+                .add_trial("exp", "t", "{}", &config(20), 10)
+                .await
+                .unwrap();
+            let later = store.stored_trial("exp", "t").await.unwrap().config_json;
+            assert_eq!(later, config(20), "{db}");
+            // A running trial's worker has read its config: a third run leaves it alone.
+            store.start_trial("exp", "t", "cpu", None).await.unwrap();
+            store
+                .add_trial("exp", "t", "{}", &config(4), 10)
+                .await
+                .unwrap();
+            let t = store.stored_trial("exp", "t").await.unwrap();
+            (t.status, t.config_json)
+        });
+        assert_eq!(status, ebmlab::store::TrialStatus::Running, "{db}");
+        assert_eq!(config, "{\"resources\":{\"slots_per_gpu\":20}}", "{db}");
+    }
+}
+
+#[test]
 fn query_reads_and_refuses_every_write() {
     let dir = tempfile::tempdir().unwrap();
     for db in test_databases(dir.path(), "query") {

@@ -163,6 +163,33 @@ impl Reporter for Signaller {
     }
 }
 
+/// Records `n` trials of the fake experiment (they differ in their seed), packed `pack`
+/// at a time, as `ebmlab run` records them; their ids.
+fn record_trials(db: &Database, n: usize, pack: usize) -> Vec<String> {
+    crate::store::block_on(async {
+        let store = Store::open(db).await.unwrap();
+        store.upsert_experiment("fake", "fake.toml").await.unwrap();
+        let mut ids = Vec::new();
+        for seed in 0..n as u64 {
+            let mut spec = Spec {
+                name: "fake".into(),
+                ..Spec::default()
+            };
+            spec.train.seed = seed;
+            spec.resources.pack = crate::spec::PackSize::Count(pack);
+            let id = spec.trial_id();
+            let overrides = format!("{{\"train.seed\":{seed}}}");
+            let config = serde_json::to_string(&spec).unwrap();
+            store
+                .add_trial("fake", &id, &overrides, &config, 100)
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        ids
+    })
+}
+
 struct Fixture {
     _dir: tempfile::TempDir,
     experiment: Experiment,
@@ -183,33 +210,18 @@ impl Fixture {
             runs: dir.path().join("runs"),
             db: Database::Sqlite(dir.path().join("runs/ebmlab.sqlite")),
         };
-        let trials = crate::store::block_on(async {
-            let store = Store::open(&experiment.db).await.unwrap();
-            store.upsert_experiment("fake", "fake.toml").await.unwrap();
-            let mut ids = Vec::new();
-            for seed in 0..n as u64 {
-                let mut spec = Spec {
-                    name: "fake".into(),
-                    ..Spec::default()
-                };
-                spec.train.seed = seed;
-                spec.resources.pack = crate::spec::PackSize::Count(pack);
-                let id = spec.trial_id();
-                let overrides = format!("{{\"train.seed\":{seed}}}");
-                let config = serde_json::to_string(&spec).unwrap();
-                store
-                    .add_trial("fake", &id, &overrides, &config, 100)
-                    .await
-                    .unwrap();
-                ids.push(id);
-            }
-            ids
-        });
+        let trials = record_trials(&experiment.db, n, pack);
         Self {
             _dir: dir,
             experiment,
             trials,
         }
+    }
+
+    /// The trials recorded again as a later run would, with `resources.pack = pack`.
+    fn record_again(&self, pack: usize) {
+        let ids = record_trials(&self.experiment.db, self.trials.len(), pack);
+        assert_eq!(ids, self.trials, "where a trial runs is not its identity");
     }
 
     fn run(
@@ -428,6 +440,17 @@ fn a_lost_worker_leaves_its_trial_killed_and_resumable_at_once() {
         error.contains("lost track of its worker") && error.contains("resumable"),
         "{error}"
     );
+}
+
+#[test]
+fn a_later_run_schedules_recorded_trials_by_its_own_resources() {
+    // Recorded by a run that trained them one at a time; run again with packs of 3 (as
+    // `--set resources.pack=3` would): one pack, not the first run's three jobs.
+    let f = Fixture::packed(3, 1);
+    f.record_again(3);
+    let (summary, _, launched) = f.run_jobs(Vec::new(), options(false, 0), quiet);
+    assert_eq!(summary.outcome(), RunOutcome::Completed);
+    assert_eq!(launched, std::slice::from_ref(&f.trials));
 }
 
 #[test]

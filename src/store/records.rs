@@ -175,7 +175,11 @@ impl Store {
         Ok(())
     }
 
-    /// Records a trial as pending unless it is already known.
+    /// Records a trial as pending. A trial already known keeps its status and rows and
+    /// takes this config unless it is running: the two can differ only where the id
+    /// leaves them free (where it runs: `resources`, `slurm`; plots), and a run that
+    /// resumes it with `--set resources.slots_per_gpu=...` means its own, not the
+    /// first run's.
     pub async fn add_trial(
         &self,
         experiment: &str,
@@ -186,7 +190,8 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO trials (experiment, id, overrides, config, status, iterations) \
-             VALUES ($1, $2, $3, $4, 'pending', $5) ON CONFLICT (experiment, id) DO NOTHING",
+             VALUES ($1, $2, $3, $4, 'pending', $5) ON CONFLICT (experiment, id) \
+             DO UPDATE SET config = excluded.config WHERE trials.status <> 'running'",
         )
         .bind(experiment)
         .bind(id)

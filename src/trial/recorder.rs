@@ -61,9 +61,11 @@ pub fn run_recorded_pack(
         .collect::<Result<Vec<_>>>()?;
     let lead = trials[0].spec;
     let device = parse_device(&lead.resources.device)?.resolve()?;
-    let precision = match pack_key(lead) {
-        Some(_) => lead.train.precision.resolve(device),
-        None => Precision::Fp32,
+    // A solo trainer's tensors are fp32 whatever is asked; TF32 is the process's setting
+    // for fp32 products, which it follows as a pack does.
+    let precision = match (pack_key(lead), lead.train.precision.resolve(device)) {
+        (Some(_), precision) | (None, precision @ Precision::Tf32) => precision,
+        (None, _) => Precision::Fp32,
     };
     let label = format!("{} {precision}", format!("{device:?}").to_lowercase());
     let pack = (trials.len() > 1).then(|| format!("{}+{}", lead.trial_id(), trials.len() - 1));
