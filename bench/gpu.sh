@@ -22,9 +22,9 @@
 #      256 wide), packed evaluation, one solo training step;
 #   4. where time is left and Nsight Compute is there, the kernels of a packed step;
 #   5. (asked for only) the N-D study for the time left (PARTS="5": the whole call), then
-#      its report: ND_SLOTS (8) slots under the run's own CUDA MPS daemon (resources.mps =
-#      "auto"; 4 slots without MPS on an H200: 24 it/s per trial,
-#      bench/results/2026-11-27-h200-kernels/nd.txt);
+#      its report: ND_SLOTS (16) slots under the run's own CUDA MPS daemon (resources.mps =
+#      "auto"; 12 slots on an H200 trained the Langevin trials in ~430 s and the MSE ones at
+#      37 it/s beside them: bench/results/2026-11-27-h200-nd-study/);
 #   6. (asked for only) where time is left: packs of 1 and 3 with the samples' update in
 #      our kernel and in ATen's five passes (what the kernel gains where launches count).
 # PARTS chooses (default "1 2 3 4"). A second call on the same warm machine resumes what the
@@ -243,10 +243,11 @@ fi
 
 if part 5 && (($(left) > 40)); then
     # The whole study when it fits (PARTS="5" gives it the call), else its rates and
-    # progress: ND_SLOTS slots on the GPU under the run's own CUDA MPS daemon. 8: the 5
-    # Langevin packs (the long ones, queued first) hold 5 slots for most of the run, and the
-    # other 35 jobs (5 DFO packs; 15 autoregressive and 15 MSE trials, which train alone)
-    # share the rest, each with its own start-up and evaluation on the host.
+    # progress: ND_SLOTS slots on the GPU under the run's own CUDA MPS daemon. 16 (a core
+    # each): the 5 Langevin packs and 11 of the 15 MSE trials (the long ones, queued first)
+    # start at once, and the other jobs (4 MSE trials, 5 DFO packs, 15 autoregressive
+    # trials) follow as slots free. A second call's ND_SLOTS holds too (a run's resources replace those the
+    # trials were recorded with).
     # First a small run under MPS (4 trials of 20 steps on 2 slots): if its workers fail,
     # the study runs without MPS rather than losing the call.
     # An earlier call's verdict stands (its study ran with or without MPS; so does this).
@@ -265,10 +266,10 @@ if part 5 && (($(left) > 40)); then
         tail -n 5 "$WORK/mps-check.log"
     fi
     echo "$mps" >"$WORK/mps-verdict"
-    step "5. the N-D study (particle_nd.toml, 60 trials), ${ND_SLOTS:-8} slots, MPS $mps, for the $(left) s left"
+    step "5. the N-D study (particle_nd.toml, 60 trials), ${ND_SLOTS:-16} slots, MPS $mps, for the $(left) s left"
     started=$(date +%s)
     timeout $(($(left) - 45)) "$BIN" run experiments/particle_nd.toml --runs "$WORK/nd" --quiet \
-        --set resources.slots_per_gpu="${ND_SLOTS:-8}" --set resources.mps=$mps $RUN_ARGS >"$WORK/nd.log" 2>&1
+        --set resources.slots_per_gpu="${ND_SLOTS:-16}" --set resources.mps=$mps $RUN_ARGS >"$WORK/nd.log" 2>&1
     code=$?
     echo "$(($(date +%s) - started))" >>"$WORK/nd-seconds"
     echo "N-D run exit $code after $(($(date +%s) - started)) s"

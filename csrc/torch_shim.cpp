@@ -2,16 +2,32 @@
 // NVIDIA tensor cores), as `torch.set_float32_matmul_precision` sets it; pinning host
 // memory without naming a device (tch always names one, which libtorch deprecates with a
 // warning at every call); device events, to wait for one queued copy rather than for
-// everything queued; and a product with its bias and ReLU fused, which tch binds wrongly.
+// everything queued; a product with its bias and ReLU fused, which tch binds wrongly; and
+// the optimizer's passes over many tensors at once (`_fused_adam_`, `_foreach_*`).
 // Events go through libtorch's device-generic interface, so this file needs no CUDA
 // headers.
 #include <ATen/Context.h>
 #include <ATen/Tensor.h>
 #include <ATen/ops/_addmm_activation.h>
+#include <ATen/ops/_foreach_norm.h>
+#include <ATen/ops/_foreach_zero.h>
+#include <ATen/ops/_fused_adam.h>
+#include <ATen/ops/stack.h>
 #include <c10/core/Event.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <string>
+#include <vector>
+
+// tch's `torch::Tensor*` pointers as tensors (sharing their storage).
+static std::vector<at::Tensor> tensors(void** pointers, int64_t n) {
+  std::vector<at::Tensor> list;
+  list.reserve(n);
+  for (int64_t i = 0; i < n; ++i) {
+    list.push_back(*static_cast<at::Tensor*>(pointers[i]));
+  }
+  return list;
+}
 
 extern "C" {
 
@@ -97,6 +113,45 @@ int ebmlab_addmm_relu_into(void* out, void* bias, void* mat1, void* mat2) {
     return 0;
   } catch (...) {
     return 1;
+  }
+}
+
+// One Adam update of `n` parameters in ATen's fused kernel (`torch.optim.Adam(fused=True)`
+// without weight decay or amsgrad): a launch or two for all of them on a GPU. `step` is a
+// float scalar tensor on their device holding the step count after this update (1 for
+// the first), which the kernel reads for the bias corrections. Returns 0 on success.
+int ebmlab_fused_adam(void** params, void** grads, void** exp_avgs, void** exp_avg_sqs,
+                      int64_t n, void* step, double lr, double beta1, double beta2,
+                      double eps) {
+  try {
+    auto& count = *static_cast<at::Tensor*>(step);
+    std::vector<at::Tensor> steps(n, count);
+    at::_fused_adam_(tensors(params, n), tensors(grads, n), tensors(exp_avgs, n),
+                     tensors(exp_avg_sqs, n), /*max_exp_avg_sqs=*/{}, steps, lr, beta1, beta2,
+                     /*weight_decay=*/0.0, eps, /*amsgrad=*/false, /*maximize=*/false);
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+
+// Zeroes `n` tensors in place (one launch for all of them on a GPU). Returns 0 on success.
+int ebmlab_foreach_zero(void** list, int64_t n) {
+  try {
+    at::_foreach_zero_(tensors(list, n));
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+
+// The L2 norm of `n` tensors taken together, as a new scalar tensor for tch to own; null if
+// libtorch refused.
+void* ebmlab_foreach_norm(void** list, int64_t n) {
+  try {
+    return new at::Tensor(at::stack(at::_foreach_norm(tensors(list, n), 2)).norm());
+  } catch (...) {
+    return nullptr;
   }
 }
 }

@@ -12,6 +12,7 @@ use std::path::Path;
 use anyhow::{bail, ensure, Context, Result};
 use tch::Tensor;
 
+use super::foreach::{self, AdamBetas};
 use super::transfer::upload;
 
 #[derive(Debug)]
@@ -30,6 +31,11 @@ pub struct Adam {
     steps: i64,
     /// By parameter name, so state files are matched by name, not position.
     params: BTreeMap<String, Moments>,
+    /// `steps` as a float scalar on the parameters' device, for the fused update.
+    step_count: Option<Tensor>,
+    /// Whether updates with one learning rate go through ATen's fused kernel (until
+    /// libtorch refuses it once).
+    fused: bool,
 }
 
 impl Adam {
@@ -53,6 +59,8 @@ impl Adam {
             eps: 1e-8,
             steps: 0,
             params,
+            step_count: None,
+            fused: true,
         }
     }
 
@@ -61,11 +69,18 @@ impl Adam {
     }
 
     pub fn zero_grad(&mut self) {
-        for m in self.params.values_mut() {
-            let mut grad = m.param.grad();
-            if grad.defined() {
-                let _ = grad.zero_();
-            }
+        let grads: Vec<Tensor> = self
+            .params
+            .values()
+            .map(|m| m.param.grad())
+            .filter(Tensor::defined)
+            .collect();
+        let grads: Vec<&Tensor> = grads.iter().collect();
+        if grads.is_empty() || foreach::zero_(&grads).is_ok() {
+            return;
+        }
+        for grad in grads {
+            let _ = grad.shallow_clone().zero_();
         }
     }
 
@@ -82,6 +97,88 @@ impl Adam {
 
     fn update(&mut self, lrs: &[f64]) {
         self.steps += 1;
+        if self.fused {
+            match self.fused_update(lrs) {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!("{e:#}: Adam updates each tensor on its own from now");
+                    self.fused = false;
+                }
+            }
+        }
+        self.update_each(lrs);
+    }
+
+    /// [`Adam::update`] in ATen's fused kernel (the same arithmetic to rounding, a launch or
+    /// two on a GPU): all parameters at once where every member shares the learning rate
+    /// (a solo model, or a pack on one schedule), else each member's slices with its own,
+    /// so that a member's update is, to the bit, the one it gets alone. An error means
+    /// nothing was updated.
+    fn fused_update(&mut self, lrs: &[f64]) -> Result<()> {
+        let live: Vec<(Tensor, &Moments)> = self
+            .params
+            .values()
+            .map(|m| (m.param.grad(), m))
+            .filter(|(g, _)| g.defined())
+            .collect();
+        let Some((_, first)) = live.first() else {
+            return Ok(());
+        };
+        let step = self
+            .step_count
+            .get_or_insert_with(|| Tensor::zeros([], (tch::Kind::Float, first.param.device())));
+        let betas = AdamBetas {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+        };
+        let shared = lrs.iter().all(|lr| *lr == lrs[0]);
+        let updates: Vec<(Option<i64>, f64)> = if shared {
+            vec![(None, lrs[0])]
+        } else {
+            lrs.iter()
+                .enumerate()
+                .map(|(k, lr)| (Some(k as i64), *lr))
+                .collect()
+        };
+        let part = |t: &Tensor, member: Option<i64>| match member {
+            Some(k) => t.get(k),
+            None => t.shallow_clone(),
+        };
+        tch::no_grad(|| {
+            let _ = step.fill_(self.steps as f64);
+            for (i, (member, lr)) in updates.into_iter().enumerate() {
+                let of = |pick: &dyn Fn(&Moments) -> &Tensor| -> Vec<Tensor> {
+                    live.iter().map(|(_, m)| part(pick(m), member)).collect()
+                };
+                let (params, exp_avgs, exp_avg_sqs) = (
+                    of(&|m| &m.param),
+                    of(&|m| &m.exp_avg),
+                    of(&|m| &m.exp_avg_sq),
+                );
+                let grads: Vec<Tensor> = live.iter().map(|(g, _)| part(g, member)).collect();
+                let done = foreach::fused_adam(
+                    &refs(&params),
+                    &refs(&grads),
+                    &refs(&exp_avgs),
+                    &refs(&exp_avg_sqs),
+                    step,
+                    lr,
+                    betas,
+                );
+                // libtorch refuses at once or not at all: a pack half updated cannot go on.
+                if let Err(e) = done {
+                    assert!(i == 0, "{e:#} after {i} members were updated");
+                    return Err(e);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// [`Adam::update`] tensor by tensor, each member of a pack with its own rate: where
+    /// libtorch refused the fused kernel.
+    fn update_each(&mut self, lrs: &[f64]) {
         let bias1 = 1.0 - self.beta1.powi(self.steps as i32);
         let bias2_sqrt = (1.0 - self.beta2.powi(self.steps as i32)).sqrt();
         let (beta1, beta2, eps) = (self.beta1, self.beta2, self.eps);
@@ -207,5 +304,144 @@ impl Adam {
         }
         self.steps = steps;
         Ok(())
+    }
+}
+
+/// References to each tensor of `v`, as the fused calls take them.
+fn refs(v: &[Tensor]) -> Vec<&Tensor> {
+    v.iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// An Adam over two fresh parameters (the same values for every call), and them.
+    fn adam(fused: bool) -> (Adam, Vec<Tensor>) {
+        // Fixed values, not the global generator's (tests run in parallel).
+        let values = |n: i64, phase: f64| {
+            (Tensor::arange(n, (Kind::Float, Device::Cpu)) * 0.7 + phase).sin()
+        };
+        let params = vec![
+            values(12, 0.0).view([4, 3]).set_requires_grad(true),
+            values(3, 1.0).set_requires_grad(true),
+        ];
+        let named = params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("p{i}"), p.shallow_clone()));
+        let mut adam = Adam::new(named);
+        adam.fused = fused;
+        (adam, params)
+    }
+
+    /// Five steps on the same quadratic, the learning rate halved midway.
+    fn train(fused: bool) -> (Vec<Tensor>, Adam) {
+        let (mut adam, params) = adam(fused);
+        for step in 0..5 {
+            adam.zero_grad();
+            let loss = params
+                .iter()
+                .fold(Tensor::zeros([], (Kind::Float, Device::Cpu)), |sum, p| {
+                    sum + (p * p * (step + 1) as f64).sum(Kind::Float)
+                });
+            loss.backward();
+            adam.step(if step < 3 { 1e-2 } else { 5e-3 });
+        }
+        (params, adam)
+    }
+
+    #[test]
+    fn the_fused_update_is_the_tensor_by_tensor_one_to_rounding() {
+        let ((fused, fused_adam), (each, each_adam)) = (train(true), train(false));
+        assert!(fused_adam.fused, "libtorch took the fused update");
+        assert_eq!((fused_adam.steps(), each_adam.steps()), (5, 5));
+        for (a, b) in fused.iter().zip(&each) {
+            let moved = (a - b).abs().max().double_value(&[]);
+            assert!(moved < 1e-6, "{moved}");
+            assert!(a.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        }
+        for (name, m) in &fused_adam.params {
+            let other = &each_adam.params[name];
+            for (x, y) in [
+                (&m.exp_avg, &other.exp_avg),
+                (&m.exp_avg_sq, &other.exp_avg_sq),
+            ] {
+                let diff = (x - y).abs().max().double_value(&[]);
+                assert!(diff < 1e-6, "{name}: {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_pack_member_is_updated_to_the_bit_as_alone() {
+        // Two members stacked, each with its own learning rate, beside each alone.
+        let stacked: Vec<Tensor> = [vec![2i64, 5, 3], vec![2, 5]]
+            .iter()
+            .enumerate()
+            .map(|(i, shape)| {
+                let n: i64 = shape.iter().product();
+                (Tensor::arange(n, (Kind::Float, Device::Cpu)) * 0.3 + i as f64)
+                    .sin()
+                    .view(shape.as_slice())
+                    .set_requires_grad(true)
+            })
+            .collect();
+        let mut pack = Adam::new(
+            stacked
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("p{i}"), p.shallow_clone())),
+        );
+        let alone: Vec<(Adam, Vec<Tensor>)> = (0..2)
+            .map(|k| {
+                let params: Vec<Tensor> = stacked
+                    .iter()
+                    .map(|p| p.get(k).detach().copy().set_requires_grad(true))
+                    .collect();
+                let named = params
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (format!("p{i}"), p.shallow_clone()));
+                (Adam::new(named), params)
+            })
+            .collect();
+        let lrs = [1e-2, 3e-3];
+        let loss = |params: &[Tensor]| {
+            params
+                .iter()
+                .fold(Tensor::zeros([], (Kind::Float, Device::Cpu)), |sum, p| {
+                    sum + (p * p * p).sum(Kind::Float)
+                })
+        };
+        let mut alone = alone;
+        for _ in 0..3 {
+            pack.zero_grad();
+            loss(&stacked).backward();
+            pack.step_members(&lrs);
+            for ((adam, params), lr) in alone.iter_mut().zip(lrs) {
+                adam.zero_grad();
+                loss(params).backward();
+                adam.step(lr);
+            }
+        }
+        for (k, (_, params)) in alone.iter().enumerate() {
+            for (p, stacked) in params.iter().zip(&stacked) {
+                let diff = (p - stacked.get(k as i64)).abs().max().double_value(&[]);
+                assert_eq!(diff, 0.0, "member {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn zero_grad_zeroes_every_gradient() {
+        let (mut adam, params) = adam(true);
+        let loss = &params[0].sum(Kind::Float) + params[1].sum(Kind::Float);
+        loss.backward();
+        adam.zero_grad();
+        for p in &params {
+            assert_eq!(p.grad().abs().sum(Kind::Float).double_value(&[]), 0.0);
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Training: optimizer, schedule and the iteration loop.
 
 mod adam;
+mod foreach;
 mod learner;
 mod packed;
 mod schedule;

@@ -186,15 +186,19 @@ impl Trainer {
 
     /// L2 norm of all weight gradients, as a scalar tensor on the training device.
     fn gradient_norm(&self) -> Tensor {
-        let squares: Vec<Tensor> = self
+        let grads: Vec<Tensor> = self
             .vs
             .trainable_variables()
             .iter()
             .map(|p| p.grad())
             .filter(|g| g.defined())
-            .map(|g| g.square().sum(Kind::Float))
             .collect();
-        Tensor::stack(&squares, 0).sum(Kind::Float).sqrt()
+        let refs: Vec<&Tensor> = grads.iter().collect();
+        // One pass over all of them (a pass or two per tensor otherwise).
+        super::foreach::norm(&refs).unwrap_or_else(|_| {
+            let squares: Vec<Tensor> = grads.iter().map(|g| g.square().sum(Kind::Float)).collect();
+            Tensor::stack(&squares, 0).sum(Kind::Float).sqrt()
+        })
     }
 
     /// Writes the checkpoint of the current step into `dir` (plus the per-run files).
