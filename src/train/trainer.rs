@@ -194,8 +194,14 @@ impl Trainer {
             .filter(|g| g.defined())
             .collect();
         let refs: Vec<&Tensor> = grads.iter().collect();
-        // One pass over all of them (a pass or two per tensor otherwise).
-        super::foreach::norm(&refs).unwrap_or_else(|_| {
+        // On a GPU one pass over all of them (two launches per tensor otherwise); the CPU
+        // keeps the sum it always reported.
+        let fused = self
+            .vs
+            .device()
+            .is_cuda()
+            .then(|| super::foreach::norm(&refs).ok());
+        fused.flatten().unwrap_or_else(|| {
             let squares: Vec<Tensor> = grads.iter().map(|g| g.square().sum(Kind::Float)).collect();
             Tensor::stack(&squares, 0).sum(Kind::Float).sqrt()
         })
