@@ -143,10 +143,15 @@ fn report_numbers_are_the_databases_and_unfinished_trials_are_marked() {
     assert_eq!(mse["ibc"]["success_rate"].as_f64(), Some(0.05));
 
     let markdown = fs::read_to_string(out_dir.join("report.md")).unwrap();
+    // Unfinished trials are named once per setting, each with its state.
     assert!(
-        markdown.contains(&format!(
-            "trial {running} (policy.hidden=256 policy.kind=mse) is RUNNING"
-        )),
+        markdown.contains("policy.hidden=256 policy.kind=mse: not in the success column: ")
+            && markdown.contains(&format!("trial {running} is RUNNING at step")),
+        "{markdown}"
+    );
+    assert_eq!(
+        markdown.matches("not in the success column").count(),
+        2,
         "{markdown}"
     );
     assert!(markdown.contains("is FAILED at step"), "{markdown}");

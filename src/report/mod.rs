@@ -194,26 +194,35 @@ fn experiment_section(
     Ok((section, problems))
 }
 
-/// A note per trial that is not completed (it is left out of the success column).
+/// A note per setting with trials that are not completed (they are left out of the
+/// success column): the setting once, then each such trial, its state and why.
 fn unfinished_notes(trials: &[TrialDigest]) -> Vec<String> {
-    trials
-        .iter()
-        .filter(|t| t.status != TrialStatus::Completed)
-        .map(|t| {
-            let why = t
-                .error
-                .as_deref()
-                .and_then(|e| e.lines().next())
-                .unwrap_or("");
+    let mut order: Vec<&str> = Vec::new();
+    let mut by_setting: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for t in trials.iter().filter(|t| t.status != TrialStatus::Completed) {
+        let why = t
+            .error
+            .as_deref()
+            .and_then(|e| e.lines().next())
+            .map_or(String::new(), |why| format!(" ({why})"));
+        let entry = format!(
+            "trial {} is {} at step {}/{}{why}",
+            t.id,
+            t.status.to_string().to_uppercase(),
+            t.step,
+            t.iterations,
+        );
+        if !by_setting.contains_key(t.setting.as_str()) {
+            order.push(&t.setting);
+        }
+        by_setting.entry(&t.setting).or_default().push(entry);
+    }
+    order
+        .into_iter()
+        .map(|setting| {
             format!(
-                "trial {} ({}) is {} at step {}/{}{}{}: not in the success column",
-                t.id,
-                t.setting,
-                t.status.to_string().to_uppercase(),
-                t.step,
-                t.iterations,
-                if why.is_empty() { "" } else { ": " },
-                why
+                "{setting}: not in the success column: {}",
+                by_setting[setting].join("; ")
             )
         })
         .collect()

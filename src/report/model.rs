@@ -68,6 +68,8 @@ pub struct SettingRow {
     /// Best checkpoint over the setting's trials: (trial, step, success rate).
     pub best: Option<(String, i64, f64)>,
     pub final_step: i64,
+    /// The configured steps at the completed trials' mean rate; none until a trial
+    /// completes (a projection would read as a measured time).
     pub train_seconds: Option<f64>,
     pub iterations_per_second: Option<f64>,
     pub ibc: Option<IbcNumber>,
@@ -321,8 +323,13 @@ pub fn setting_rows(
                 .iter()
                 .filter_map(|t| t.iterations_per_second)
                 .collect();
-            let its =
-                (!speeds.is_empty()).then(|| speeds.iter().sum::<f64>() / speeds.len() as f64);
+            let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+            let its = mean(&speeds);
+            let completed_speeds: Vec<f64> = group
+                .iter()
+                .filter(|t| t.status == TrialStatus::Completed)
+                .filter_map(|t| t.iterations_per_second)
+                .collect();
             let ibc = matching_baseline(
                 baselines,
                 &first.task,
@@ -352,7 +359,8 @@ pub fn setting_rows(
                 ci_high: ci.map(|c| c.1),
                 best,
                 final_step: first.iterations,
-                train_seconds: its.map(|s| first.iterations as f64 / s.max(1e-9)),
+                train_seconds: mean(&completed_speeds)
+                    .map(|s| first.iterations as f64 / s.max(1e-9)),
                 iterations_per_second: its,
                 difference_pp: match (rate, &ibc) {
                     (Some(r), Some(b)) => Some(100.0 * (r - b.success_rate)),
@@ -423,6 +431,19 @@ mod tests {
         assert_eq!(
             digest[0].setting, "policy.kind=mse",
             "the seed is not part of a setting"
+        );
+        let row = &setting_rows("e", &digest, &[])[0];
+        assert_eq!(
+            (row.iterations_per_second, row.train_seconds),
+            (Some(6.0), Some(5.0))
+        );
+        // Stopped before its end: its rate is measured, its training time is not.
+        let mut killed = rows;
+        killed.trials[0].status = TrialStatus::Killed;
+        let row = &setting_rows("e", &digest_trials(&killed).unwrap(), &[])[0];
+        assert_eq!(
+            (row.iterations_per_second, row.train_seconds),
+            (Some(6.0), None)
         );
     }
 
