@@ -100,35 +100,42 @@ fn rewriting_steps_replaces_rows_and_latest_keeps_the_newest_step() {
 }
 
 #[test]
-fn a_trial_recorded_again_takes_the_new_config_unless_it_is_running() {
+fn a_run_replaces_a_planned_trials_config_unless_it_is_running_and_a_worker_never_does() {
     let dir = tempfile::tempdir().unwrap();
     for db in test_databases(dir.path(), "rerecord") {
-        let (status, config) = block_on(async {
+        let config = |slots: u32| format!("{{\"resources\":{{\"slots_per_gpu\":{slots}}}}}");
+        let (status, kept) = block_on(async {
             let store = Store::open(&db).await.unwrap();
             store.upsert_experiment("exp", "exp.toml").await.unwrap();
-            let config = |slots: u32| format!("{{\"resources\":{{\"slots_per_gpu\":{slots}}}}}");
+            let stored = || async { store.stored_trial("exp", "t").await.unwrap() };
             store
-                .add_trial("exp", "t", "{}", &config(12), 10)
+                .plan_trial("exp", "t", "{}", &config(12), 10)
                 .await
                 .unwrap();
             // A later run, with its own resources.
             store
-                .add_trial("exp", "t", "{}", &config(20), 10)
+                .plan_trial("exp", "t", "{}", &config(20), 10)
                 .await
                 .unwrap();
-            let later = store.stored_trial("exp", "t").await.unwrap().config_json;
-            assert_eq!(later, config(20), "{db}");
+            assert_eq!(stored().await.config_json, config(20), "{db}");
+            // A worker records the trial it was handed with its slot's device and
+            // threads: the run's config stays.
+            store
+                .add_trial("exp", "t", "{}", "{\"worker\":1}", 10)
+                .await
+                .unwrap();
+            assert_eq!(stored().await.config_json, config(20), "{db}");
             // A running trial's worker has read its config: a third run leaves it alone.
             store.start_trial("exp", "t", "cpu", None).await.unwrap();
             store
-                .add_trial("exp", "t", "{}", &config(4), 10)
+                .plan_trial("exp", "t", "{}", &config(4), 10)
                 .await
                 .unwrap();
-            let t = store.stored_trial("exp", "t").await.unwrap();
+            let t = stored().await;
             (t.status, t.config_json)
         });
         assert_eq!(status, ebmlab::store::TrialStatus::Running, "{db}");
-        assert_eq!(config, "{\"resources\":{\"slots_per_gpu\":20}}", "{db}");
+        assert_eq!(kept, config(20), "{db}");
     }
 }
 

@@ -20,7 +20,7 @@ pub fn register_trials(db: &Database, spec_path: &Path, plans: &[TrialPlan]) -> 
             .await?;
         for plan in plans {
             store
-                .add_trial(
+                .plan_trial(
                     &plan.spec.name,
                     &plan.id(),
                     &serde_json::to_string(&plan.overrides)?,

@@ -181,7 +181,7 @@ fn record_trials(db: &Database, n: usize, pack: usize) -> Vec<String> {
             let overrides = format!("{{\"train.seed\":{seed}}}");
             let config = serde_json::to_string(&spec).unwrap();
             store
-                .add_trial("fake", &id, &overrides, &config, 100)
+                .plan_trial("fake", &id, &overrides, &config, 100)
                 .await
                 .unwrap();
             ids.push(id);

@@ -175,11 +175,9 @@ impl Store {
         Ok(())
     }
 
-    /// Records a trial as pending. A trial already known keeps its status and rows and
-    /// takes this config unless it is running: the two can differ only where the id
-    /// leaves them free (where it runs: `resources`, `slurm`; plots), and a run that
-    /// resumes it with `--set resources.slots_per_gpu=...` means its own, not the
-    /// first run's.
+    /// Records a trial as pending unless it is already known (a worker recording the
+    /// trial it was handed: its config, with the slot's device and threads, is not the
+    /// run's).
     pub async fn add_trial(
         &self,
         experiment: &str,
@@ -190,8 +188,7 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO trials (experiment, id, overrides, config, status, iterations) \
-             VALUES ($1, $2, $3, $4, 'pending', $5) ON CONFLICT (experiment, id) \
-             DO UPDATE SET config = excluded.config WHERE trials.status <> 'running'",
+             VALUES ($1, $2, $3, $4, 'pending', $5) ON CONFLICT (experiment, id) DO NOTHING",
         )
         .bind(experiment)
         .bind(id)
@@ -201,6 +198,35 @@ impl Store {
         .execute(self.pool())
         .await
         .context("recording the trial")?;
+        Ok(())
+    }
+
+    /// Records a trial a run plans: as pending if new; if known, it keeps its status and
+    /// rows and takes this config unless it is running. The two configs can differ only
+    /// where the id leaves them free (where it runs: `resources`, `slurm`; plots), and a
+    /// run that resumes it with `--set resources.slots_per_gpu=...` means its own, not
+    /// the first run's. (A trial whose Slurm job is still queued takes it too: its job
+    /// keeps its trials, slots and threads; only such settings as CUDA graphs follow.)
+    pub async fn plan_trial(
+        &self,
+        experiment: &str,
+        id: &str,
+        overrides_json: &str,
+        config_json: &str,
+        iterations: u64,
+    ) -> Result<()> {
+        self.add_trial(experiment, id, overrides_json, config_json, iterations)
+            .await?;
+        sqlx::query(
+            "UPDATE trials SET config = $1 WHERE experiment = $2 AND id = $3 \
+             AND status <> 'running'",
+        )
+        .bind(config_json)
+        .bind(experiment)
+        .bind(id)
+        .execute(self.pool())
+        .await
+        .context("recording the trial's config")?;
         Ok(())
     }
 

@@ -408,13 +408,23 @@ mod tests {
 
     #[test]
     fn a_pack_member_is_updated_to_the_bit_as_alone() {
+        pack_members_update_as_alone(Device::Cpu);
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn on_a_gpu_a_pack_member_is_updated_to_the_bit_as_alone() {
+        pack_members_update_as_alone(Device::Cuda(0));
+    }
+
+    fn pack_members_update_as_alone(device: Device) {
         // Two members stacked, each with its own learning rate, beside each alone.
         let stacked: Vec<Tensor> = [vec![2i64, 5, 3], vec![2, 5]]
             .iter()
             .enumerate()
             .map(|(i, shape)| {
                 let n: i64 = shape.iter().product();
-                (Tensor::arange(n, (Kind::Float, Device::Cpu)) * 0.3 + i as f64)
+                (Tensor::arange(n, (Kind::Float, device)) * 0.3 + i as f64)
                     .sin()
                     .view(shape.as_slice())
                     .set_requires_grad(true)
@@ -444,7 +454,7 @@ mod tests {
         let loss = |params: &[Tensor]| {
             params
                 .iter()
-                .fold(Tensor::zeros([], (Kind::Float, Device::Cpu)), |sum, p| {
+                .fold(Tensor::zeros([], (Kind::Float, device)), |sum, p| {
                     sum + (p * p * p).sum(Kind::Float)
                 })
         };
