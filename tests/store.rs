@@ -4,6 +4,7 @@
 mod common;
 
 use common::{ebmlab, stderr, stdout, test_databases};
+use ebmlab::store::KnownTrial::{Kept, TakesConfig};
 use ebmlab::store::{block_on, Database, MetricRow, Store};
 
 fn rows(trial: &str, steps: std::ops::Range<i64>) -> Vec<MetricRow> {
@@ -109,26 +110,26 @@ fn a_run_replaces_a_planned_trials_config_unless_it_is_running_and_a_worker_neve
             store.upsert_experiment("exp", "exp.toml").await.unwrap();
             let stored = || async { store.stored_trial("exp", "t").await.unwrap() };
             store
-                .plan_trial("exp", "t", "{}", &config(12), 10)
+                .add_trial("exp", "t", "{}", &config(12), 10, TakesConfig)
                 .await
                 .unwrap();
             // A later run, with its own resources.
             store
-                .plan_trial("exp", "t", "{}", &config(20), 10)
+                .add_trial("exp", "t", "{}", &config(20), 10, TakesConfig)
                 .await
                 .unwrap();
             assert_eq!(stored().await.config_json, config(20), "{db}");
             // A worker records the trial it was handed with its slot's device and
             // threads: the run's config stays.
             store
-                .add_trial("exp", "t", "{}", "{\"worker\":1}", 10)
+                .add_trial("exp", "t", "{}", "{\"worker\":1}", 10, Kept)
                 .await
                 .unwrap();
             assert_eq!(stored().await.config_json, config(20), "{db}");
             // A running trial's worker has read its config: a third run leaves it alone.
             store.start_trial("exp", "t", "cpu", None).await.unwrap();
             store
-                .plan_trial("exp", "t", "{}", &config(4), 10)
+                .add_trial("exp", "t", "{}", &config(4), 10, TakesConfig)
                 .await
                 .unwrap();
             let t = stored().await;

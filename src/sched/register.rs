@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::spec::TrialPlan;
-use crate::store::{block_on, Database, Store};
+use crate::store::{block_on, Database, KnownTrial, Store};
 
 /// Records the experiment and each planned trial (as pending, unless already known).
 pub fn register_trials(db: &Database, spec_path: &Path, plans: &[TrialPlan]) -> Result<()> {
@@ -20,12 +20,13 @@ pub fn register_trials(db: &Database, spec_path: &Path, plans: &[TrialPlan]) -> 
             .await?;
         for plan in plans {
             store
-                .plan_trial(
+                .add_trial(
                     &plan.spec.name,
                     &plan.id(),
                     &serde_json::to_string(&plan.overrides)?,
                     &serde_json::to_string(&plan.spec)?,
                     plan.spec.train.iterations,
+                    KnownTrial::TakesConfig,
                 )
                 .await?;
         }

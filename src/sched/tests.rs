@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::spec::Spec;
-use crate::store::{Database, EndWhen, Store, TrialStatus};
+use crate::store::{Database, EndWhen, KnownTrial, Store, TrialStatus};
 
 /// What a fake worker does with its job.
 #[derive(Debug, Clone)]
@@ -181,7 +181,14 @@ fn record_trials(db: &Database, n: usize, pack: usize) -> Vec<String> {
             let overrides = format!("{{\"train.seed\":{seed}}}");
             let config = serde_json::to_string(&spec).unwrap();
             store
-                .plan_trial("fake", &id, &overrides, &config, 100)
+                .add_trial(
+                    "fake",
+                    &id,
+                    &overrides,
+                    &config,
+                    100,
+                    KnownTrial::TakesConfig,
+                )
                 .await
                 .unwrap();
             ids.push(id);

@@ -19,7 +19,7 @@ mod report;
 mod status;
 
 pub use location::Database;
-pub use records::{hostname, now, EndWhen, NewEpisode, NewEvaluation, TrialStatus};
+pub use records::{hostname, now, EndWhen, KnownTrial, NewEpisode, NewEvaluation, TrialStatus};
 pub use report::{Baseline, CurvePoint, ReportEvaluation, ReportTrial};
 pub use status::{parse_timestamp, RunningTrial, StoredTrial, TrialStatusRow};
 

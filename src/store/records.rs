@@ -123,6 +123,21 @@ pub fn hostname() -> String {
     }
 }
 
+/// What recording a trial does to one already known: it keeps its status and rows either
+/// way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KnownTrial {
+    /// Its config too: a worker recording the trial it was handed (its config, with the
+    /// slot's device and threads, is not the run's).
+    Kept,
+    /// It takes this config unless it is running: a run planning it. The configs can
+    /// differ only where the id leaves them free (where it runs: `resources`, `slurm`;
+    /// plots), and a run that resumes it with `--set resources.slots_per_gpu=...` means its
+    /// own, not the first run's. (A trial whose Slurm job is still queued takes it too: the
+    /// job keeps its trials, slots and threads; only such settings as CUDA graphs follow.)
+    TakesConfig,
+}
+
 /// Which trials [`Store::end_trial`] may end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndWhen {
@@ -175,9 +190,7 @@ impl Store {
         Ok(())
     }
 
-    /// Records a trial as pending unless it is already known (a worker recording the
-    /// trial it was handed: its config, with the slot's device and threads, is not the
-    /// run's).
+    /// Records a trial as pending; what happens to one already known is `known`'s.
     pub async fn add_trial(
         &self,
         experiment: &str,
@@ -185,11 +198,18 @@ impl Store {
         overrides_json: &str,
         config_json: &str,
         iterations: u64,
+        known: KnownTrial,
     ) -> Result<()> {
-        sqlx::query(
+        let on_conflict = match known {
+            KnownTrial::Kept => "DO NOTHING",
+            KnownTrial::TakesConfig => {
+                "DO UPDATE SET config = excluded.config WHERE trials.status <> 'running'"
+            }
+        };
+        sqlx::query(&format!(
             "INSERT INTO trials (experiment, id, overrides, config, status, iterations) \
-             VALUES ($1, $2, $3, $4, 'pending', $5) ON CONFLICT (experiment, id) DO NOTHING",
-        )
+             VALUES ($1, $2, $3, $4, 'pending', $5) ON CONFLICT (experiment, id) {on_conflict}"
+        ))
         .bind(experiment)
         .bind(id)
         .bind(overrides_json)
@@ -198,35 +218,6 @@ impl Store {
         .execute(self.pool())
         .await
         .context("recording the trial")?;
-        Ok(())
-    }
-
-    /// Records a trial a run plans: as pending if new; if known, it keeps its status and
-    /// rows and takes this config unless it is running. The two configs can differ only
-    /// where the id leaves them free (where it runs: `resources`, `slurm`; plots), and a
-    /// run that resumes it with `--set resources.slots_per_gpu=...` means its own, not
-    /// the first run's. (A trial whose Slurm job is still queued takes it too: its job
-    /// keeps its trials, slots and threads; only such settings as CUDA graphs follow.)
-    pub async fn plan_trial(
-        &self,
-        experiment: &str,
-        id: &str,
-        overrides_json: &str,
-        config_json: &str,
-        iterations: u64,
-    ) -> Result<()> {
-        self.add_trial(experiment, id, overrides_json, config_json, iterations)
-            .await?;
-        sqlx::query(
-            "UPDATE trials SET config = $1 WHERE experiment = $2 AND id = $3 \
-             AND status <> 'running'",
-        )
-        .bind(config_json)
-        .bind(experiment)
-        .bind(id)
-        .execute(self.pool())
-        .await
-        .context("recording the trial's config")?;
         Ok(())
     }
 

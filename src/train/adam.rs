@@ -331,11 +331,8 @@ mod tests {
     use super::*;
     use tch::{Device, Kind};
 
-    /// An Adam over two fresh parameters (the same values for every call), and them.
-    fn adam(fused: bool) -> (Adam, Vec<Tensor>) {
-        adam_on(fused, Device::Cpu)
-    }
-
+    /// An Adam over two fresh parameters on `device` (the same values for every call), and
+    /// them.
     fn adam_on(fused: bool, device: Device) -> (Adam, Vec<Tensor>) {
         // Fixed values, not the global generator's (tests run in parallel).
         let values =
@@ -437,7 +434,7 @@ mod tests {
                 .map(|(i, p)| (format!("p{i}"), p.shallow_clone())),
         )
         .with_fused(true);
-        let alone: Vec<(Adam, Vec<Tensor>)> = (0..2)
+        let mut alone: Vec<(Adam, Vec<Tensor>)> = (0..2)
             .map(|k| {
                 let params: Vec<Tensor> = stacked
                     .iter()
@@ -458,7 +455,6 @@ mod tests {
                     sum + (p * p * p).sum(Kind::Float)
                 })
         };
-        let mut alone = alone;
         for _ in 0..3 {
             pack.zero_grad();
             loss(&stacked).backward();
@@ -479,7 +475,7 @@ mod tests {
 
     #[test]
     fn zero_grad_zeroes_every_gradient() {
-        let (mut adam, params) = adam(true);
+        let (mut adam, params) = adam_on(true, Device::Cpu);
         let loss = &params[0].sum(Kind::Float) + params[1].sum(Kind::Float);
         loss.backward();
         adam.zero_grad();

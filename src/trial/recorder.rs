@@ -19,7 +19,8 @@ use crate::eval::{EpisodeRecord, EvalSummary};
 use crate::policy::Precision;
 use crate::spec::{parse_device, Spec};
 use crate::store::{
-    block_on, Database, EndWhen, MetricRow, NewEpisode, NewEvaluation, Store, TrialStatus,
+    block_on, Database, EndWhen, KnownTrial, MetricRow, NewEpisode, NewEvaluation, Store,
+    TrialStatus,
 };
 
 /// A trial to run and record: its spec, the file it came from and the settings that set
@@ -213,6 +214,7 @@ impl TrialRecorder {
                     &serde_json::to_string(overrides)?,
                     &serde_json::to_string(spec)?,
                     spec.train.iterations,
+                    KnownTrial::Kept,
                 )
                 .await
         })?;
