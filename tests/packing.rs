@@ -128,6 +128,57 @@ fn acting_energies_equal_the_energies_and_a_member_acts_in_its_pack_as_alone() {
     }
 }
 
+/// In bf16 only the blocks' products round: a pack's energies keep fp32's precision however
+/// far InfoNCE has shifted them (trained particle models' sit at tens to hundreds, where
+/// bf16's step is 0.125 to 2), and so does dE/da, a shift carried by the residual stream
+/// included.
+#[test]
+fn bf16_energies_keep_fp32_precision_far_from_zero() {
+    let _torch = common::torch_lock();
+    for blocks in [1, 2] {
+        let cfg = net(blocks);
+        let states: Vec<Vec<(String, Tensor)>> = (0..2).map(|s| solo(&cfg, 30 + s).2).collect();
+        // A drifted model: every energy 200 higher (bf16's step there is 1), and a residual
+        // stream 10 higher than the blocks' outputs (whose roundings are what remains).
+        for state in &states {
+            for (name, shift) in [("energy_projection.bias", 200.0), ("projection.bias", 10.0)] {
+                let (_, bias) = state.iter().find(|(n, _)| n == name).unwrap();
+                tch::no_grad(|| {
+                    let _ = bias.shallow_clone().f_add_scalar_(shift).unwrap();
+                });
+            }
+        }
+        let exact = PackedEbm::stack(&cfg, Precision::Fp32, &states).unwrap();
+        let low = exact.with_precision(Precision::Bf16);
+        let obs = Tensor::randn([2, 5, 2, 8], (Kind::Float, Device::Cpu));
+        let actions = Tensor::rand([2, 5, 7, 2], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        let energies = |model: &PackedEbm| {
+            let actions = actions.copy().set_requires_grad(true);
+            let e = model.energies(&model.observation_context(&obs), &actions);
+            let g = Tensor::run_backward(&[e.sum(None)], &[&actions], false, false);
+            (e.detach(), g[0].shallow_clone())
+        };
+        let (e32, g32) = energies(&exact);
+        let (e16, g16) = energies(&low);
+        assert!(e32.mean(Kind::Float).double_value(&[]) > 190.0);
+        // Rounded at 200 they would be off by up to 0.5; the blocks' roundings cost ~1e-2.
+        let error = max_diff(&e16, &e32);
+        assert!(
+            error < 0.05,
+            "blocks {blocks}: bf16 energies off by {error}"
+        );
+        assert!(error > 0.0, "blocks {blocks}: nothing computed in bf16");
+        let relative = max_diff(&g16, &g32) / g32.abs().max().double_value(&[]);
+        assert!(relative < 0.05, "blocks {blocks}: dE/da off by {relative}");
+        // A sampler's frozen copy computes the same energies.
+        let frozen = tch::no_grad(|| {
+            let f = low.frozen();
+            f.energies(&f.observation_context(&obs), &actions)
+        });
+        assert_eq!(max_diff(&frozen, &e16), 0.0, "blocks {blocks}");
+    }
+}
+
 /// What a member trains on: 2-D particle demos of `data_seed`.
 fn data(data_seed: u64) -> (TrainingSet, Normalizer) {
     let task = ParticleTask::new(ParticleConfig::default()).unwrap();
@@ -188,6 +239,10 @@ fn member_specs_of(
 }
 
 fn pack(members: &[(PolicySpec, OptimConfig, u64)]) -> PackedTrainer {
+    pack_in(members, Precision::Fp32)
+}
+
+fn pack_in(members: &[(PolicySpec, OptimConfig, u64)], precision: Precision) -> PackedTrainer {
     let members = members
         .iter()
         .map(|(spec, optim, data_seed)| {
@@ -200,7 +255,7 @@ fn pack(members: &[(PolicySpec, OptimConfig, u64)]) -> PackedTrainer {
             }
         })
         .collect();
-    PackedTrainer::new(members, Precision::Fp32, Device::Cpu).unwrap()
+    PackedTrainer::new(members, precision, Device::Cpu).unwrap()
 }
 
 fn weights_of(state: &[(String, Tensor)]) -> Tensor {
@@ -220,6 +275,78 @@ const STEPS: usize = 60;
 /// The largest relative difference of two losses.
 fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-3)
+}
+
+/// A bf16 pack searches for its counter-examples in bf16 and computes its loss as an fp32
+/// pack does: with uniform counter-examples (nothing searched) it trains as the fp32 pack,
+/// to the bit; with Langevin chains (searched in bf16) its losses differ from the fp32
+/// pack's by what the chains' rounding moves, not more.
+#[test]
+fn a_bf16_pack_searches_in_bf16_and_takes_its_loss_in_fp32() {
+    let _torch = common::torch_lock();
+    for kind in [NegativeKind::Uniform, NegativeKind::Langevin] {
+        let specs = member_specs_of(kind, 1.0);
+        let mut exact = pack_in(&specs, Precision::Fp32);
+        let mut low = pack_in(&specs, Precision::Bf16);
+        let mut differ = false;
+        for step in 0..5 {
+            let (a, b) = (exact.train_step(), low.train_step());
+            if kind == NegativeKind::Uniform {
+                assert_eq!(a, b, "step {step}");
+                continue;
+            }
+            for (x, y) in a.iter().zip(&b) {
+                differ |= x.loss != y.loss;
+                assert!(rel(y.loss, x.loss) < 2e-2, "step {step}: {y:?} vs {x:?}");
+            }
+        }
+        assert_eq!(differ, kind == NegativeKind::Langevin, "{kind:?}");
+    }
+}
+
+/// The precision a trial trains in: bf16 only where it is asked for and the trial packs;
+/// elsewhere TF32 on a GPU (fp32 on the CPU).
+#[test]
+fn bf16_is_for_packs_and_other_networks_take_tf32_on_a_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = |name: &str, text: &str| {
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, format!("name = \"{name}\"\n{text}")).unwrap();
+        ebmlab::spec::load_spec_with_env(&file, &[], Vec::new())
+            .unwrap()
+            .spec
+    };
+    let bf16 = "[train]\nprecision = \"bf16\"\n";
+    let ar = "[policy]\nkind = \"ar_ebm\"\n[train.negatives]\nkind = \"uniform\"\n\
+              [train.grad_penalty]\nenabled = false\n[eval]\ninference = \"autoregressive_dfo\"\n";
+    let cases = [
+        (spec("ebm", bf16), Precision::Bf16, Precision::Bf16),
+        (spec("ebm_auto", ""), Precision::Fp32, Precision::Tf32),
+        (
+            spec("ar", &format!("{ar}{bf16}")),
+            Precision::Fp32,
+            Precision::Tf32,
+        ),
+        (
+            spec("mse", &format!("[policy]\nkind = \"mse\"\n{bf16}")),
+            Precision::Fp32,
+            Precision::Tf32,
+        ),
+        (
+            spec("ln", &format!("[policy]\nlayer_norm = true\n{bf16}")),
+            Precision::Fp32,
+            Precision::Tf32,
+        ),
+    ];
+    for (spec, cpu, gpu) in &cases {
+        let on = |device| ebmlab::trial::training_precision(spec, device);
+        assert_eq!(
+            (on(Device::Cpu), on(Device::Cuda(0))),
+            (*cpu, *gpu),
+            "{}",
+            spec.name
+        );
+    }
 }
 
 #[test]

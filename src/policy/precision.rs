@@ -1,6 +1,7 @@
-//! How matrix products are computed: IEEE fp32, TF32 on NVIDIA tensor cores, or bf16
-//! (autocast-style: the products in bf16, while reductions, softmax, the loss and the
-//! optimizer's state and master weights stay fp32).
+//! How matrix products are computed: IEEE fp32, TF32 on NVIDIA tensor cores, or bf16 (in
+//! training a pack's counter-example search in bf16, its loss in fp32 or TF32 products;
+//! when acting, the energies' hidden layers in bf16; reductions, softmax, the optimizer's
+//! state and master weights stay fp32).
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -15,6 +16,8 @@ pub enum Precision {
     Fp32,
     /// fp32 tensors, matrix products in TF32 (CUDA; the same as fp32 on the CPU).
     Tf32,
+    /// The hidden layers' products in bf16: in training only a pack's counter-example search
+    /// (its loss takes fp32 or TF32 products); when acting, the energies.
     Bf16,
 }
 
@@ -55,9 +58,9 @@ impl Precision {
         *self == Precision::Auto
     }
 
-    /// What `auto` means for training on `device`: TF32 on a GPU. bf16 trains faster in
-    /// big packs, but IBC's config trained in bf16 fell short of its fp32 result (see the
-    /// README), so it is asked for, not given.
+    /// What `auto` means for training on `device`: TF32 on a GPU. bf16 searches faster in
+    /// big packs, but whether IBC's config keeps its result with bf16 chains is not
+    /// measured (a bf16 loss fell short: see the README), so it is asked for, not given.
     pub fn resolve(self, device: Device) -> Self {
         match (self, device) {
             (Precision::Auto, Device::Cpu) => Precision::Fp32,
@@ -85,10 +88,11 @@ impl Precision {
     }
 
     /// Tells libtorch whether fp32 matrix products may use TF32 (process-wide: each job
-    /// sets it before it computes). bf16 products are unaffected.
+    /// sets it before it computes): with TF32, and with bf16, whose fp32 products (a
+    /// training step's loss) take TF32. bf16 products are unaffected.
     pub fn apply(self) -> Result<()> {
         let setting: &std::ffi::CStr = match self {
-            Precision::Tf32 => c"high",
+            Precision::Tf32 | Precision::Bf16 => c"high",
             _ => c"highest",
         };
         // SAFETY: a NUL-terminated string; the shim catches C++ exceptions.

@@ -100,14 +100,6 @@ impl Learner {
             .collect();
         Some(PackedPolicies::new(&p.model().members_at(&index), &members))
     }
-
-    /// The precision the products run in, for the record.
-    pub fn describe(&self) -> String {
-        match self {
-            Learner::Solo(_) => "solo, fp32".to_owned(),
-            Learner::Pack(p) => format!("pack of {}, {}", p.len(), p.precision()),
-        }
-    }
 }
 
 fn solo(trainer: &Option<Box<Trainer>>) -> &Trainer {

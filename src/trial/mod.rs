@@ -22,7 +22,8 @@ pub use recorder::{
 };
 pub use run::{completed_report, run_pack, run_trial};
 pub use setup::{
-    build_learner, evaluation_pack_key, load_demos, pack_key, training_set, trial_member,
+    build_learner, evaluation_pack_key, load_demos, pack_key, training_precision, training_set,
+    trial_member,
 };
 
 use std::path::PathBuf;

@@ -13,10 +13,11 @@ use anyhow::{Context, Result};
 use tokio::runtime::Runtime;
 use tracing::warn;
 
-use super::{pack_key, run_pack, MetricsRow, TrialObserver, TrialOptions, TrialReport, TrialStop};
+use super::{
+    run_pack, training_precision, MetricsRow, TrialObserver, TrialOptions, TrialReport, TrialStop,
+};
 use crate::checkpoint::SavedCheckpoint;
 use crate::eval::{EpisodeRecord, EvalSummary};
-use crate::policy::Precision;
 use crate::spec::{parse_device, Spec};
 use crate::store::{
     block_on, Database, EndWhen, KnownTrial, MetricRow, NewEpisode, NewEvaluation, Store,
@@ -62,12 +63,7 @@ pub fn run_recorded_pack(
         .collect::<Result<Vec<_>>>()?;
     let lead = trials[0].spec;
     let device = parse_device(&lead.resources.device)?.resolve()?;
-    // A solo trainer's tensors are fp32 whatever is asked; TF32 is the process's setting
-    // for fp32 products, which it follows as a pack does.
-    let precision = match (pack_key(lead), lead.train.precision.resolve(device)) {
-        (Some(_), precision) | (None, precision @ Precision::Tf32) => precision,
-        (None, _) => Precision::Fp32,
-    };
+    let precision = training_precision(lead, device);
     let label = format!("{} {precision}", format!("{device:?}").to_lowercase());
     let pack = (trials.len() > 1).then(|| format!("{}+{}", lead.trial_id(), trials.len() - 1));
     for recorder in &mut recorders {

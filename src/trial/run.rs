@@ -14,7 +14,7 @@ use tracing::info;
 
 use super::evaluate::{evaluate_actor, evaluate_pack, write_final_evaluation};
 use super::metrics::{logged_seconds, CsvLog};
-use super::setup::{build_learner, evaluation_pack_key, trial_member};
+use super::setup::{build_learner, evaluation_pack_key, training_precision, trial_member};
 use super::{MetricsRow, TrialObserver, TrialOptions, TrialPaths, TrialReport, TrialStop};
 use crate::checkpoint::{self, write_atomic};
 use crate::eval::{is_cancelled, Cancellable, EpisodeRecord, EvalSummary};
@@ -297,7 +297,7 @@ fn build(specs: &[&Spec], members: &[Member]) -> Result<Learner> {
     }
     let member_specs: Vec<&Spec> = members.iter().map(|m| specs[m.index]).collect();
     let learner = build_learner(&member_specs, parts, device)?;
-    spec.train.precision.resolve(device).apply()?;
+    training_precision(spec, device).apply()?;
     Ok(learner)
 }
 

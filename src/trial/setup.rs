@@ -7,7 +7,7 @@ use anyhow::{ensure, Context, Result};
 use tch::Device;
 
 use crate::data::{Normalizer, Windows};
-use crate::policy::acting_key;
+use crate::policy::{acting_key, Precision};
 use crate::spec::Spec;
 use crate::task::{episode_seeds, read_demo_dir, record_demos, Demo, Task, TaskInfo};
 use crate::train::{
@@ -117,12 +117,26 @@ pub fn evaluation_pack_key(spec: &Spec) -> Option<String> {
         .map(|key| format!("{key} task {:?} episodes {}", spec.task, spec.eval.episodes))
 }
 
+/// The precision a trial trains in on `device`: bf16 where it is asked for and the trial
+/// trains in a pack (whose counter-example search runs in bf16, its loss in TF32 or fp32);
+/// other networks keep fp32 tensors, whose products take TF32 on a GPU when bf16 or TF32
+/// is asked for (the process's setting, which packs follow too).
+pub fn training_precision(spec: &Spec, device: Device) -> Precision {
+    let asked = spec.train.precision.resolve(device);
+    match asked {
+        Precision::Bf16 if pack_key(spec).is_some() => asked,
+        Precision::Bf16 if device.is_cuda() => Precision::Tf32,
+        Precision::Tf32 => asked,
+        _ => Precision::Fp32,
+    }
+}
+
 /// A fresh trainer for the trials' members: a pack when they pack, else a solo trainer
 /// (which takes any policy, one trial).
 pub fn build_learner(specs: &[&Spec], members: Vec<PackMember>, device: Device) -> Result<Learner> {
     let packs = specs.iter().all(|s| pack_key(s).is_some());
     if packs {
-        let precision = specs[0].train.precision;
+        let precision = training_precision(specs[0], device);
         let trainer = PackedTrainer::new(members, precision, device)?
             .cuda_graphs(specs[0].resources.cuda_graphs);
         return Ok(Learner::Pack(Box::new(trainer)));
@@ -132,11 +146,6 @@ pub fn build_learner(specs: &[&Spec], members: Vec<PackMember>, device: Device) 
         "only energy models of plain residual MLPs (no LayerNorm, no dropout) train in packs"
     );
     let m = members.into_iter().next().expect("one member");
-    Ok(Learner::Solo(Some(Box::new(Trainer::new(
-        m.spec,
-        m.optim,
-        m.data,
-        m.normalizer,
-        device,
-    )?))))
+    let trainer = Trainer::new(m.spec, m.optim, m.data, m.normalizer, device)?;
+    Ok(Learner::Solo(Some(Box::new(trainer))))
 }

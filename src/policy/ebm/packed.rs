@@ -5,7 +5,13 @@
 //! launch sequence, and each member still saves and loads as a solo checkpoint.
 //!
 //! Only the plain residual MLP is packed (no LayerNorm, no dropout: IBC's particle EBM);
-//! matrix products run in the pack's [`Precision`].
+//! the hidden layers' matrix products run in the pack's [`Precision`] (a bf16 pack's
+//! samplers; its loss takes fp32 products: `PackedObjective`). In bf16 the energies still
+//! carry fp32's precision: the first layer (a thin product), the residual stream and the
+//! energy head stay fp32, and only the blocks' products and their outputs round to bf16.
+//! InfoNCE is blind to a shift of every energy, so a model's energies drift far from zero
+//! (tens to hundreds in trained particle models) while the differences that rank
+//! candidates are small: an energy rounded to bf16 at 100 is off by up to 0.25.
 
 use anyhow::{ensure, Context, Result};
 use tch::{Kind, Tensor};
@@ -170,14 +176,27 @@ impl PackedEbm {
         })
     }
 
-    /// The weights as they are now, detached and cast to the compute precision once: for
-    /// the Langevin chain, whose 100 steps would otherwise cast every weight at each step.
+    /// The weights as they are now, detached, the blocks' cast to the compute precision
+    /// once (the first layer and the energy head stay fp32, as [`Self::energies`] computes
+    /// them): for samplers, which would otherwise cast every weight at each step.
     pub fn frozen(&self) -> PackedEbm {
         let kind = self.precision.compute_kind();
-        self.map_layers(self.precision, |l| PackedLinear {
+        let detached = |l: &PackedLinear, kind: Kind| PackedLinear {
             weight: l.weight.detach().to_kind(kind),
             bias: l.bias.detach().to_kind(kind),
-        })
+        };
+        PackedEbm {
+            cfg: self.cfg.clone(),
+            members: self.members,
+            precision: self.precision,
+            projection: detached(&self.projection, Kind::Float),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|(fc1, fc2)| (detached(fc1, kind), detached(fc2, kind)))
+                .collect(),
+            energy: detached(&self.energy, Kind::Float),
+        }
     }
 
     /// The pack of the members at `positions`, in that order (copies of their slices).
@@ -245,17 +264,19 @@ impl PackedEbm {
         self.cfg.obs_seq_len * self.cfg.obs_dim
     }
 
-    /// The observation part of the first layer, `[K, B, hidden]`, for windows
+    /// The observation part of the first layer, `[K, B, hidden]` (fp32), for windows
     /// `[K, B, S, D]`: computed once, shared by every candidate action.
     pub fn observation_context(&self, obs: &Tensor) -> Tensor {
         let (k, b) = (obs.size()[0], obs.size()[1]);
-        let kind = self.precision.compute_kind();
         let w_obs = self.projection.weight.narrow(2, 0, self.obs_inputs());
         PackedLinear {
             weight: w_obs,
             bias: self.projection.bias.shallow_clone(),
         }
-        .forward(&obs.reshape([k, b, self.obs_inputs()]).to_kind(kind), kind)
+        .forward(
+            &obs.reshape([k, b, self.obs_inputs()]).to_kind(Kind::Float),
+            Kind::Float,
+        )
     }
 
     fn action_weight(&self) -> Tensor {
@@ -264,33 +285,35 @@ impl PackedEbm {
             .narrow(2, self.obs_inputs(), self.cfg.action_dim)
     }
 
-    /// First hidden layer `[K, B*N, hidden]` for candidates `[K, B, N, A]`.
+    /// First hidden layer `[K, B*N, hidden]` (fp32) for candidates `[K, B, N, A]`: a product
+    /// over the A action columns only, cheap beside a block's.
     fn first_hidden(&self, context: &Tensor, actions: &Tensor) -> Tensor {
         let s = actions.size();
-        let kind = self.precision.compute_kind();
         let h = actions
             .reshape([s[0], s[1] * s[2], s[3]])
-            .to_kind(kind)
-            .bmm(&self.action_weight().to_kind(kind).transpose(1, 2));
-        (h.view([s[0], s[1], s[2], -1]) + context.to_kind(kind).unsqueeze(2)).view([
+            .to_kind(Kind::Float)
+            .bmm(&self.action_weight().to_kind(Kind::Float).transpose(1, 2));
+        (h.view([s[0], s[1], s[2], -1]) + context.to_kind(Kind::Float).unsqueeze(2)).view([
             s[0],
             s[1] * s[2],
             -1,
         ])
     }
 
-    /// Energies `[K, B, N]` (fp32) of candidates `[K, B, N, A]` given a context.
+    /// Energies `[K, B, N]` (fp32) of candidates `[K, B, N, A]` given a context: the blocks'
+    /// products in the pack's precision, the residual stream and the energy head in fp32
+    /// (see the module doc; with fp32 or TF32 products every cast here is a no-op).
     pub fn energies(&self, context: &Tensor, actions: &Tensor) -> Tensor {
         let s = actions.size();
         let kind = self.precision.compute_kind();
         let mut h = self.first_hidden(context, actions);
         for (fc1, fc2) in &self.blocks {
-            let inner = fc1.forward(&h.relu(), kind).relu();
+            // Rounding commutes with ReLU, and a bf16 + fp32 sum is an fp32 one.
+            let inner = fc1.forward(&h.to_kind(kind).relu(), kind).relu();
             h = fc2.forward(&inner, kind) + h;
         }
         self.energy
-            .forward(&h, kind)
-            .to_kind(Kind::Float)
+            .forward(&h, Kind::Float)
             .view([s[0], s[1], s[2]])
     }
 
@@ -328,7 +351,8 @@ impl PackedEbm {
 }
 
 /// A pack's weights prepared for acting (no autograd), with what depends only on the
-/// weights computed once: [`PackedEbm::energies`], faster. Its context is not the first
+/// weights computed once: [`PackedEbm::energies`], faster (in bf16 its energies are rounded
+/// to bf16, as a ranking of candidates can afford; training's are not). Its context is not the first
 /// layer's observation part but the observation part of each candidate's input row (see
 /// `ActingMember`).
 ///

@@ -5,6 +5,7 @@ use tch::{Kind, Tensor};
 
 use super::negatives::{self, CounterExampleDraws, RefinementDraws};
 use super::{Bounds, EbmLossConfig, GradNorm, LangevinConfig, PackedChains, PackedEbm};
+use crate::policy::Precision;
 
 /// Per-member losses of a pack `[K]` (fp32), and their sum to differentiate (each member's
 /// weights get exactly their own loss's gradient).
@@ -108,7 +109,12 @@ impl PackedObjective {
         let candidates = Tensor::cat(&[negatives, actions.unsqueeze(2)], 2)
             .detach()
             .set_requires_grad(penalise);
-        let energies = model.energies(&context, &candidates);
+        // The loss's energies in fp32 products whatever the pack's precision (TF32 where the
+        // process allows it): a bf16 pack searches for its counter-examples in bf16, and only
+        // there (README, Precision).
+        let energies = model
+            .with_precision(Precision::Tf32)
+            .energies(&context, &candidates);
         let count = cfgs[0].negatives.count;
         // InfoNCE per member: the positive sits in the last column.
         let logits = -&energies / temperature;
