@@ -142,5 +142,10 @@ mod tests {
         assert!(Precision::tf32_enabled());
         Precision::Fp32.apply().unwrap();
         assert!(!Precision::tf32_enabled());
+        // A bf16 training step's fp32 products (its loss) take TF32.
+        Precision::Bf16.apply().unwrap();
+        assert!(Precision::tf32_enabled());
+        Precision::Fp32.apply().unwrap();
+        assert!(!Precision::tf32_enabled());
     }
 }

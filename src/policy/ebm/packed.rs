@@ -153,7 +153,18 @@ impl PackedEbm {
         precision: Precision,
         layer: impl Fn(&PackedLinear) -> PackedLinear,
     ) -> PackedEbm {
-        let projection = layer(&self.projection);
+        self.map_outer_and_blocks(precision, &layer, &layer)
+    }
+
+    /// [`Self::map_layers`] with one map for the first layer and the energy head (`outer`)
+    /// and another for the blocks' layers.
+    fn map_outer_and_blocks(
+        &self,
+        precision: Precision,
+        outer: &dyn Fn(&PackedLinear) -> PackedLinear,
+        block: &dyn Fn(&PackedLinear) -> PackedLinear,
+    ) -> PackedEbm {
+        let projection = outer(&self.projection);
         PackedEbm {
             cfg: self.cfg.clone(),
             members: projection.weight.size()[0],
@@ -162,9 +173,9 @@ impl PackedEbm {
             blocks: self
                 .blocks
                 .iter()
-                .map(|(a, b)| (layer(a), layer(b)))
+                .map(|(a, b)| (block(a), block(b)))
                 .collect(),
-            energy: layer(&self.energy),
+            energy: outer(&self.energy),
         }
     }
 
@@ -180,23 +191,17 @@ impl PackedEbm {
     /// once (the first layer and the energy head stay fp32, as [`Self::energies`] computes
     /// them): for samplers, which would otherwise cast every weight at each step.
     pub fn frozen(&self) -> PackedEbm {
-        let kind = self.precision.compute_kind();
-        let detached = |l: &PackedLinear, kind: Kind| PackedLinear {
-            weight: l.weight.detach().to_kind(kind),
-            bias: l.bias.detach().to_kind(kind),
+        let detached = |kind: Kind| {
+            move |l: &PackedLinear| PackedLinear {
+                weight: l.weight.detach().to_kind(kind),
+                bias: l.bias.detach().to_kind(kind),
+            }
         };
-        PackedEbm {
-            cfg: self.cfg.clone(),
-            members: self.members,
-            precision: self.precision,
-            projection: detached(&self.projection, Kind::Float),
-            blocks: self
-                .blocks
-                .iter()
-                .map(|(fc1, fc2)| (detached(fc1, kind), detached(fc2, kind)))
-                .collect(),
-            energy: detached(&self.energy, Kind::Float),
-        }
+        self.map_outer_and_blocks(
+            self.precision,
+            &detached(Kind::Float),
+            &detached(self.precision.compute_kind()),
+        )
     }
 
     /// The pack of the members at `positions`, in that order (copies of their slices).

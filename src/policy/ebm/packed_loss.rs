@@ -110,10 +110,10 @@ impl PackedObjective {
             .detach()
             .set_requires_grad(penalise);
         // The loss's energies in fp32 products whatever the pack's precision (TF32 where the
-        // process allows it): a bf16 pack searches for its counter-examples in bf16, and only
-        // there (README, Precision).
+        // process allows it, as `Precision::apply` sets it): a bf16 pack searches for its
+        // counter-examples in bf16, and only there (README, Precision).
         let energies = model
-            .with_precision(Precision::Tf32)
+            .with_precision(Precision::Fp32)
             .energies(&context, &candidates);
         let count = cfgs[0].negatives.count;
         // InfoNCE per member: the positive sits in the last column.
