@@ -22,19 +22,23 @@
 #      256 wide), packed evaluation, one solo training step;
 #   4. where time is left and Nsight Compute is there, the kernels of a packed step;
 #   5. (asked for only) the N-D study for the time left (PARTS="5": the whole call), then
-#      its report: ND_SLOTS (16) slots under the run's own CUDA MPS daemon (resources.mps =
+#      its report: ND_SLOTS (15) slots under the run's own CUDA MPS daemon (resources.mps =
 #      "auto"; 12 slots on an H200 trained the Langevin trials in ~430 s and the MSE ones at
-#      37 it/s beside them: bench/results/2026-11-27-h200-nd-study/);
+#      37 it/s beside them: bench/results/2026-11-27-h200-nd-study/; 24 on an H100, the MSE
+#      iterations replayed as CUDA graphs, still 33-41 it/s beside the packs:
+#      bench/results/2026-11-27-h100-nd-study/);
 #   6. (asked for only) where time is left: packs of 1 and 3 with the samples' update in
-#      our kernel and in ATen's five passes (what the kernel gains where launches count).
+#      our kernel and in ATen's five passes (what the kernel gains where launches count);
+#   m. (asked for only, run right after the tests) the study's MSE iterations, eager and
+#      replayed as a CUDA graph.
 # PARTS chooses (default "1 2 3 4"). A second call on the same warm machine resumes what the
 # first call's time cut short (its runs stay in $WORK): PARTS="2 4 5" the 4-seed run,
 # PARTS="5" the N-D study (with SKIP_TESTS=1; the MPS check is not repeated, and nd.txt
 # sums the study's run time over the calls).
 # Everything comes back in a few files under $OUT: console.txt (what is printed),
 # bench.jsonl, bench.log, run.log, results.txt (status, evaluations, report), gpu_util.csv,
-# runs.tar.gz (database and checkpoints, to resume), kernels.txt, nd.txt and
-# nd-report.tar.gz.
+# runs.tar.gz (database and checkpoints, to resume), kernels.txt, nd.txt,
+# nd-report.tar.gz and nd.sqlite.gz.
 set -uo pipefail
 OUT=${OUT:-/tmp/ebmlab-gpu}
 WORK=${WORK:-/tmp/ebmlab-gpu-work}
@@ -107,6 +111,13 @@ SMI=$!
 if [[ -x $HERE/device-bin/ebmlab-tests && -z ${SKIP_TESTS:-} ]]; then
     step "0. the unit tests that need a CUDA device"
     timeout 120 "$HERE/device-bin/ebmlab-tests" --ignored --test-threads 1 on_a_gpu 2>&1 | tail -n 30
+fi
+
+if part m; then
+    step "m. the N-D study's MSE iterations, eager and replayed as a CUDA graph"
+    bench mse-steps 60 --only mse-step --cuda-graphs on,off --no-reference
+    table | grep mse_steps
+    grep -iE "training steps|cuda graph" "$OUT/bench.log" | sed 's/^.*\(WARN\|INFO\)/\1/' | sort | uniq -c
 fi
 
 if part 1; then
@@ -243,11 +254,12 @@ fi
 
 if part 5 && (($(left) > 40)); then
     # The whole study when it fits (PARTS="5" gives it the call), else its rates and
-    # progress: ND_SLOTS slots on the GPU under the run's own CUDA MPS daemon. 16 (a core
-    # each): the 5 Langevin packs and 11 of the 15 MSE trials (the long ones, queued first)
-    # start at once, and the other jobs (4 MSE trials, 5 DFO packs, 15 autoregressive
-    # trials) follow as slots free. A second call's ND_SLOTS holds too (a run's resources replace those the
-    # trials were recorded with).
+    # progress: ND_SLOTS slots on the GPU under the run's own CUDA MPS daemon. 15: the 15
+    # MSE trials (queued first) start at once and have the GPU to themselves (alone an MSE
+    # iteration replays at 1,394 it/s on an H100, beside the energy packs at 33-41), and the
+    # other jobs (5 Langevin packs, 5 DFO packs, 15 autoregressive trials) follow as slots
+    # free. A second call's ND_SLOTS holds too (a run's resources replace those the trials
+    # were recorded with).
     # First a small run under MPS (4 trials of 20 steps on 2 slots): if its workers fail,
     # the study runs without MPS rather than losing the call.
     # An earlier call's verdict stands (its study ran with or without MPS; so does this).
@@ -266,10 +278,10 @@ if part 5 && (($(left) > 40)); then
         tail -n 5 "$WORK/mps-check.log"
     fi
     echo "$mps" >"$WORK/mps-verdict"
-    step "5. the N-D study (particle_nd.toml, 60 trials), ${ND_SLOTS:-16} slots, MPS $mps, for the $(left) s left"
+    step "5. the N-D study (particle_nd.toml, 60 trials), ${ND_SLOTS:-15} slots, MPS $mps, for the $(left) s left"
     started=$(date +%s)
     timeout $(($(left) - 45)) "$BIN" run experiments/particle_nd.toml --runs "$WORK/nd" --quiet \
-        --set resources.slots_per_gpu="${ND_SLOTS:-16}" --set resources.mps=$mps $RUN_ARGS >"$WORK/nd.log" 2>&1
+        --set resources.slots_per_gpu="${ND_SLOTS:-15}" --set resources.mps=$mps $RUN_ARGS >"$WORK/nd.log" 2>&1
     code=$?
     echo "$(($(date +%s) - started))" >>"$WORK/nd-seconds"
     echo "N-D run exit $code after $(($(date +%s) - started)) s"
@@ -277,7 +289,7 @@ if part 5 && (($(left) > 40)); then
         awk '{ s += $1 } END { printf "N-D run: %d call(s), %d s of run time in all\n", NR, s }' \
             "$WORK/nd-seconds"
         tail -n 5 "$WORK/nd.log"
-        grep -hiE "mps|error|panic|(fused|eager) kernels" "$WORK/nd.log" "$WORK"/nd/particle-nd/*/worker.log 2>/dev/null |
+        grep -hiE "mps|error|panic|(fused|eager) kernels|training steps|cuda graph" "$WORK/nd.log" "$WORK"/nd/particle-nd/*/worker.log 2>/dev/null |
             sed 's/^[^ ]* //' | sort | uniq -c | tail -n 10
         "$BIN" status particle-nd --db "$WORK/nd/ebmlab.sqlite"
         "$BIN" query --db "$WORK/nd/ebmlab.sqlite" "SELECT trial, MAX(step) AS step,
@@ -289,6 +301,8 @@ if part 5 && (($(left) > 40)); then
     timeout 30 "$BIN" report particle-nd --db "$WORK/nd/ebmlab.sqlite" --out "$WORK/nd-report" \
         >/dev/null 2>&1 && tar -czf "$OUT/nd-report.tar.gz" -C "$WORK" nd-report
     echo "report exit $?"
+    # The study's database (metrics, evaluations: the report made again anywhere).
+    gzip -c "$WORK/nd/ebmlab.sqlite" >"$OUT/nd.sqlite.gz"
 fi
 if part 6 && (($(left) > 50)); then
     step "6. small packs (K = 1, 3), TF32, graphs on: the samples' update in our kernel and in ATen's passes"

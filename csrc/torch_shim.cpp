@@ -119,16 +119,25 @@ int ebmlab_addmm_relu_into(void* out, void* bias, void* mat1, void* mat2) {
 // One Adam update of `n` parameters in ATen's fused kernel (`torch.optim.Adam(fused=True)`
 // without weight decay or amsgrad): a launch or two for all of them on a GPU. `step` is a
 // float scalar tensor on their device holding the step count after this update (1 for
-// the first), which the kernel reads for the bias corrections. Returns 0 on success.
+// the first), which the kernel reads for the bias corrections. The learning rate is
+// `lr_tensor` (a float scalar on their device: what a CUDA graph reads at each replay)
+// where it is not null, else `lr`. Returns 0 on success.
 int ebmlab_fused_adam(void** params, void** grads, void** exp_avgs, void** exp_avg_sqs,
-                      int64_t n, void* step, double lr, double beta1, double beta2,
-                      double eps) {
+                      int64_t n, void* step, double lr, void* lr_tensor, double beta1,
+                      double beta2, double eps) {
   try {
     auto& count = *static_cast<at::Tensor*>(step);
     std::vector<at::Tensor> steps(n, count);
-    at::_fused_adam_(tensors(params, n), tensors(grads, n), tensors(exp_avgs, n),
-                     tensors(exp_avg_sqs, n), /*max_exp_avg_sqs=*/{}, steps, lr, beta1, beta2,
-                     /*weight_decay=*/0.0, eps, /*amsgrad=*/false, /*maximize=*/false);
+    if (lr_tensor != nullptr) {
+      at::_fused_adam_(tensors(params, n), tensors(grads, n), tensors(exp_avgs, n),
+                       tensors(exp_avg_sqs, n), /*max_exp_avg_sqs=*/{}, steps,
+                       *static_cast<at::Tensor*>(lr_tensor), beta1, beta2,
+                       /*weight_decay=*/0.0, eps, /*amsgrad=*/false, /*maximize=*/false);
+    } else {
+      at::_fused_adam_(tensors(params, n), tensors(grads, n), tensors(exp_avgs, n),
+                       tensors(exp_avg_sqs, n), /*max_exp_avg_sqs=*/{}, steps, lr, beta1,
+                       beta2, /*weight_decay=*/0.0, eps, /*amsgrad=*/false, /*maximize=*/false);
+    }
     return 0;
   } catch (...) {
     return 1;

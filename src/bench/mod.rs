@@ -31,6 +31,8 @@ const REFERENCE_SCRIPT: &str = include_str!("reference.py");
 pub struct BenchOptions {
     pub device: Device,
     pub train_step: bool,
+    /// Iterations of the N-D study's MSE network, with and without CUDA graphs.
+    pub mse_step: bool,
     pub dfo: bool,
     /// A full evaluation: `eval_episodes` particle episodes with DFO at every step.
     pub eval: bool,
@@ -189,6 +191,48 @@ fn build_trainer(opts: &BenchOptions, spec: PolicySpec) -> Result<Trainer> {
     Trainer::new(spec, optim, data, norm, opts.device)
 }
 
+/// Iterations of the N-D study's MSE network (IBC's mlp_mse_best, 2-D task), 50 per timed
+/// run: eager, and replayed as a CUDA graph where `opts.cuda_graphs` asks and the trainer
+/// took it (the figure says whether it replayed).
+fn mse_steps(opts: &BenchOptions, emit: &mut impl FnMut(&BenchRecord)) -> Result<()> {
+    const STEPS: usize = 50;
+    let spec = PolicySpec::Mse {
+        net: NetConfig {
+            hidden: 128,
+            blocks: 8,
+            dropout: 0.1,
+            layer_norm: false,
+            ..Default::default()
+        },
+    };
+    let mut graphs = opts.cuda_graphs.clone();
+    if graphs.is_empty() {
+        graphs.push(false);
+    }
+    for on in graphs {
+        let mut trainer = build_trainer(opts, spec.clone())?.cuda_graphs(on);
+        // The first iterations capture and check the graph: part of the warm-up.
+        for _ in 0..3 {
+            trainer.train_step();
+        }
+        let times = time_ms(opts.device, opts.warmup, opts.repeats, || {
+            let mut last = None;
+            for _ in 0..STEPS {
+                last = Some(trainer.queue_step());
+            }
+            last.expect("steps ran").metrics();
+        });
+        let config = json!({
+            "net": "mse 128 wide, 8 blocks, dropout 0.1", "batch": opts.batch_size,
+            "steps": STEPS, "cuda_graphs": trainer.replaying_steps(),
+        });
+        let mut figure = record("mse_steps", opts.device, config, times);
+        figure.per_second = Some(STEPS as f64 * 1e3 / figure.median_ms);
+        emit(&figure);
+    }
+    Ok(())
+}
+
 /// Runs the selected benchmarks, handing each figure to `emit` as soon as it is measured.
 pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()> {
     if opts.overhead_trials > 0 {
@@ -203,7 +247,13 @@ pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()
     if !opts.pack_sizes.is_empty() {
         packed::packed_training(opts, &mut emit)?;
     }
+    if opts.mse_step {
+        mse_steps(opts, &mut emit)?;
+    }
     if !(opts.train_step || opts.dfo || opts.eval || !opts.pack_sizes.is_empty()) {
+        if opts.mse_step && opts.eval_pack_sizes.is_empty() {
+            return Ok(());
+        }
         return packed::packed_evaluation(opts, &mut emit);
     }
     let mut trainer = build_trainer(opts, ibc_spec(opts))?;

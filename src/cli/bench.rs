@@ -13,6 +13,10 @@ use crate::policy::Precision;
 pub enum BenchItem {
     /// One training iteration of the IBC Langevin config.
     TrainStep,
+    /// Training iterations of the N-D study's MSE network (IBC's mlp_mse_best: 128 wide,
+    /// 8 residual blocks, dropout 0.1), eager and, in each of --cuda-graphs, replayed as
+    /// a CUDA graph (a GPU's).
+    MseStep,
     /// One DFO inference call (per batch size in --dfo-batches).
     Dfo,
     /// A whole evaluation: --eval-episodes episodes of 50 steps, DFO at every step.
@@ -146,6 +150,7 @@ pub fn run_bench(args: BenchArgs) -> Result<ExitCode> {
     let opts = BenchOptions {
         device,
         train_step: all || args.only.contains(&BenchItem::TrainStep),
+        mse_step: all || args.only.contains(&BenchItem::MseStep),
         dfo: all || args.only.contains(&BenchItem::Dfo),
         eval: all || args.only.contains(&BenchItem::Eval),
         warmup: args.warmup,

@@ -268,8 +268,9 @@ pub struct ResourcesSpec {
     #[serde(skip_serializing_if = "PackSize::is_auto")]
     pub pack: PackSize,
     /// On a GPU, replay a pack's Langevin chains as a CUDA graph (one launch per chain
-    /// instead of ~20 per step), once the first chains showed it gives what the eager
-    /// chain gives. Left out of the resolved spec while on.
+    /// instead of ~20 per step), and a solo MSE, autoregressive or uniform-trained
+    /// model's whole iteration (one launch instead of hundreds), each once its first
+    /// replay gave what the eager computation gives. Left out of the resolved spec while on.
     #[serde(skip_serializing_if = "is_true")]
     pub cuda_graphs: bool,
     /// Where slots share a GPU, run their workers under a CUDA MPS server of the run's own

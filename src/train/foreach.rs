@@ -18,6 +18,7 @@ extern "C" {
         n: i64,
         step: *mut c_void,
         lr: f64,
+        lr_tensor: *mut c_void,
         beta1: f64,
         beta2: f64,
         eps: f64,
@@ -38,6 +39,14 @@ pub struct AdamBetas {
     pub eps: f64,
 }
 
+/// A learning rate: a number, or a float scalar on the parameters' device (which a CUDA
+/// graph reads anew at each replay, where a number would be captured as a constant).
+#[derive(Debug, Clone, Copy)]
+pub enum LearningRate<'a> {
+    Value(f64),
+    OnDevice(&'a Tensor),
+}
+
 /// One Adam update (PyTorch's, no weight decay) of `params` in place, with their `grads`
 /// and moments; `step` is a float scalar on their device holding the count after this
 /// update (1 for the first). All lists are as long as `params`, on one device.
@@ -47,7 +56,7 @@ pub fn fused_adam(
     exp_avgs: &[&Tensor],
     exp_avg_sqs: &[&Tensor],
     step: &Tensor,
-    lr: f64,
+    lr: LearningRate,
     betas: AdamBetas,
 ) -> Result<()> {
     let n = params.len();
@@ -64,8 +73,13 @@ pub fn fused_adam(
         pointers(exp_avgs),
         pointers(exp_avg_sqs),
     );
-    // SAFETY: every pointer is a live tch tensor for the call's duration; the shim updates
-    // parameters and moments in place and catches C++ exceptions.
+    let (lr, lr_tensor) = match lr {
+        LearningRate::Value(lr) => (lr, std::ptr::null_mut()),
+        LearningRate::OnDevice(t) => (f64::NAN, t.as_ptr() as *mut c_void),
+    };
+    // SAFETY: every pointer is a live tch tensor for the call's duration (or null, for no
+    // learning-rate tensor); the shim updates parameters and moments in place and catches
+    // C++ exceptions.
     let status = unsafe {
         ebmlab_fused_adam(
             p.as_mut_ptr(),
@@ -75,6 +89,7 @@ pub fn fused_adam(
             n as i64,
             step.as_ptr() as *mut c_void,
             lr,
+            lr_tensor,
             betas.beta1,
             betas.beta2,
             betas.eps,
@@ -152,12 +167,22 @@ mod tests {
             beta2: 0.999,
             eps: 1e-8,
         };
-        fused_adam(&[&param], &[&grad], &[&m], &[&v], &step, 0.01, betas).unwrap();
+        let lr = LearningRate::Value(0.01);
+        fused_adam(&[&param], &[&grad], &[&m], &[&v], &step, lr, betas).unwrap();
         let expected = &before - grad.sign() * 0.01;
-        let diff = (param - expected).abs().max().double_value(&[]);
+        let diff = (param - &expected).abs().max().double_value(&[]);
         assert!(diff < 1e-6, "{diff}");
         let m_diff = (m - &grad * 0.1).abs().max().double_value(&[]);
         assert!(m_diff < 1e-7, "{m_diff}");
-        assert!(fused_adam(&[&before], &[], &[], &[], &step, 0.01, betas).is_err());
+        assert!(fused_adam(&[&before], &[], &[], &[], &step, lr, betas).is_err());
+
+        // The rate as a tensor: the same update.
+        let again = before.copy();
+        let (m, v) = (again.zeros_like(), again.zeros_like());
+        let rate = Tensor::from_slice(&[0.01f32]).squeeze();
+        let lr = LearningRate::OnDevice(&rate);
+        fused_adam(&[&again], &[&grad], &[&m], &[&v], &step, lr, betas).unwrap();
+        let diff = (again - expected).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "{diff}");
     }
 }

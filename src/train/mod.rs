@@ -6,6 +6,7 @@ mod learner;
 mod packed;
 mod schedule;
 mod step;
+mod step_graph;
 mod trainer;
 mod transfer;
 

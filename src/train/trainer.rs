@@ -14,6 +14,7 @@ use tch::{nn, Device, Kind, Tensor};
 use super::adam::Adam;
 use super::schedule::LrSchedule;
 use super::step::{QueuedStep, StepMetrics};
+use super::step_graph::{relative_difference, Replay, StepGraph, AGREEMENT};
 use crate::checkpoint::{self, write_run_files, SavedCheckpoint, VerifiedCheckpoint};
 use crate::data::{Normalizer, Windows};
 use crate::policy::ebm::{ar_ebm_loss, ebm_loss, Bounds, EbmLoss};
@@ -74,6 +75,7 @@ pub struct Trainer {
     normalizer: Normalizer,
     bounds: Bounds,
     step: u64,
+    graph: StepGraph,
 }
 
 impl Trainer {
@@ -108,7 +110,22 @@ impl Trainer {
             normalizer,
             bounds,
             step: 0,
+            graph: StepGraph::Off,
         })
+    }
+
+    /// Whether iterations may be replayed from a CUDA graph on a GPU (`resources.cuda_graphs`;
+    /// off by default here): the policies whose iteration reads nothing from the host are
+    /// captured after their first eager iteration and replayed once a replay matched an
+    /// eager step (`step_graph`).
+    pub fn cuda_graphs(mut self, on: bool) -> Self {
+        self.graph = StepGraph::for_spec(&self.spec, self.vs.device().is_cuda(), on);
+        self
+    }
+
+    /// Whether iterations are now replayed from a CUDA graph.
+    pub fn replaying_steps(&self) -> bool {
+        self.graph.replaying()
     }
 
     pub fn step(&self) -> u64 {
@@ -145,8 +162,106 @@ impl Trainer {
 
     /// One iteration, its scalars still on their way to the host.
     pub fn queue_step(&mut self) -> QueuedStep {
-        tch::manual_seed(torch_seed(derive_seed(self.optim.seed, self.step)));
+        self.seed_iteration();
         let lr = self.optim.schedule.at(self.step);
+        let queued = match std::mem::replace(&mut self.graph, StepGraph::Off) {
+            StepGraph::Off => self.eager_step(lr),
+            // An eager iteration first (in this process): its gradients exist and
+            // libtorch's lazy set-up is done before anything is captured.
+            StepGraph::Pending if !self.has_gradients() => {
+                self.graph = StepGraph::Pending;
+                self.eager_step(lr)
+            }
+            StepGraph::Pending => self.capture_step(lr),
+            StepGraph::Checking(replay) => self.checked_step(replay, lr),
+            StepGraph::Replaying(replay) => match replay.run(lr) {
+                Ok(scalars) => {
+                    self.adam.count_update();
+                    self.graph = StepGraph::Replaying(replay);
+                    QueuedStep::new(self.step + 1, vec![lr], &scalars)
+                }
+                Err(e) => {
+                    tracing::warn!("{e:#}: training steps are eager from now");
+                    self.eager_step(lr)
+                }
+            },
+        };
+        self.step += 1;
+        queued
+    }
+
+    /// Seeds libtorch's generator for the current iteration (its batch, counter-examples
+    /// and dropout), replayed or not.
+    fn seed_iteration(&self) {
+        tch::manual_seed(torch_seed(derive_seed(self.optim.seed, self.step)));
+    }
+
+    fn eager_step(&mut self, lr: f64) -> QueuedStep {
+        let scalars = self.gradients();
+        // Queued before the update: the copy then runs as soon as the scalars exist.
+        let queued = QueuedStep::new(self.step + 1, vec![lr], &scalars);
+        self.adam.step(lr);
+        queued
+    }
+
+    /// The iteration run once for real and captured; where either fails, the weights are
+    /// put back and the iteration runs eagerly (as every later one).
+    fn capture_step(&mut self, lr: f64) -> QueuedStep {
+        let before = self.adam.snapshot();
+        let captured = self.adam.prepare_capture().and_then(|()| {
+            Replay::capture(lr, self.vs.device(), |rate| {
+                let scalars = self.gradients();
+                if let Err(e) = self.adam.captured_update(rate) {
+                    panic!("{e:#}");
+                }
+                scalars
+            })
+        });
+        match captured {
+            Ok((replay, scalars)) => {
+                self.adam.count_update();
+                self.graph = StepGraph::Checking(replay);
+                QueuedStep::new(self.step + 1, vec![lr], &scalars)
+            }
+            Err(e) => {
+                tracing::warn!("{e:#}: training steps stay eager");
+                self.adam.restore_snapshot(&before);
+                self.seed_iteration();
+                self.eager_step(lr)
+            }
+        }
+    }
+
+    /// The graph's first replay, taken back and run eagerly from the same weights: the
+    /// graph is kept where both computed the same gradients. The eager step stands.
+    fn checked_step(&mut self, replay: Replay, lr: f64) -> QueuedStep {
+        let before = self.adam.snapshot();
+        let replayed = replay.run(lr).map(|_| self.gradient_copies());
+        self.adam.restore_snapshot(&before);
+        self.seed_iteration();
+        let queued = self.eager_step(lr);
+        match replayed {
+            Ok(replayed) => {
+                let diff = relative_difference(&replayed, &self.gradient_copies());
+                if diff <= AGREEMENT {
+                    tracing::info!(
+                        "training steps replayed as a CUDA graph (its gradients within {diff:.1e} of an eager step's)"
+                    );
+                    self.graph = StepGraph::Replaying(replay);
+                } else {
+                    tracing::warn!(
+                        "a CUDA graph's training step differs from the eager one by {diff:.1e} (relative): training steps stay eager"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("{e:#}: training steps stay eager"),
+        }
+        queued
+    }
+
+    /// One iteration's gradients, everything read from the device: a batch drawn, the
+    /// loss, its gradients; returns the scalars `[SCALARS, 1]` (the update is the caller's).
+    fn gradients(&self) -> Tensor {
         let device = self.vs.device();
         let index = Tensor::randint(
             self.data.len(),
@@ -176,12 +291,25 @@ impl Trainer {
         let mut scalars: Vec<Tensor> = vec![loss.detach()];
         scalars.extend(parts);
         scalars.push(self.gradient_norm());
-        let scalars = Tensor::stack(&scalars, 0).view([-1, 1]);
-        // Queued before the update: the copy then runs as soon as the scalars exist.
-        let queued = QueuedStep::new(self.step + 1, vec![lr], &scalars);
-        self.adam.step(lr);
-        self.step += 1;
-        queued
+        Tensor::stack(&scalars, 0).view([-1, 1])
+    }
+
+    fn has_gradients(&self) -> bool {
+        self.vs
+            .trainable_variables()
+            .iter()
+            .any(|p| p.grad().defined())
+    }
+
+    /// Copies of the weights' gradients.
+    fn gradient_copies(&self) -> Vec<Tensor> {
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(|p| p.grad())
+            .filter(Tensor::defined)
+            .map(|g| g.copy())
+            .collect()
     }
 
     /// L2 norm of all weight gradients, as a scalar tensor on the training device.
@@ -237,6 +365,11 @@ impl Trainer {
             files.step
         );
         self.step = files.step;
+        // A captured graph counted the optimizer's steps on the device from where it was:
+        // captured again from the restored state.
+        if !matches!(self.graph, StepGraph::Off) {
+            self.graph = StepGraph::Pending;
+        }
         Ok(())
     }
 }
@@ -255,4 +388,121 @@ fn with_parts(l: EbmLoss) -> (Tensor, [Tensor; 4]) {
 /// libtorch takes a non-negative i64 seed.
 pub(crate) fn torch_seed(seed: u64) -> i64 {
     (seed >> 1) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::ebm::{EbmLossConfig, NegativeKind};
+    use crate::policy::{InferenceConfig, NetConfig};
+
+    /// A trainer of `spec` on 256 synthetic windows (2 x 8 observations, 2-D actions).
+    fn trainer(spec: PolicySpec, device: Device, graphs: bool) -> Trainer {
+        let rows = 256usize;
+        let obs: Vec<f32> = (0..rows * 2 * 8).map(|i| (i as f32 * 0.37).sin()).collect();
+        let actions: Vec<f32> = (0..rows * 2).map(|i| (i as f32 * 0.11).cos()).collect();
+        let normalizer =
+            Normalizer::fit(&obs, 8, &actions, 2, 0.05, (&[-1.0, -1.0], &[1.0, 1.0])).unwrap();
+        let data = TrainingSet {
+            obs: Tensor::from_slice(&obs)
+                .view([rows as i64, 2, 8])
+                .to_device(device),
+            actions: Tensor::from_slice(&actions)
+                .view([rows as i64, 2])
+                .to_device(device),
+        };
+        let optim = OptimConfig {
+            batch_size: 64,
+            schedule: LrSchedule {
+                lr: 1e-3,
+                decay_steps: 1,
+                decay_rate: 0.9,
+                staircase: false,
+            },
+            seed: 3,
+        };
+        Trainer::new(spec, optim, data, normalizer, device)
+            .unwrap()
+            .cuda_graphs(graphs)
+    }
+
+    fn net() -> NetConfig {
+        NetConfig {
+            hidden: 64,
+            blocks: 2,
+            dropout: 0.1,
+            layer_norm: false,
+            ..Default::default()
+        }
+    }
+
+    /// Eight iterations replayed from a CUDA graph against eight eager ones: the same
+    /// losses step by step (each draws its own batch and dropout; a graph that replayed
+    /// the captured draws, or a captured learning rate, would differ) and the same weights.
+    fn replayed_steps_are_eager_steps(spec: PolicySpec) {
+        let device = Device::Cuda(0);
+        let (mut eager, mut replayed) = (
+            trainer(spec.clone(), device, false),
+            trainer(spec, device, true),
+        );
+        let mut losses = Vec::new();
+        for step in 0..8 {
+            let (a, b) = (eager.train_step(), replayed.train_step());
+            assert_eq!((a.step, a.lr), (b.step, b.lr));
+            let diff = (a.loss - b.loss).abs() / a.loss.abs().max(1e-6);
+            assert!(
+                diff < 1e-4,
+                "step {step}: loss {} eager, {} replayed",
+                a.loss,
+                b.loss
+            );
+            losses.push(a.loss);
+        }
+        assert!(replayed.replaying_steps(), "the graph was checked and kept");
+        assert!(!eager.replaying_steps());
+        assert!(losses.windows(2).all(|w| w[0] != w[1]), "{losses:?}");
+        assert_eq!(replayed.adam.steps(), 8);
+        let weights = |t: &Trainer| -> Vec<Tensor> {
+            t.vs.trainable_variables()
+                .iter()
+                .map(Tensor::copy)
+                .collect()
+        };
+        let diff = relative_difference(&weights(&replayed), &weights(&eager));
+        assert!(diff < 1e-5, "weights differ by {diff:e}");
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn on_a_gpu_mse_training_steps_replay_as_a_cuda_graph_and_match_eager_ones() {
+        replayed_steps_are_eager_steps(PolicySpec::Mse { net: net() });
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn on_a_gpu_autoregressive_training_steps_replay_as_a_cuda_graph_and_match_eager_ones() {
+        let mut loss = EbmLossConfig::default();
+        loss.negatives.kind = NegativeKind::Uniform;
+        loss.negatives.count = 16;
+        loss.grad_penalty.enabled = false;
+        let net = NetConfig {
+            dropout: 0.0,
+            ..net()
+        };
+        replayed_steps_are_eager_steps(PolicySpec::ArEbm {
+            net,
+            loss,
+            inference: InferenceConfig::default(),
+        });
+    }
+
+    #[test]
+    fn on_the_cpu_every_step_is_eager() {
+        let mut t = trainer(PolicySpec::Mse { net: net() }, Device::Cpu, true);
+        for _ in 0..3 {
+            t.train_step();
+        }
+        assert!(!t.replaying_steps());
+        assert_eq!(t.adam.steps(), 3);
+    }
 }

@@ -146,6 +146,7 @@ pub fn build_learner(specs: &[&Spec], members: Vec<PackMember>, device: Device) 
         "only energy models of plain residual MLPs (no LayerNorm, no dropout) train in packs"
     );
     let m = members.into_iter().next().expect("one member");
-    let trainer = Trainer::new(m.spec, m.optim, m.data, m.normalizer, device)?;
+    let trainer = Trainer::new(m.spec, m.optim, m.data, m.normalizer, device)?
+        .cuda_graphs(specs[0].resources.cuda_graphs);
     Ok(Learner::Solo(Some(Box::new(trainer))))
 }
