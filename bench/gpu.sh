@@ -25,7 +25,7 @@
 #      its report: ND_SLOTS (15) slots under the run's own CUDA MPS daemon (resources.mps =
 #      "auto"; 12 slots on an H200 trained the Langevin trials in ~430 s and the MSE ones at
 #      37 it/s beside them: bench/results/2026-11-27-h200-nd-study/; 24 on an H100, the MSE
-#      iterations replayed as CUDA graphs, still 33-41 it/s beside the packs:
+#      iterations replayed as CUDA graphs, still 33-42 it/s beside the packs:
 #      bench/results/2026-11-27-h100-nd-study/);
 #   6. (asked for only) where time is left: packs of 1 and 3 with the samples' update in
 #      our kernel and in ATen's five passes (what the kernel gains where launches count);
@@ -256,7 +256,7 @@ if part 5 && (($(left) > 40)); then
     # The whole study when it fits (PARTS="5" gives it the call), else its rates and
     # progress: ND_SLOTS slots on the GPU under the run's own CUDA MPS daemon. 15: the 15
     # MSE trials (queued first) start at once and have the GPU to themselves (alone an MSE
-    # iteration replays at 1,394 it/s on an H100, beside the energy packs at 33-41), and the
+    # iteration replays at 1,394 it/s on an H100, beside the energy packs at 33-42), and the
     # other jobs (5 Langevin packs, 5 DFO packs, 15 autoregressive trials) follow as slots
     # free. A second call's ND_SLOTS holds too (a run's resources replace those the trials
     # were recorded with).
@@ -290,7 +290,7 @@ if part 5 && (($(left) > 40)); then
             "$WORK/nd-seconds"
         tail -n 5 "$WORK/nd.log"
         grep -hiE "mps|error|panic|(fused|eager) kernels|training steps|cuda graph" "$WORK/nd.log" "$WORK"/nd/particle-nd/*/worker.log 2>/dev/null |
-            sed 's/^[^ ]* //' | sort | uniq -c | tail -n 10
+            sed 's/^[^ ]* //' | sort | uniq -c | tail -n 30
         "$BIN" status particle-nd --db "$WORK/nd/ebmlab.sqlite"
         "$BIN" query --db "$WORK/nd/ebmlab.sqlite" "SELECT trial, MAX(step) AS step,
             ROUND((MAX(step) - MIN(step)) / (MAX(wall_time) - MIN(wall_time) + 1e-9), 1) AS it_per_s

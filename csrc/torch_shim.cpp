@@ -120,7 +120,8 @@ int ebmlab_addmm_relu_into(void* out, void* bias, void* mat1, void* mat2) {
 // without weight decay or amsgrad): a launch or two for all of them on a GPU. `step` is a
 // float scalar tensor on their device holding the step count after this update (1 for
 // the first), which the kernel reads for the bias corrections. The learning rate is
-// `lr_tensor` (a float scalar on their device: what a CUDA graph reads at each replay)
+// `lr_tensor` (a one-element float tensor on their device: what a CUDA graph reads at each
+// replay)
 // where it is not null, else `lr`. Returns 0 on success.
 int ebmlab_fused_adam(void** params, void** grads, void** exp_avgs, void** exp_avg_sqs,
                       int64_t n, void* step, double lr, void* lr_tensor, double beta1,

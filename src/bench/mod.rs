@@ -251,9 +251,6 @@ pub fn run(opts: &BenchOptions, mut emit: impl FnMut(&BenchRecord)) -> Result<()
         mse_steps(opts, &mut emit)?;
     }
     if !(opts.train_step || opts.dfo || opts.eval || !opts.pack_sizes.is_empty()) {
-        if opts.mse_step && opts.eval_pack_sizes.is_empty() {
-            return Ok(());
-        }
         return packed::packed_evaluation(opts, &mut emit);
     }
     let mut trainer = build_trainer(opts, ibc_spec(opts))?;

@@ -14,8 +14,8 @@ pub enum BenchItem {
     /// One training iteration of the IBC Langevin config.
     TrainStep,
     /// Training iterations of the N-D study's MSE network (IBC's mlp_mse_best: 128 wide,
-    /// 8 residual blocks, dropout 0.1), eager and, in each of --cuda-graphs, replayed as
-    /// a CUDA graph (a GPU's).
+    /// 8 residual blocks, dropout 0.1), for each of --cuda-graphs: replayed as a CUDA graph
+    /// (on, where the GPU takes it) or eager (off).
     MseStep,
     /// One DFO inference call (per batch size in --dfo-batches).
     Dfo,

@@ -129,16 +129,10 @@ impl Adam {
     /// so that a member's update is, to the bit, the one it gets alone. An error means
     /// nothing was updated.
     fn fused_update(&mut self, lrs: &[f64]) -> Result<()> {
-        let Some(first) = self.params.values().next() else {
+        if self.params.is_empty() {
             return Ok(());
-        };
-        let device = first.param.device();
-        let step = self
-            .step_count
-            .get_or_insert_with(|| Tensor::zeros([], (tch::Kind::Float, device)));
-        tch::no_grad(|| {
-            let _ = step.fill_(self.steps as f64);
-        });
+        }
+        self.sync_step_count();
         let shared = lrs.iter().all(|lr| *lr == lrs[0]);
         if shared {
             return self.fused_call(None, LearningRate::Value(lrs[0]));
@@ -201,12 +195,10 @@ impl Adam {
         })
     }
 
-    /// Readies [`Adam::captured_update`]: the fused update (a GPU's), its step count on the
-    /// device holding the host's.
-    pub(super) fn prepare_capture(&mut self) -> Result<()> {
-        ensure!(self.fused, "only the fused update runs in a CUDA graph");
+    /// The step count on the parameters' device (made on first use), set to the host's.
+    fn sync_step_count(&mut self) {
         let Some(first) = self.params.values().next() else {
-            bail!("no parameters to update");
+            return;
         };
         let device = first.param.device();
         let step = self
@@ -215,6 +207,19 @@ impl Adam {
         tch::no_grad(|| {
             let _ = step.fill_(self.steps as f64);
         });
+    }
+
+    /// Whether updates go through ATen's fused kernel (what a CUDA graph captures).
+    pub(super) fn is_fused(&self) -> bool {
+        self.fused
+    }
+
+    /// Readies [`Adam::captured_update`]: the fused update (a GPU's), its step count on the
+    /// device holding the host's.
+    pub(super) fn prepare_capture(&mut self) -> Result<()> {
+        ensure!(self.fused, "only the fused update runs in a CUDA graph");
+        ensure!(!self.params.is_empty(), "no parameters to update");
+        self.sync_step_count();
         Ok(())
     }
 
@@ -234,28 +239,24 @@ impl Adam {
         self.steps += 1;
     }
 
-    /// Copies of the parameters, moments and device step count (for
-    /// [`Adam::restore_snapshot`]: a step tried and taken back).
+    /// Parameters, moments and the device step count: the state an update changes.
+    fn state_tensors(&self) -> impl Iterator<Item = &Tensor> {
+        self.params
+            .values()
+            .flat_map(|m| [&m.param, &m.exp_avg, &m.exp_avg_sq])
+            .chain(self.step_count.as_ref())
+    }
+
+    /// Copies of the state an update changes (for [`Adam::restore_snapshot`]: a step tried
+    /// and taken back).
     pub(super) fn snapshot(&self) -> Vec<Tensor> {
-        tch::no_grad(|| {
-            self.params
-                .values()
-                .flat_map(|m| [&m.param, &m.exp_avg, &m.exp_avg_sq])
-                .chain(self.step_count.as_ref())
-                .map(|t| t.detach().copy())
-                .collect()
-        })
+        tch::no_grad(|| self.state_tensors().map(|t| t.detach().copy()).collect())
     }
 
     /// Puts back what [`Adam::snapshot`] copied (in place: a CUDA graph keeps the tensors).
     pub(super) fn restore_snapshot(&self, saved: &[Tensor]) {
         tch::no_grad(|| {
-            let live = self
-                .params
-                .values()
-                .flat_map(|m| [&m.param, &m.exp_avg, &m.exp_avg_sq])
-                .chain(self.step_count.as_ref());
-            for (target, value) in live.zip(saved) {
+            for (target, value) in self.state_tensors().zip(saved) {
                 target.shallow_clone().copy_(value);
             }
         });
@@ -595,7 +596,14 @@ mod tests {
         }
         for m in adam.params.values() {
             assert_eq!(m.exp_avg.abs().max().double_value(&[]), 0.0);
+            assert_eq!(m.exp_avg_sq.abs().max().double_value(&[]), 0.0);
         }
+        let count = adam.step_count.as_ref().expect("made by prepare_capture");
+        assert_eq!(
+            count.double_value(&[]),
+            0.0,
+            "the device count, 1 after the step"
+        );
     }
 
     #[test]

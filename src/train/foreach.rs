@@ -39,8 +39,9 @@ pub struct AdamBetas {
     pub eps: f64,
 }
 
-/// A learning rate: a number, or a float scalar on the parameters' device (which a CUDA
-/// graph reads anew at each replay, where a number would be captured as a constant).
+/// A learning rate: a number, or a one-element float tensor on the parameters' device
+/// (which a CUDA graph reads anew at each replay, where a number would be captured as a
+/// constant).
 #[derive(Debug, Clone, Copy)]
 pub enum LearningRate<'a> {
     Value(f64),

@@ -1,6 +1,6 @@
 //! A solo trainer's iteration as one CUDA graph: a small network's step (MSE's 16-deep
-//! ResNet: some 400 kernels for forward, backward and update) waits on the host's launches,
-//! not on the GPU; replayed, it is one launch. Everything the step reads from the host
+//! ResNet: hundreds of small kernels for forward, backward and update) waits on the host's
+//! launches, not on the GPU; replayed, it is one launch. Everything the step reads from the host
 //! goes in as device tensors (the learning rate, the optimizer's step count), and its
 //! random draws take their seed from libtorch's generator at each replay, which the
 //! trainer seeds per iteration as it does for an eager step: so a replayed iteration draws
@@ -56,7 +56,7 @@ pub(super) fn captures(spec: &PolicySpec) -> bool {
 /// A captured iteration and the learning rate it reads.
 pub(super) struct Replay {
     graph: CapturedFn,
-    /// `[1]` on the device: set before each replay.
+    /// A one-element float tensor on the device: set before each replay.
     lr: Tensor,
 }
 
@@ -86,10 +86,18 @@ impl Replay {
 }
 
 /// The largest difference between `a` and `b` (lists of tensors alike), relative to the
-/// largest magnitude in `b`.
+/// largest magnitude in `b`; infinite where either holds a NaN or infinity, or the lists
+/// differ in length (no agreement to speak of).
 pub(super) fn relative_difference(a: &[Tensor], b: &[Tensor]) -> f64 {
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
     let (mut diff, mut scale) = (0f64, 0f64);
     for (x, y) in a.iter().zip(b) {
+        let finite = |t: &Tensor| t.isfinite().all().int64_value(&[]) == 1;
+        if !(finite(x) && finite(y)) {
+            return f64::INFINITY;
+        }
         diff = diff.max((x - y).abs().max().double_value(&[]));
         scale = scale.max(y.abs().max().double_value(&[]));
     }
@@ -122,6 +130,13 @@ mod tests {
         let d = relative_difference(&a, &b);
         assert!((d - 0.1).abs() < 1e-6, "{d}");
         assert_eq!(relative_difference(&b, &b), 0.0);
+        let nan = [
+            Tensor::from_slice(&[2f32, f32::NAN]),
+            Tensor::from_slice(&[1f32]),
+        ];
+        assert_eq!(relative_difference(&nan, &b), f64::INFINITY);
+        assert_eq!(relative_difference(&b, &nan), f64::INFINITY);
+        assert_eq!(relative_difference(&b[..1], &b), f64::INFINITY);
     }
 
     #[test]
