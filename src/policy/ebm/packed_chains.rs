@@ -145,21 +145,21 @@ impl PackedChains {
         let eager = |inputs: &[Tensor]| tables.chain(net, precision, &names, inputs);
         let (state, result) = match std::mem::replace(&mut self.graph, GraphState::Off) {
             GraphState::Off => (GraphState::Off, eager(&inputs)),
-            GraphState::Wanted => {
-                match (self.capture)(&inputs, &eager) {
-                    Ok((captured, warm_up)) => {
-                        let state = tables.check(captured, &inputs, &warm_up, CHECKED_CHAINS);
-                        (state, warm_up)
-                    }
-                    Err(e) => {
-                        warn!("Langevin chains stay eager: capturing them as a CUDA graph failed: {e:#}");
-                        (GraphState::Off, eager(&inputs))
-                    }
+            GraphState::Wanted => match (self.capture)(&inputs, &eager) {
+                Ok((captured, warm_up)) => {
+                    let state = tables.check(captured, &inputs, &warm_up, CHECKED_CHAINS, &eager);
+                    (state, warm_up)
                 }
-            }
+                Err(e) => {
+                    warn!(
+                        "Langevin chains stay eager: capturing them as a CUDA graph failed: {e:#}"
+                    );
+                    (GraphState::Off, eager(&inputs))
+                }
+            },
             GraphState::Checking { captured, left } => {
                 let reference = eager(&inputs);
-                let state = tables.check(captured, &inputs, &reference, left);
+                let state = tables.check(captured, &inputs, &reference, left, &eager);
                 (state, reference)
             }
             GraphState::Trusted(captured) => match captured.replay(&inputs) {
@@ -211,12 +211,16 @@ impl ChainTables {
 
     /// The next state after comparing a replay of `captured` on `inputs` with the eager
     /// `reference`: trusted after `left` agreements, eager for good after a disagreement.
+    /// A disagreement's warning says how far a second `eager` chain on the same inputs is
+    /// from the first: whether the eager arithmetic itself varies that much (a reduction's
+    /// order in bf16) or the graph computes something else.
     fn check(
         &self,
         captured: Box<dyn Replay>,
         inputs: &[Tensor],
         reference: &Tensor,
         left: u32,
+        eager: &dyn Fn(&[Tensor]) -> Tensor,
     ) -> GraphState {
         match self.agree(captured.as_ref(), inputs, reference) {
             Ok(difference) if left <= 1 => {
@@ -231,7 +235,11 @@ impl ChainTables {
                 left: left - 1,
             },
             Err(e) => {
-                warn!("Langevin chains stay eager: {e:#}");
+                let spread = (eager(inputs) - reference).abs().max().double_value(&[]);
+                warn!(
+                    "Langevin chains stay eager: {e:#} (two eager chains on the same inputs \
+                     differ by {spread:e})"
+                );
                 GraphState::Off
             }
         }
