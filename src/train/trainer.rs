@@ -404,6 +404,18 @@ mod tests {
         let rows = 256usize;
         let obs: Vec<f32> = (0..rows * 2 * 8).map(|i| (i as f32 * 0.37).sin()).collect();
         let actions: Vec<f32> = (0..rows * 2).map(|i| (i as f32 * 0.11).cos()).collect();
+        trainer_on(spec, device, graphs, obs, actions)
+    }
+
+    /// A trainer of `spec` on the windows `obs` (rows of 2 x 8) and `actions` (rows of 2).
+    fn trainer_on(
+        spec: PolicySpec,
+        device: Device,
+        graphs: bool,
+        obs: Vec<f32>,
+        actions: Vec<f32>,
+    ) -> Trainer {
+        let rows = actions.len() / 2;
         let normalizer =
             Normalizer::fit(&obs, 8, &actions, 2, 0.05, (&[-1.0, -1.0], &[1.0, 1.0])).unwrap();
         let data = TrainingSet {
@@ -481,29 +493,68 @@ mod tests {
         replayed_steps_are_eager_steps(PolicySpec::Mse { net: net() });
     }
 
-    #[test]
-    #[ignore = "needs a CUDA device"]
-    fn on_a_gpu_autoregressive_training_steps_replay_as_a_cuda_graph_and_match_eager_ones() {
+    /// InfoNCE on 16 uniform counter-examples, the gradient penalty as asked.
+    fn uniform_loss(grad_penalty: bool) -> EbmLossConfig {
         let mut loss = EbmLossConfig::default();
         loss.negatives.kind = NegativeKind::Uniform;
         loss.negatives.count = 16;
-        let net = NetConfig {
+        loss.grad_penalty.enabled = grad_penalty;
+        loss
+    }
+
+    fn energy_net() -> NetConfig {
+        NetConfig {
             dropout: 0.0,
             ..net()
-        };
+        }
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn on_a_gpu_autoregressive_training_steps_replay_as_a_cuda_graph_and_match_eager_ones() {
         replayed_steps_are_eager_steps(PolicySpec::ArEbm {
-            net,
-            loss,
+            net: energy_net(),
+            loss: uniform_loss(false),
             inference: InferenceConfig::default(),
         });
     }
 
     #[test]
+    #[ignore = "needs a CUDA device"]
+    fn on_a_gpu_uniform_energy_model_steps_replay_as_a_cuda_graph_and_match_eager_ones() {
+        // IBC's DFO-trained config (no gradient penalty), then with the penalty, whose
+        // gradient of a gradient is captured too.
+        for grad_penalty in [false, true] {
+            replayed_steps_are_eager_steps(PolicySpec::Ebm {
+                net: energy_net(),
+                loss: uniform_loss(grad_penalty),
+                inference: InferenceConfig::default(),
+            });
+        }
+    }
+
+    #[test]
     fn a_capture_that_fails_leaves_training_as_the_eager_one() {
         // On the CPU every capture fails (Adam is not fused there, and a CPU has no CUDA
-        // graphs): a trainer told to capture trains to the bit as one that never tried.
-        let mut eager = trainer(PolicySpec::Mse { net: net() }, Device::Cpu, false);
-        let mut tried = trainer(PolicySpec::Mse { net: net() }, Device::Cpu, false);
+        // graphs): a trainer told to capture trains to the bit as one that never tried (an
+        // update skipped or made twice would show). Every window alike and no dropout, so
+        // the comparison holds whatever other test threads draw from libtorch's generator.
+        let spec = PolicySpec::Mse {
+            net: NetConfig {
+                dropout: 0.0,
+                ..net()
+            },
+        };
+        let alike = || -> Trainer {
+            let obs: Vec<f32> = (0..64 * 16)
+                .map(|i| ((i % 16) as f32 * 0.37).sin())
+                .collect();
+            let actions: Vec<f32> = (0..64 * 2).map(|i| ((i % 2) as f32 * 0.5).cos()).collect();
+            trainer_on(spec.clone(), Device::Cpu, false, obs, actions)
+        };
+        let (mut eager, mut tried) = (alike(), alike());
+        // Their initial weights too (drawn from the shared generator).
+        tried.vs.copy(&eager.vs).unwrap();
         tried.graph = StepGraph::Pending;
         for _ in 0..4 {
             assert_eq!(eager.train_step(), tried.train_step());
