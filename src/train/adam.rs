@@ -224,8 +224,8 @@ impl Adam {
     }
 
     /// One update of a solo model whose every input is on the device, as a CUDA graph
-    /// replays it: the step count grows there and the rate is read from `lr` (a float
-    /// scalar). The host's count is left alone: [`Adam::count_update`] once per run of it.
+    /// replays it: the step count grows there and the rate is read from `lr` (a
+    /// one-element float tensor). The host's count is left alone: [`Adam::count_update`] once per run of it.
     pub(super) fn captured_update(&self, lr: &Tensor) -> Result<()> {
         let step = self.step_count.as_ref().context("prepare_capture first")?;
         tch::no_grad(|| {

@@ -441,6 +441,14 @@ mod tests {
             .cuda_graphs(graphs)
     }
 
+    /// Copies of the trainer's weights.
+    fn weights(t: &Trainer) -> Vec<Tensor> {
+        t.vs.trainable_variables()
+            .iter()
+            .map(Tensor::copy)
+            .collect()
+    }
+
     fn net() -> NetConfig {
         NetConfig {
             hidden: 64,
@@ -477,12 +485,6 @@ mod tests {
         assert!(!eager.replaying_steps());
         assert!(losses.windows(2).all(|w| w[0] != w[1]), "{losses:?}");
         assert_eq!(replayed.adam.steps(), 8);
-        let weights = |t: &Trainer| -> Vec<Tensor> {
-            t.vs.trainable_variables()
-                .iter()
-                .map(Tensor::copy)
-                .collect()
-        };
         let diff = relative_difference(&weights(&replayed), &weights(&eager));
         assert!(diff < 1e-5, "weights differ by {diff:e}");
     }
@@ -561,12 +563,6 @@ mod tests {
         }
         assert!(matches!(tried.graph, StepGraph::Off), "one try, then eager");
         assert_eq!(tried.adam.steps(), 4);
-        let weights = |t: &Trainer| -> Vec<Tensor> {
-            t.vs.trainable_variables()
-                .iter()
-                .map(Tensor::copy)
-                .collect()
-        };
         assert_eq!(relative_difference(&weights(&tried), &weights(&eager)), 0.0);
     }
 }
